@@ -68,3 +68,9 @@ type CommitOptions struct {
 	Level int
 	TarOptions
 }
+
+// OwnerXattr is the extended attribute in which an unprivileged process
+// records a file's in-image owner ("uid:gid") when it cannot chown the file.
+// WriteTar uses it instead of the file's owner and never writes it into a
+// layer.
+const OwnerXattr = "user.ibuild.owner"

@@ -1,0 +1,47 @@
+# ibuild — daemonless, rootless OCI image builder.
+GO       ?= go
+TAGS     := exclude_graphdriver_btrfs
+GOFLAGS  := -tags $(TAGS)
+BIN      := bin/ibuild
+PREFIX   ?= /usr/local
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+FUZZTIME ?= 20s
+TESTTIMEOUT ?= 25m
+
+.PHONY: build install demo test test-deps unit fuzz bench lint clean
+
+build:
+	CGO_ENABLED=1 $(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ibuild
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ibuild
+
+# demo builds testdata/demo offline into the default store and shows it.
+demo: build
+	./$(BIN) build --progress plain -t demo:1 testdata/demo
+	./$(BIN) images
+	./$(BIN) inspect demo:1
+
+# test installs what the tests need (when missing) and runs every test.
+test: test-deps lint unit fuzz
+
+test-deps:
+	@bash .ci/install-test-deps.sh
+
+unit:
+	$(GO) test $(GOFLAGS) -count=1 -timeout $(TESTTIMEOUT) ./...
+
+fuzz:
+	$(GO) test $(GOFLAGS) -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./builder/dockerfile
+
+bench:
+	$(GO) test $(GOFLAGS) -run '^$$' -bench . -benchmem -timeout 60m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(GOFLAGS) ./...
+
+clean:
+	rm -rf bin

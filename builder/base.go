@@ -1,0 +1,193 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// resolveImage finds the image ref names for platform: "scratch" (nil),
+// "oci-layout://PATH[:TAG]" (an OCI image layout on disk), or an image in
+// the local store (by name, ID or digest). An index yields its manifest
+// for platform.
+func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	if ref == "scratch" {
+		return nil, nil
+	}
+	if strings.HasPrefix(ref, "oci-layout://") {
+		return resolveLayout(strings.TrimPrefix(ref, "oci-layout://"), platform)
+	}
+	st := b.opts.Store
+	desc, err := st.Lookup(ctx, ref)
+	if err != nil {
+		if errors.Is(err, layers.ErrNotFound) {
+			return nil, fmt.Errorf("base image %q is not in the local store (%s), and this version of ibuild does not pull from registries yet: store it first (ibuild build -t), or use oci-layout://PATH", ref, st.Root())
+		}
+		return nil, err
+	}
+	if isIndex(desc.MediaType) {
+		idx, err := st.ImageIndex(ctx, desc.Digest)
+		if err != nil {
+			return nil, err
+		}
+		return imageForPlatform(idx, platform, ref)
+	}
+	img, err := st.Image(ctx, desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPlatform(img, platform, ref); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+func isIndex(mt types.MediaType) bool {
+	return mt == types.OCIImageIndex || mt == types.DockerManifestList
+}
+
+// checkPlatform fails when a single-platform image does not serve platform.
+func checkPlatform(img v1.Image, want v1.Platform, ref string) error {
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("%s: %w", ref, err)
+	}
+	have := v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
+	if have.OS == "" && have.Architecture == "" {
+		return nil
+	}
+	if !matchPlatform(want, have) {
+		return fmt.Errorf("image %s is for %s, not the requested platform %s", ref, PlatformString(have), PlatformString(want))
+	}
+	return nil
+}
+
+// imageForPlatform picks the manifest of idx that serves platform.
+func imageForPlatform(idx v1.ImageIndex, platform v1.Platform, ref string) (v1.Image, error) {
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var have []string
+	for _, d := range im.Manifests {
+		if d.Platform == nil || isIndex(d.MediaType) {
+			continue
+		}
+		have = append(have, PlatformString(*d.Platform))
+		if matchPlatform(platform, *d.Platform) {
+			return idx.Image(d.Digest)
+		}
+	}
+	return nil, fmt.Errorf("image %s has no manifest for platform %s (it has: %s)", ref, PlatformString(platform), strings.Join(have, ", "))
+}
+
+// resolveLayout opens PATH[:TAG] (or PATH@sha256:...) as an OCI layout.
+func resolveLayout(spec string, platform v1.Platform) (v1.Image, error) {
+	dir, tag := spec, ""
+	var digest string
+	if i := strings.LastIndex(spec, "@"); i >= 0 {
+		dir, digest = spec[:i], spec[i+1:]
+	} else if i := strings.LastIndex(spec, ":"); i >= 0 && !strings.Contains(spec[i:], "/") {
+		dir, tag = spec[:i], spec[i+1:]
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("oci-layout %s: %w", dir, err)
+	}
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, fmt.Errorf("oci-layout %s: %w", dir, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("oci-layout %s: %w", dir, err)
+	}
+	var pick *v1.Descriptor
+	for i := range im.Manifests {
+		d := &im.Manifests[i]
+		switch {
+		case digest != "":
+			if d.Digest.String() == digest {
+				pick = d
+			}
+		case tag != "":
+			if name := d.Annotations["org.opencontainers.image.ref.name"]; name == tag || strings.HasSuffix(name, ":"+tag) {
+				pick = d
+			}
+		default:
+			if len(im.Manifests) == 1 {
+				pick = d
+			}
+		}
+		if pick != nil {
+			break
+		}
+	}
+	if pick == nil {
+		if tag == "" && digest == "" {
+			return nil, fmt.Errorf("oci-layout %s holds %d images: name one with oci-layout://%s:TAG", dir, len(im.Manifests), dir)
+		}
+		return nil, fmt.Errorf("oci-layout %s has no image %s%s", dir, tag, digest)
+	}
+	if isIndex(pick.MediaType) {
+		child, err := idx.ImageIndex(pick.Digest)
+		if err != nil {
+			return nil, err
+		}
+		return imageForPlatform(child, platform, "oci-layout://"+spec)
+	}
+	img, err := idx.Image(pick.Digest)
+	if err != nil {
+		return nil, err
+	}
+	return img, checkPlatform(img, platform, "oci-layout://"+spec)
+}
+
+// imageSource is an image used as a COPY --from source, shared by the
+// steps of a build.
+type imageSource struct {
+	fs  *imageFS
+	err error
+}
+
+// imageSource resolves ref once per build and returns its root filesystem.
+func (b *build) imageSource(ctx context.Context, ref string, platform v1.Platform) (sourceFS, error) {
+	key := ref + "|" + PlatformString(platform)
+	b.mu.Lock()
+	src, ok := b.images[key]
+	b.mu.Unlock()
+	if ok {
+		return src.fs, src.err
+	}
+	src = &imageSource{}
+	img, err := b.resolveImage(ctx, ref, platform)
+	switch {
+	case err != nil:
+		src.err = err
+	case img == nil:
+		src.err = errors.New("scratch has no files to copy")
+	default:
+		dirs, err := b.opts.Store.Snapshots(ctx, img, b.warn)
+		if err != nil {
+			src.err = err
+		} else {
+			src.fs = &imageFS{layers.NewRootFS(dirs)}
+		}
+	}
+	b.mu.Lock()
+	b.images[key] = src
+	b.mu.Unlock()
+	if src.err != nil {
+		return nil, src.err
+	}
+	return src.fs, nil
+}
+
+func removeAll(dir string) { os.RemoveAll(dir) }

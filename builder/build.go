@@ -1,0 +1,424 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/graph"
+	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/layers"
+)
+
+// Build builds the Dockerfile described by opts into the store, tags the
+// result with opts.Tags and writes opts.Outputs. A failed build tags
+// nothing.
+func Build(ctx context.Context, opts Options) (*Result, error) {
+	if opts.Store == nil {
+		return nil, errors.New("builder: Options.Store is required")
+	}
+	if opts.ContextDir == "" {
+		return nil, errors.New("builder: Options.ContextDir is required")
+	}
+	if opts.Progress == nil {
+		opts.Progress = progress.Discard{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
+	if opts.Compression == "" {
+		opts.Compression = layers.Gzip
+	}
+	format, err := ParseFormat(string(opts.Format))
+	if err != nil {
+		return nil, err
+	}
+	opts.Format = format
+	names := make([]string, 0, len(opts.Tags))
+	for _, t := range opts.Tags {
+		n, err := layers.NormalizeName(t)
+		if err != nil {
+			return nil, fmt.Errorf("invalid tag %q: %w", t, err)
+		}
+		names = append(names, n)
+	}
+	dfPath, data, err := readDockerfile(opts)
+	if err != nil {
+		return nil, err
+	}
+	cfs, err := openContext(opts.ContextDir, dfPath)
+	if err != nil {
+		return nil, err
+	}
+	platforms := opts.Platforms
+	if len(platforms) == 0 {
+		platforms = []v1.Platform{HostPlatform()}
+	}
+	var warnMu sync.Mutex
+	var warnings []string
+	warn := func(msg string) {
+		warnMu.Lock()
+		defer warnMu.Unlock()
+		for _, w := range warnings {
+			if w == msg {
+				return
+			}
+		}
+		warnings = append(warnings, msg)
+		opts.Progress.Emit(progress.Event{Kind: progress.Warning, Time: opts.Now(), Message: msg})
+	}
+
+	images := make([]v1.Image, len(platforms))
+	errs := make([]error, len(platforms))
+	var wg sync.WaitGroup
+	for i, p := range platforms {
+		wg.Add(1)
+		go func(i int, p v1.Platform) {
+			defer wg.Done()
+			b, err := newBuild(&opts, dfPath, data, cfs, p, len(platforms) > 1, warn)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			images[i], errs[i] = b.run(ctx)
+		}(i, p)
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	res := &Result{Names: names}
+	if len(images) == 1 {
+		desc, err := opts.Store.WriteImage(ctx, images[0])
+		if err != nil {
+			return nil, err
+		}
+		res.Image, res.Descriptor, res.Digest = images[0], desc, desc.Digest
+		if res.ID, err = images[0].ConfigName(); err != nil {
+			return nil, err
+		}
+	} else {
+		var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, opts.Format.indexType())
+		for i, img := range images {
+			p := platforms[i]
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+				Add:        img,
+				Descriptor: v1.Descriptor{Platform: &p},
+			})
+		}
+		desc, err := opts.Store.WriteIndex(ctx, idx)
+		if err != nil {
+			return nil, err
+		}
+		res.Index, res.Descriptor, res.Digest, res.ID = idx, desc, desc.Digest, desc.Digest
+	}
+	for _, n := range names {
+		if err := opts.Store.Tag(ctx, n, res.Descriptor); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
+		return nil, err
+	}
+	res.Warnings = warnings
+	return res, nil
+}
+
+// readDockerfile finds and reads the Dockerfile.
+func readDockerfile(opts Options) (string, []byte, error) {
+	if opts.DockerfileContent != nil {
+		name := opts.Dockerfile
+		if name == "" || name == "-" {
+			name = "Dockerfile"
+		}
+		return name, opts.DockerfileContent, nil
+	}
+	candidates := []string{opts.Dockerfile}
+	if opts.Dockerfile == "" {
+		candidates = []string{filepath.Join(opts.ContextDir, "Dockerfile"), filepath.Join(opts.ContextDir, "Containerfile")}
+	}
+	for _, c := range candidates {
+		data, err := os.ReadFile(c)
+		if err == nil {
+			return c, data, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || opts.Dockerfile != "" {
+			return "", nil, fmt.Errorf("read Dockerfile: %w", err)
+		}
+	}
+	return "", nil, fmt.Errorf("no Dockerfile or Containerfile in %s (use -f to name one)", opts.ContextDir)
+}
+
+// build is the build of one Dockerfile for one target platform.
+type build struct {
+	opts      *Options
+	df        *dockerfile.Dockerfile
+	exp       *dockerfile.Expander
+	ctx       *contextFS
+	platform  v1.Platform
+	showPlat  bool
+	meta      *dockerfile.Vars
+	metaNames map[string]bool
+	stages    []*stageRun
+	byName    map[string]int
+	created   time.Time
+	warn      func(string)
+
+	mu       sync.Mutex
+	usedArgs map[string]bool
+	images   map[string]*imageSource
+}
+
+func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
+	df, err := dockerfile.Parse(dfPath, data)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range df.Warnings {
+		warn(w)
+	}
+	b := &build{
+		opts: opts, df: df, exp: dockerfile.NewExpander(df.EscapeToken), ctx: cfs,
+		platform: platform, showPlat: showPlat, warn: warn,
+		byName: map[string]int{}, usedArgs: map[string]bool{}, images: map[string]*imageSource{},
+		metaNames: map[string]bool{},
+	}
+	b.created = opts.Now().UTC()
+	if opts.SourceDateEpoch != nil {
+		b.created = opts.SourceDateEpoch.UTC()
+	}
+	if err := b.initMetaArgs(); err != nil {
+		return nil, err
+	}
+	for i := range df.Stages {
+		st := &df.Stages[i]
+		if st.Name != "" {
+			b.byName[strings.ToLower(st.Name)] = i
+		}
+	}
+	for i := range df.Stages {
+		sr, err := b.prepareStage(i)
+		if err != nil {
+			return nil, err
+		}
+		b.stages = append(b.stages, sr)
+	}
+	return b, nil
+}
+
+// initMetaArgs evaluates the ARGs before the first FROM with the automatic
+// platform args and --build-arg overrides.
+func (b *build) initMetaArgs() error {
+	b.meta = &dockerfile.Vars{}
+	for k, v := range platformArgs(HostPlatform(), b.platform) {
+		b.meta.Set(k, v)
+	}
+	for _, a := range b.df.MetaArgs {
+		for _, kv := range a.Args {
+			b.metaNames[kv.Key] = true
+			if v, ok := b.opts.BuildArgs[kv.Key]; ok {
+				b.meta.Set(kv.Key, v)
+				b.markUsed(kv.Key)
+				continue
+			}
+			if kv.Value == nil {
+				if _, ok := b.meta.Get(kv.Key); !ok {
+					b.meta.Set(kv.Key, "")
+					b.meta.Delete(kv.Key)
+				}
+				continue
+			}
+			v, err := b.exp.Word(*kv.Value, b.meta)
+			if err != nil {
+				return b.df.ErrorAt(a.Location(), err)
+			}
+			b.meta.Set(kv.Key, v)
+		}
+	}
+	return nil
+}
+
+func (b *build) markUsed(k string) {
+	b.mu.Lock()
+	b.usedArgs[k] = true
+	b.mu.Unlock()
+}
+
+// stageRef finds a stage by name or index; ok is false for an image ref.
+func (b *build) stageRef(ref string) (int, bool) {
+	if i, ok := b.byName[strings.ToLower(ref)]; ok {
+		return i, true
+	}
+	if n, err := strconv.Atoi(ref); err == nil && n >= 0 && n < len(b.df.Stages) {
+		return n, true
+	}
+	return -1, false
+}
+
+// prepareStage resolves stage i's base and its edges to other stages.
+func (b *build) prepareStage(i int) (*stageRun, error) {
+	st := &b.df.Stages[i]
+	sr := &stageRun{b: b, index: i, st: st, baseStage: -1, platform: b.platform}
+	sr.name = st.Name
+	if sr.name == "" {
+		sr.name = "stage-" + strconv.Itoa(i)
+	}
+	base, err := b.exp.Word(st.BaseName, b.meta)
+	if err != nil {
+		return nil, b.df.ErrorAt(st.Location, err)
+	}
+	if base == "" {
+		return nil, b.df.ErrorAt(st.Location, errors.New("base name expands to an empty string"))
+	}
+	if j, ok := b.byName[strings.ToLower(base)]; ok {
+		sr.baseStage = j
+	} else {
+		sr.baseRef = base
+	}
+	if st.Platform != "" {
+		ps, err := b.exp.Word(st.Platform, b.meta)
+		if err != nil {
+			return nil, b.df.ErrorAt(st.Location, err)
+		}
+		p, err := ParsePlatform(ps)
+		if err != nil {
+			return nil, b.df.ErrorAt(st.Location, fmt.Errorf("--platform: %w", err))
+		}
+		sr.platform = p
+	}
+	for _, cmd := range st.Commands {
+		for _, ref := range stageRefsOf(cmd) {
+			r, err := b.exp.Word(ref, b.meta)
+			if err != nil {
+				return nil, b.df.ErrorAt(cmd.Location(), err)
+			}
+			if j, ok := b.stageRef(r); ok {
+				sr.deps = append(sr.deps, dep{stage: j, line: line(cmd.Location()), via: cmdText(cmd)})
+			}
+		}
+	}
+	if sr.baseStage >= 0 {
+		sr.deps = append(sr.deps, dep{stage: sr.baseStage, line: line(st.Location), via: st.SourceCode})
+	}
+	return sr, nil
+}
+
+type dep struct {
+	stage int
+	line  int
+	via   string
+}
+
+// stageRefsOf lists the --from references of a command.
+func stageRefsOf(cmd instructions.Command) []string {
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.From != "" {
+			return []string{c.From}
+		}
+	case *instructions.RunCommand:
+		var out []string
+		for _, m := range instructions.GetMounts(c) {
+			if m.From != "" {
+				out = append(out, m.From)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// run builds the target stage and what it needs.
+func (b *build) run(ctx context.Context) (v1.Image, error) {
+	target := len(b.stages) - 1
+	if b.opts.Target != "" {
+		i, ok := b.byName[strings.ToLower(b.opts.Target)]
+		if !ok {
+			var names []string
+			for n := range b.byName {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			return nil, fmt.Errorf("target stage %q not found in %s (stages: %s)", b.opts.Target, b.df.Path, strings.Join(names, ", "))
+		}
+		target = i
+	}
+	names := make([]string, len(b.stages))
+	for i, s := range b.stages {
+		names[i] = s.name
+	}
+	g := graph.New(names)
+	for i, s := range b.stages {
+		for _, d := range s.deps {
+			g.AddEdge(i, graph.Edge{To: d.stage, Via: d.via, Line: d.line})
+		}
+	}
+	order, err := g.Needed(target)
+	if err != nil {
+		var ce *graph.CycleError
+		if errors.As(err, &ce) {
+			return nil, &dockerfile.Error{Path: b.df.Path, Line: ce.Edge.Line, Text: ce.Edge.Via, Err: err}
+		}
+		return nil, err
+	}
+	if err := g.Run(ctx, order, b.opts.Jobs, func(ctx context.Context, i int) error {
+		return b.stages[i].build(ctx)
+	}); err != nil {
+		return nil, err
+	}
+	b.reportUnusedArgs()
+	return b.stages[target].result, nil
+}
+
+// reportUnusedArgs warns about --build-arg values no ARG consumed, as
+// docker does.
+func (b *build) reportUnusedArgs() {
+	var unused []string
+	for k := range b.opts.BuildArgs {
+		if !b.usedArgs[k] && !isPredefinedArg(k) {
+			unused = append(unused, k)
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		b.warn(fmt.Sprintf("one or more build args were not consumed: %s", strings.Join(unused, ", ")))
+	}
+}
+
+// isPredefinedArg reports whether k is one of docker's predefined proxy
+// args, usable in RUN without an ARG instruction.
+func isPredefinedArg(k string) bool {
+	switch k {
+	case "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+		"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy":
+		return true
+	}
+	return false
+}
+
+func (b *build) emit(e progress.Event) {
+	e.Time = b.opts.Now()
+	if b.showPlat {
+		e.Platform = PlatformString(b.platform)
+	}
+	b.opts.Progress.Emit(e)
+}

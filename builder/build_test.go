@@ -1,0 +1,410 @@
+package builder
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
+)
+
+var update = flag.Bool("update", false, "rewrite want.golden files")
+
+// caseOptions is a fixture's options.json.
+type caseOptions struct {
+	BuildArgs map[string]string `json:"buildArgs"`
+	Target    string            `json:"target"`
+	Platform  string            `json:"platform"`
+	Labels    map[string]string `json:"labels"`
+}
+
+// setups prepare fixtures whose inputs git cannot hold (archives made with
+// the system's tools, modes).
+var setups = map[string]func(t *testing.T, dir string){
+	"add-archives": func(t *testing.T, dir string) {
+		ctx := filepath.Join(dir, "ctx")
+		src := filepath.Join(dir, "src")
+		mustMkdir(t, filepath.Join(src, "pkg", "sub"))
+		writeFile(t, filepath.Join(src, "pkg", "hello.txt"), "hello from an archive\n", 0o644)
+		writeFile(t, filepath.Join(src, "pkg", "sub", "tool.sh"), "#!/bin/sh\n", 0o755)
+		if err := os.Symlink("hello.txt", filepath.Join(src, "pkg", "link")); err != nil {
+			t.Fatal(err)
+		}
+		mustMkdir(t, ctx)
+		run(t, src, "tar", "--owner=0", "--group=0", "-cf", filepath.Join(ctx, "plain.tar"), "pkg")
+		run(t, src, "tar", "--owner=0", "--group=0", "-czf", filepath.Join(ctx, "files.tar.gz"), "pkg")
+		run(t, src, "tar", "--owner=0", "--group=0", "-cjf", filepath.Join(ctx, "files.tar.bz2"), "pkg")
+		run(t, src, "tar", "--owner=0", "--group=0", "-cJf", filepath.Join(ctx, "files.tar.xz"), "pkg")
+		run(t, src, "tar", "--owner=0", "--group=0", "--zstd", "-cf", filepath.Join(ctx, "files.tar.zst"), "pkg")
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		zw.Write([]byte("just gzip, no tar inside\n"))
+		zw.Close()
+		writeFile(t, filepath.Join(ctx, "not-an-archive.gz"), buf.String(), 0o644)
+	},
+}
+
+func TestBuildFixtures(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	buildBase(t, st)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Last-Modified", time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC).Format(http.TimeFormat))
+		switch r.URL.Path {
+		case "/download/file.txt":
+			io.WriteString(w, "file content\n")
+		case "/download/foo":
+			io.WriteString(w, "foo\n")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+
+	dirs, err := filepath.Glob("../testdata/dockerfiles/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, caseDir := range dirs {
+		name := filepath.Base(caseDir)
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), name)
+			copyFixture(t, caseDir, dir)
+			if setup := setups[name]; setup != nil {
+				setup(t, dir)
+			}
+			var co caseOptions
+			if data, err := os.ReadFile(filepath.Join(dir, "options.json")); err == nil {
+				if err := json.Unmarshal(data, &co); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if co.BuildArgs == nil {
+				co.BuildArgs = map[string]string{}
+			}
+			co.BuildArgs["URL"] = srv.URL
+			if _, err := os.Stat(filepath.Join(dir, "base.Dockerfile")); err == nil {
+				if _, err := Build(ctx, Options{Store: st, ContextDir: dir, Dockerfile: filepath.Join(dir, "base.Dockerfile"), Tags: []string{name + "-base:1"}}); err != nil {
+					t.Fatalf("base image: %v", err)
+				}
+			}
+			tag := "fixture-" + name + ":1"
+			opts := Options{
+				Store: st, ContextDir: dir, Tags: []string{tag},
+				BuildArgs: co.BuildArgs, Target: co.Target, Labels: co.Labels,
+				Now: func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
+			}
+			if co.Platform != "" {
+				p, err := ParsePlatforms(co.Platform)
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts.Platforms = p
+			}
+			res, err := Build(ctx, opts)
+			if want, rerr := os.ReadFile(filepath.Join(dir, "want-error")); rerr == nil {
+				if err == nil {
+					t.Fatalf("build succeeded, want an error")
+				}
+				msg := err.Error()
+				for _, w := range strings.Split(strings.TrimSpace(string(want)), "\n") {
+					w = strings.ReplaceAll(w, name+"/", dir+"/")
+					if !strings.Contains(msg, w) {
+						t.Errorf("error %q\ndoes not contain %q", msg, w)
+					}
+				}
+				if _, lerr := st.Lookup(ctx, tag); lerr == nil {
+					t.Errorf("a failed build left %s tagged", tag)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			if err := validate.Image(res.Image); err != nil {
+				t.Fatalf("validate built image: %v", err)
+			}
+			stored, err := st.Image(ctx, res.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := validate.Image(stored); err != nil {
+				t.Fatalf("validate stored image: %v", err)
+			}
+			got := dumpImage(t, stored)
+			golden := filepath.Join(caseDir, "want.golden")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./builder -run TestBuildFixtures -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("image differs from %s:\n%s", golden, lineDiff(string(want), got))
+			}
+		})
+	}
+}
+
+// buildBase builds testdata/base as localhost/testbase:1.
+func buildBase(t *testing.T, st *layers.Store) {
+	t.Helper()
+	_, err := Build(context.Background(), Options{Store: st, ContextDir: "../testdata/base", Tags: []string{"testbase:1"}})
+	if err != nil {
+		t.Fatalf("build test base image: %v", err)
+	}
+}
+
+func newStore(t *testing.T) *layers.Store {
+	t.Helper()
+	st, err := layers.OpenStore(context.Background(), filepath.Join(t.TempDir(), "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// dumpImage renders an image's config, history and flattened file tree as
+// stable text for golden comparison.
+func dumpImage(t *testing.T, img v1.Image) string {
+	t.Helper()
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "platform: %s/%s", cfg.OS, cfg.Architecture)
+	if cfg.Variant != "" {
+		fmt.Fprintf(&b, "/%s", cfg.Variant)
+	}
+	fmt.Fprintf(&b, "\nauthor: %s\n", cfg.Author)
+	c := cfg.Config
+	js, _ := json.MarshalIndent(c, "", "  ")
+	fmt.Fprintf(&b, "config: %s\n", js)
+	fmt.Fprintf(&b, "history:\n")
+	for _, h := range cfg.History {
+		mark := "layer"
+		if h.EmptyLayer {
+			mark = "empty"
+		}
+		fmt.Fprintf(&b, "  %s %s\n", mark, h.CreatedBy)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "layers: %d\n", len(ls))
+	root := filepath.Join(t.TempDir(), "rootfs")
+	if err := registry.WriteRootFS(context.Background(), root, img, func(string) {}); err != nil {
+		t.Fatalf("flatten: %v", err)
+	}
+	b.WriteString("files:\n")
+	b.WriteString(dumpTree(t, root))
+	return b.String()
+}
+
+// dumpTree lists a directory tree: path, type, mode, owner, and content
+// hash or link target.
+func dumpTree(t *testing.T, root string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "." {
+			return nil
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		line := fmt.Sprintf("  /%s %s %d:%d", rel, modeString(fi.Mode()), st.Uid, st.Gid)
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			line += " -> " + target
+		case fi.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(data)
+			line += fmt.Sprintf(" %dB sha256:%s", len(data), hex.EncodeToString(sum[:])[:12])
+			if len(data) < 40 && !bytes.ContainsAny(data, "\x00") {
+				line += fmt.Sprintf(" %q", data)
+			}
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n") + "\n"
+}
+
+func modeString(m fs.FileMode) string {
+	kind := "file"
+	switch {
+	case m.IsDir():
+		kind = "dir"
+	case m&fs.ModeSymlink != 0:
+		kind = "symlink"
+	case m&fs.ModeDevice != 0:
+		kind = "device"
+	}
+	perm := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		perm |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		perm |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		perm |= 0o1000
+	}
+	if kind == "symlink" {
+		return kind
+	}
+	return fmt.Sprintf("%s %04o", kind, perm)
+}
+
+func lineDiff(want, got string) string {
+	w := strings.Split(want, "\n")
+	g := strings.Split(got, "\n")
+	var b strings.Builder
+	for i := 0; i < len(w) || i < len(g); i++ {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			fmt.Fprintf(&b, "line %d:\n  want: %s\n  got:  %s\n", i+1, wl, gl)
+		}
+	}
+	return b.String()
+}
+
+// copyFixture copies a fixture directory (files, dirs, symlinks).
+func copyFixture(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.IsDir():
+			return os.MkdirAll(target, 0o755)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(l, target)
+		default:
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(target, data, fi.Mode().Perm())
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustMkdir(t *testing.T, p string) {
+	t.Helper()
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFile(t *testing.T, p, data string, mode fs.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run runs a tool the test needs; under CI=true a missing tool fails.
+func run(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is required (install it with make test-deps)", name)
+		}
+		t.Skipf("%s not installed", name)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// tarEntries lists the entry names of an uncompressed layer.
+func tarEntries(t *testing.T, l v1.Layer) []string {
+	t.Helper()
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var out []string
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, h.Name)
+	}
+	return out
+}

@@ -1,0 +1,126 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// Container is a working container: an image being built step by step. It
+// holds the layers so far and the config they will be committed with.
+// Instructions change it through its methods; the Dockerfile executor and
+// (later) the buildah-style commands share it.
+type Container struct {
+	store    *layers.Store
+	platform v1.Platform
+	layers   []v1.Layer
+	config   v1.ConfigFile
+	opts     containerOptions
+	// rootfs caches the merged view of layers; nil after a change.
+	rootfs *layers.RootFS
+}
+
+type containerOptions struct {
+	commit  layers.CommitOptions
+	format  Format
+	created time.Time
+	warn    func(string)
+}
+
+// newContainer starts a container from base (nil for scratch).
+func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts containerOptions) (*Container, error) {
+	c := &Container{store: store, platform: platform, opts: opts}
+	if base == nil {
+		c.config = v1.ConfigFile{
+			Architecture: platform.Architecture,
+			OS:           platform.OS,
+			Variant:      platform.Variant,
+			RootFS:       v1.RootFS{Type: "layers"},
+		}
+		return c, nil
+	}
+	cfg, err := base.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("base image config: %w", err)
+	}
+	ls, err := base.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("base image layers: %w", err)
+	}
+	if len(ls) != len(cfg.RootFS.DiffIDs) {
+		return nil, fmt.Errorf("base image is inconsistent: %d layers but %d diffIDs in its config", len(ls), len(cfg.RootFS.DiffIDs))
+	}
+	c.config = *cfg.DeepCopy()
+	c.layers = ls
+	// Docker does not carry these into a derived image.
+	c.config.Container = ""
+	c.config.DockerVersion = ""
+	c.config.Config.Image = ""
+	c.config.Config.Hostname = ""
+	return c, nil
+}
+
+// Config is the config the image will be committed with; instructions edit
+// it in place.
+func (c *Container) Config() *v1.Config { return &c.config.Config }
+
+// Platform is the container's platform.
+func (c *Container) Platform() v1.Platform { return c.platform }
+
+// addHistory records a step that made no layer.
+func (c *Container) addHistory(createdBy string) {
+	c.config.History = append(c.config.History, v1.History{
+		Created:    v1.Time{Time: c.opts.created},
+		CreatedBy:  createdBy,
+		EmptyLayer: true,
+	})
+}
+
+// addLayerDir commits the directory dir as a new layer, with a history
+// entry createdBy, and removes dir.
+func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
+	defer os.RemoveAll(dir)
+	desc, err := c.store.Blobs().CommitDir(ctx, dir, c.opts.commit)
+	if err != nil {
+		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
+	}
+	c.layers = append(c.layers, c.store.Blobs().Layer(desc))
+	c.config.RootFS.DiffIDs = append(c.config.RootFS.DiffIDs, desc.DiffID)
+	c.config.History = append(c.config.History, v1.History{
+		Created:   v1.Time{Time: c.opts.created},
+		CreatedBy: createdBy,
+	})
+	c.rootfs = nil
+	return desc, nil
+}
+
+// Image assembles the container's current state as an image.
+func (c *Container) Image() (v1.Image, error) {
+	cfg := c.config.DeepCopy()
+	cfg.Created = v1.Time{Time: c.opts.created}
+	cfg.RootFS.DiffIDs = append([]v1.Hash(nil), c.config.RootFS.DiffIDs...)
+	return assemble(cfg, append([]v1.Layer(nil), c.layers...), c.opts.format, nil)
+}
+
+// RootFS is a read-only merged view of the container's layers, extracted
+// once per layer into the store's snapshots.
+func (c *Container) RootFS(ctx context.Context) (*layers.RootFS, error) {
+	if c.rootfs != nil {
+		return c.rootfs, nil
+	}
+	img, err := c.Image()
+	if err != nil {
+		return nil, err
+	}
+	dirs, err := c.store.Snapshots(ctx, img, c.opts.warn)
+	if err != nil {
+		return nil, err
+	}
+	c.rootfs = layers.NewRootFS(dirs)
+	return c.rootfs, nil
+}

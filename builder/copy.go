@@ -1,0 +1,327 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/moby/patternmatcher"
+)
+
+// copySpec is one COPY or ADD, after expansion, with its sources resolved
+// to a tree.
+type copySpec struct {
+	// instr is "COPY" or "ADD", for messages.
+	instr string
+	from  sourceFS
+	// fromName names the source in messages ("build context", "stage build").
+	fromName string
+	srcs     []string
+	// inline are heredoc sources: name -> content.
+	inline []inlineFile
+	// dest is absolute in-image; a trailing "/" means a directory.
+	dest    string
+	chown   *owner
+	chmod   *fs.FileMode
+	link    bool
+	parents bool
+	exclude *patternmatcher.PatternMatcher
+	// unpack extracts local archives (ADD).
+	unpack bool
+	// extract is called for archive sources when unpack is set; it writes
+	// the archive's content into the layer at the resolved directory.
+	extract func(ctx context.Context, l *layerDir, hostPath, destDir string, o *owner) error
+}
+
+type inlineFile struct {
+	name string
+	data string
+}
+
+// parseChmod parses an octal --chmod value.
+func parseChmod(s string) (*fs.FileMode, error) {
+	if s == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || n > 0o7777 {
+		return nil, fmt.Errorf("invalid --chmod=%s: want an octal mode such as 0755", s)
+	}
+	m := fs.FileMode(n & 0o777)
+	if n&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if n&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if n&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return &m, nil
+}
+
+// copyInto performs spec into the layer l.
+func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
+	nsrc := len(spec.srcs) + len(spec.inline)
+	destIsDir := strings.HasSuffix(spec.dest, "/")
+	if nsrc > 1 && !destIsDir {
+		return fmt.Errorf("when using %s with more than one source file, the destination must be a directory and end with a /", spec.instr)
+	}
+	dest := path.Clean(spec.dest)
+	if !destIsDir && l.isDir(mustResolve(l, dest)) {
+		destIsDir = true
+	}
+	defOwner := owner{}
+	if spec.chown != nil {
+		defOwner = *spec.chown
+	}
+	for _, f := range spec.inline {
+		target := dest
+		if destIsDir {
+			target = path.Join(dest, f.name)
+		}
+		dir, err := l.mkdirAll(path.Dir(target), defOwner)
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(0o644)
+		if spec.chmod != nil {
+			mode = *spec.chmod
+		}
+		if err := l.writeFile(path.Join(dir, path.Base(target)), strings.NewReader(f.data), mode, defOwner, l.now); err != nil {
+			return err
+		}
+	}
+	for _, src := range spec.srcs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pattern, pivot := splitParents(src, spec.parents)
+		var matches []string
+		if hasGlob(pattern) {
+			m, err := globSources(spec.from, pattern)
+			if err != nil {
+				return err
+			}
+			if len(m) == 0 {
+				return fmt.Errorf("no source files were specified: %s matches no file in the %s", src, spec.fromName)
+			}
+			matches = m
+			if !destIsDir && (len(m) > 1) {
+				destIsDir = true
+			}
+		} else {
+			matches = []string{pattern}
+		}
+		for _, m := range matches {
+			if err := copyOne(ctx, l, spec, m, pivot, dest, destIsDir, defOwner); err != nil {
+				return err
+			}
+		}
+	}
+	return l.finish()
+}
+
+// splitParents returns the source pattern and, for --parents, the prefix
+// below which the source's path is kept ("/./" marks it; default "/").
+func splitParents(src string, parents bool) (string, string) {
+	if !parents {
+		return path.Clean("/" + src), ""
+	}
+	if i := strings.Index(src, "/./"); i >= 0 {
+		return path.Clean("/" + src), path.Clean("/" + src[:i])
+	}
+	return path.Clean("/" + src), "/"
+}
+
+func mustResolve(l *layerDir, p string) string {
+	r, err := l.resolve(p)
+	if err != nil {
+		return p
+	}
+	return r
+}
+
+func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, dest string, destIsDir bool, defOwner owner) error {
+	// The top-level source is followed when it is a symlink, as docker does.
+	rp, err := spec.from.Resolve(match)
+	if err != nil {
+		return err
+	}
+	fi, host, err := spec.from.Lstat(rp)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if spec.from.FromContext() {
+				return fmt.Errorf("file not found in build context or excluded by .dockerignore: %s", strings.TrimPrefix(match, "/"))
+			}
+			return fmt.Errorf("%s not found in %s", match, spec.fromName)
+		}
+		return err
+	}
+	target := dest
+	if pivot != "" {
+		target = path.Join(dest, strings.TrimPrefix(match, pivot))
+	} else if !fi.IsDir() && destIsDir {
+		target = path.Join(dest, path.Base(match))
+	}
+	if fi.IsDir() {
+		dir, err := l.mkdirAll(target, defOwner)
+		if err != nil {
+			return err
+		}
+		return copyTree(ctx, l, spec, rp, dir, "")
+	}
+	if spec.unpack && fi.Mode().IsRegular() && isArchive(host) {
+		// ADD of a local archive: its content goes into the destination
+		// directory (ADD archive /dir/ and ADD archive /dir alike).
+		dir, err := l.mkdirAll(dest, defOwner)
+		if err != nil {
+			return err
+		}
+		return spec.extract(ctx, l, host, dir, spec.chown)
+	}
+	dir, err := l.mkdirAll(path.Dir(target), defOwner)
+	if err != nil {
+		return err
+	}
+	return copyEntry(l, spec, fi, host, path.Join(dir, path.Base(target)))
+}
+
+// copyTree copies the contents of the source directory src into the
+// resolved layer directory dst. rel is src's path below the copied root,
+// for --exclude.
+func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel string) error {
+	// The copied root takes the destination's metadata (existing, or new
+	// as mkdirAll made it); directories below it take their source's.
+	if rel != "" {
+		fi, host, err := spec.from.Lstat(src)
+		if err != nil {
+			return err
+		}
+		if err := applyDirMeta(l, spec, fi, host, dst); err != nil {
+			return err
+		}
+	}
+	ents, err := spec.from.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		childRel := path.Join(rel, e.Name())
+		if spec.exclude != nil {
+			if ex, _ := spec.exclude.MatchesOrParentMatches(childRel); ex {
+				continue
+			}
+		}
+		childSrc := path.Join(src, e.Name())
+		cfi, chost, err := spec.from.Lstat(childSrc)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		childDst := path.Join(dst, e.Name())
+		if cfi.IsDir() {
+			h := l.host(childDst)
+			if efi, err := os.Lstat(h); err == nil && !efi.IsDir() {
+				if err := os.Remove(h); err != nil {
+					return err
+				}
+			}
+			if err := os.Mkdir(h, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			l.resolved[childDst] = childDst
+			if err := copyTree(ctx, l, spec, childSrc, childDst, childRel); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := copyEntry(l, spec, cfi, chost, childDst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyDirMeta gives the layer directory dst the metadata of source dir.
+func applyDirMeta(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
+	o := ownerFor(spec, fi, host)
+	mode := fi.Mode()
+	if spec.chmod != nil {
+		mode = fs.ModeDir | *spec.chmod
+	}
+	h := l.host(dst)
+	if err := l.setMeta(h, mode, o, false); err != nil {
+		return err
+	}
+	l.dirTimes[h] = fi.ModTime()
+	return nil
+}
+
+// ownerFor is the in-image owner of a copied file: --chown if given, root
+// for the build context (as docker build), else the source's owner.
+func ownerFor(spec *copySpec, fi fs.FileInfo, host string) owner {
+	if spec.chown != nil {
+		return *spec.chown
+	}
+	if spec.from.FromContext() {
+		return owner{}
+	}
+	uid, gid := statOwner(fi, host)
+	return owner{uid, gid}
+}
+
+// copyEntry copies one non-directory source to the resolved layer path dst.
+func copyEntry(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
+	o := ownerFor(spec, fi, host)
+	mode := fi.Mode()
+	if spec.chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
+		mode = *spec.chmod
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		target, err := os.Readlink(host)
+		if err != nil {
+			return err
+		}
+		return l.symlink(dst, target, o, fi.ModTime())
+	case fi.Mode().IsRegular():
+		if st != nil && st.Nlink > 1 {
+			key := [2]uint64{uint64(st.Dev), st.Ino}
+			if first, ok := l.links[key]; ok {
+				return l.hardlink(dst, first)
+			}
+			l.links[key] = dst
+		}
+		f, err := os.Open(host)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return l.writeFile(dst, f, mode, o, fi.ModTime())
+	default:
+		return l.special(dst, fi, o)
+	}
+}
+
+// stepTime is the mtime for files a step creates: SOURCE_DATE_EPOCH when
+// set, else now.
+func stepTime(epoch *time.Time) time.Time {
+	if epoch != nil {
+		return *epoch
+	}
+	return time.Now()
+}

@@ -1,0 +1,193 @@
+package builder
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Format selects the manifest and config media types of built images.
+type Format string
+
+// The image formats.
+const (
+	FormatOCI    Format = "oci"
+	FormatDocker Format = "docker"
+)
+
+// ParseFormat parses a --format value; "" means oci.
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case "", "oci":
+		return FormatOCI, nil
+	case "docker":
+		return FormatDocker, nil
+	}
+	return "", fmt.Errorf("unknown format %q (want oci or docker)", s)
+}
+
+func (f Format) manifestType() types.MediaType {
+	if f == FormatDocker {
+		return types.DockerManifestSchema2
+	}
+	return types.OCIManifestSchema1
+}
+
+func (f Format) configType() types.MediaType {
+	if f == FormatDocker {
+		return types.DockerConfigJSON
+	}
+	return types.OCIConfigJSON
+}
+
+func (f Format) indexType() types.MediaType {
+	if f == FormatDocker {
+		return types.DockerManifestList
+	}
+	return types.OCIImageIndex
+}
+
+// layerType maps a layer media type to its equivalent in format f. The
+// bytes are the same; only the name differs.
+func (f Format) layerType(mt types.MediaType) types.MediaType {
+	oci := map[types.MediaType]types.MediaType{
+		types.DockerLayer:             types.OCILayer,
+		types.DockerUncompressedLayer: types.OCIUncompressedLayer,
+		types.DockerForeignLayer:      types.OCIRestrictedLayer,
+	}
+	if f == FormatOCI {
+		if m, ok := oci[mt]; ok {
+			return m
+		}
+		return mt
+	}
+	for d, o := range oci {
+		if o == mt {
+			return d
+		}
+	}
+	return mt
+}
+
+// builtImage is an image assembled in memory from a config and layers. The
+// manifest and config bytes are computed once, so its digest is stable.
+type builtImage struct {
+	layers   []v1.Layer
+	types    []types.MediaType
+	cfg      *v1.ConfigFile
+	rawCfg   []byte
+	manifest *v1.Manifest
+	rawMan   []byte
+	format   Format
+}
+
+var _ v1.Image = (*builtImage)(nil)
+
+// assemble builds an image from cfg and ls. cfg.RootFS.DiffIDs must match ls.
+func assemble(cfg *v1.ConfigFile, ls []v1.Layer, format Format, annotations map[string]string) (*builtImage, error) {
+	if len(cfg.RootFS.DiffIDs) != len(ls) {
+		return nil, fmt.Errorf("internal error: config lists %d layers, image has %d", len(cfg.RootFS.DiffIDs), len(ls))
+	}
+	cfg.RootFS.Type = "layers"
+	rawCfg, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	img := &builtImage{layers: ls, cfg: cfg, rawCfg: rawCfg, format: format}
+	m := &v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     format.manifestType(),
+		Config: v1.Descriptor{
+			MediaType: format.configType(),
+			Size:      int64(len(rawCfg)),
+			Digest:    sha256Hash(rawCfg),
+		},
+		Annotations: annotations,
+	}
+	for i, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		sz, err := l.Size()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		mt, err := l.MediaType()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		mt = format.layerType(mt)
+		img.types = append(img.types, mt)
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: mt, Size: sz, Digest: d})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	img.manifest, img.rawMan = m, raw
+	return img, nil
+}
+
+func sha256Hash(b []byte) v1.Hash {
+	s := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
+}
+
+func (i *builtImage) Layers() ([]v1.Layer, error) {
+	out := make([]v1.Layer, len(i.layers))
+	for k, l := range i.layers {
+		out[k] = typedLayer{l, i.types[k]}
+	}
+	return out, nil
+}
+func (i *builtImage) MediaType() (types.MediaType, error) { return i.manifest.MediaType, nil }
+func (i *builtImage) Size() (int64, error)                { return int64(len(i.rawMan)), nil }
+func (i *builtImage) ConfigName() (v1.Hash, error)        { return i.manifest.Config.Digest, nil }
+func (i *builtImage) ConfigFile() (*v1.ConfigFile, error) {
+	var c v1.ConfigFile
+	if err := json.NewDecoder(bytes.NewReader(i.rawCfg)).Decode(&c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+func (i *builtImage) RawConfigFile() ([]byte, error) { return i.rawCfg, nil }
+func (i *builtImage) Digest() (v1.Hash, error)       { return sha256Hash(i.rawMan), nil }
+func (i *builtImage) Manifest() (*v1.Manifest, error) {
+	m := *i.manifest
+	return &m, nil
+}
+func (i *builtImage) RawManifest() ([]byte, error) { return i.rawMan, nil }
+func (i *builtImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	if h == i.manifest.Config.Digest {
+		return static.NewLayer(i.rawCfg, i.manifest.Config.MediaType), nil
+	}
+	for k, d := range i.manifest.Layers {
+		if d.Digest == h {
+			return typedLayer{i.layers[k], i.types[k]}, nil
+		}
+	}
+	return nil, fmt.Errorf("image has no layer %s", h)
+}
+func (i *builtImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	for k, d := range i.cfg.RootFS.DiffIDs {
+		if d == h {
+			return typedLayer{i.layers[k], i.types[k]}, nil
+		}
+	}
+	return nil, fmt.Errorf("image has no layer with diffID %s", h)
+}
+
+// typedLayer is a layer under a different media type name.
+type typedLayer struct {
+	v1.Layer
+	mt types.MediaType
+}
+
+func (l typedLayer) MediaType() (types.MediaType, error) { return l.mt, nil }

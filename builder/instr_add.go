@@ -1,0 +1,99 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+)
+
+// add runs ADD: as COPY from the build context, plus local tar archives
+// (plain, gzip, bzip2, xz, zstd) extracted into the destination and
+// http(s) URLs downloaded (verified with --checksum when given).
+func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
+	spec := &copySpec{instr: "ADD", link: c.Link, unpack: true}
+	if c.Unpack != nil {
+		spec.unpack = *c.Unpack
+	}
+	if err := s.fillSpec(ctx, spec, &c.SourcesAndDest, c.Chown, c.Chmod, c.ExcludePatterns); err != nil {
+		return err
+	}
+	var local []string
+	var urls []string
+	for _, src := range spec.srcs {
+		switch {
+		case isGitURL(src):
+			return fmt.Errorf("ADD of a git repository (%s) is not supported; clone it into the build context instead", src)
+		case isURL(src):
+			urls = append(urls, src)
+		default:
+			local = append(local, src)
+		}
+	}
+	if c.Checksum != "" && (len(urls) != 1 || len(local) > 0) {
+		return fmt.Errorf("--checksum needs exactly one http(s) source")
+	}
+	spec.srcs = local
+	if len(urls) == 0 {
+		return s.commitCopy(ctx, spec, cmdText(c))
+	}
+	dir, err := s.b.opts.Store.TempDir("add-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	dl := &downloadFS{files: map[string]string{}}
+	for _, u := range urls {
+		f, err := fetchURL(ctx, s.b.opts.HTTPClient, u, c.Checksum, dir)
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(f.path, 0o600); err != nil {
+			return err
+		}
+		if err := os.Chtimes(f.path, f.modTime, f.modTime); err != nil {
+			return err
+		}
+		dl.files["/"+f.name] = f.path
+	}
+	// URL sources are not extracted (docker's rule) and keep their remote
+	// name; they are copied from a small tree of the downloads.
+	if len(local) > 0 {
+		return fmt.Errorf("ADD mixing URLs and local files is not supported; split it into two ADD instructions")
+	}
+	for name := range dl.files {
+		spec.srcs = append(spec.srcs, name)
+	}
+	sort.Strings(spec.srcs)
+	spec.from, spec.fromName, spec.unpack = dl, "download", false
+	if len(urls) > 1 && !strings.HasSuffix(spec.dest, "/") {
+		return fmt.Errorf("when using ADD with more than one source file, the destination must be a directory and end with a /")
+	}
+	return s.commitCopy(ctx, spec, cmdText(c))
+}
+
+// downloadFS is a flat tree of downloaded files, as a COPY source.
+type downloadFS struct {
+	files map[string]string
+}
+
+func (d *downloadFS) Lstat(p string) (fs.FileInfo, string, error) {
+	h, ok := d.files[path.Clean("/"+p)]
+	if !ok {
+		return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+	}
+	fi, err := os.Lstat(h)
+	return fi, h, err
+}
+
+func (d *downloadFS) ReadDir(p string) ([]fs.DirEntry, error) {
+	return nil, &fs.PathError{Op: "readdir", Path: p, Err: fs.ErrInvalid}
+}
+
+func (d *downloadFS) Resolve(p string) (string, error) { return path.Clean("/" + p), nil }
+func (d *downloadFS) FromContext() bool                { return true }

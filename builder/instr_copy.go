@@ -1,0 +1,154 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/patternmatcher"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// copyCmd runs COPY: files from the build context, a stage (--from=name or
+// index) or an image (--from=ref) into a new layer.
+func (s *stageRun) copyCmd(ctx context.Context, c *instructions.CopyCommand) error {
+	spec := &copySpec{instr: "COPY", link: c.Link, parents: c.Parents}
+	if err := s.fillSpec(ctx, spec, &c.SourcesAndDest, c.Chown, c.Chmod, c.ExcludePatterns); err != nil {
+		return err
+	}
+	if c.From != "" {
+		from, err := s.b.exp.Word(c.From, s.env())
+		if err != nil {
+			return err
+		}
+		src, name, err := s.fromSource(ctx, from)
+		if err != nil {
+			return err
+		}
+		spec.from, spec.fromName = src, name
+	}
+	return s.commitCopy(ctx, spec, cmdText(c))
+}
+
+// fillSpec fills the parts COPY and ADD share.
+func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instructions.SourcesAndDest, chown, chmod string, exclude []string) error {
+	spec.from, spec.fromName = s.b.ctx, "build context"
+	spec.srcs = append([]string(nil), sd.SourcePaths...)
+	for _, sc := range sd.SourceContents {
+		spec.inline = append(spec.inline, inlineFile{name: path.Base(sc.Path), data: sc.Data})
+	}
+	if len(spec.srcs)+len(spec.inline) == 0 {
+		return fmt.Errorf("%s needs at least one source", spec.instr)
+	}
+	dest := sd.DestPath
+	if dest == "" {
+		return fmt.Errorf("%s needs a destination", spec.instr)
+	}
+	if !path.IsAbs(dest) {
+		wd := s.c.Config().WorkingDir
+		if wd == "" {
+			wd = "/"
+		}
+		trailing := strings.HasSuffix(dest, "/") || dest == "." || strings.HasSuffix(dest, "/.")
+		dest = path.Join(wd, dest)
+		if trailing {
+			dest += "/"
+		}
+	}
+	if dest != "/" && strings.HasSuffix(dest, "/.") {
+		dest = strings.TrimSuffix(dest, ".")
+	}
+	spec.dest = dest
+	mode, err := parseChmod(chmod)
+	if err != nil {
+		return err
+	}
+	spec.chmod = mode
+	if chown != "" {
+		var files fileReader
+		if rootfs, err := s.c.RootFS(ctx); err == nil {
+			files = rootfs
+		} else {
+			return err
+		}
+		o, err := resolveOwner(chown, files)
+		if err != nil {
+			return fmt.Errorf("--chown=%s: %w", chown, err)
+		}
+		spec.chown = &o
+	}
+	if len(exclude) > 0 {
+		pm, err := patternmatcher.New(exclude)
+		if err != nil {
+			return fmt.Errorf("--exclude: %w", err)
+		}
+		spec.exclude = pm
+	}
+	return nil
+}
+
+// fromSource is the tree of a stage (by name or index) or of an image.
+func (s *stageRun) fromSource(ctx context.Context, from string) (sourceFS, string, error) {
+	if i, ok := s.b.stageRef(from); ok {
+		if i == s.index {
+			return nil, "", fmt.Errorf("--from=%s refers to the stage itself", from)
+		}
+		dep := s.b.stages[i]
+		rootfs, err := dep.RootFS(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		return &imageFS{rootfs}, "stage " + dep.name, nil
+	}
+	src, err := s.b.imageSource(ctx, from, s.platform)
+	if err != nil {
+		return nil, "", fmt.Errorf("--from=%s: %w", from, err)
+	}
+	return src, "image " + from, nil
+}
+
+// commitCopy performs spec into a new layer and commits it.
+func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy string) error {
+	var base *layers.RootFS
+	if !spec.link {
+		rootfs, err := s.c.RootFS(ctx)
+		if err != nil {
+			return err
+		}
+		base = rootfs
+	}
+	tmp, err := s.b.opts.Store.TempDir("layer-")
+	if err != nil {
+		return err
+	}
+	l := newLayerDir(tmp, base, stepTime(s.b.opts.SourceDateEpoch))
+	if spec.extract == nil {
+		spec.extract = func(ctx context.Context, l *layerDir, host, dir string, o *owner) error {
+			return extractArchive(ctx, l, host, dir, o, s.b.warn)
+		}
+	}
+	if err := copyInto(ctx, l, spec); err != nil {
+		removeAll(tmp)
+		return err
+	}
+	desc, err := s.c.addLayerDir(ctx, tmp, createdBy)
+	if err != nil {
+		return err
+	}
+	s.layerSize = desc.Size
+	return nil
+}
+
+// imageFS is a read-only image root filesystem as a COPY source.
+type imageFS struct {
+	r *layers.RootFS
+}
+
+func (i *imageFS) Lstat(p string) (fs.FileInfo, string, error) { return i.r.Lstat(p) }
+func (i *imageFS) ReadDir(p string) ([]fs.DirEntry, error)     { return i.r.ReadDir(p) }
+func (i *imageFS) Resolve(p string) (string, error)            { return i.r.Resolve(p) }
+func (i *imageFS) FromContext() bool                           { return false }

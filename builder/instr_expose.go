@@ -1,0 +1,68 @@
+package builder
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+)
+
+// exposeCmd runs EXPOSE: "80", "80/udp", "8000-8002/tcp".
+func (s *stageRun) exposeCmd(c *instructions.ExposeCommand) error {
+	env := s.env()
+	cfg := s.c.Config()
+	ports := make(map[string]struct{}, len(cfg.ExposedPorts))
+	for k := range cfg.ExposedPorts {
+		ports[k] = struct{}{}
+	}
+	for _, raw := range c.Ports {
+		words, err := s.b.exp.Word(raw, env)
+		if err != nil {
+			return err
+		}
+		for _, w := range strings.Fields(words) {
+			list, err := parsePorts(w)
+			if err != nil {
+				return err
+			}
+			for _, p := range list {
+				ports[p] = struct{}{}
+			}
+		}
+	}
+	cfg.ExposedPorts = ports
+	s.c.addHistory(cmdText(c))
+	return nil
+}
+
+// parsePorts expands "port[-port][/proto]" into "port/proto" entries.
+func parsePorts(s string) ([]string, error) {
+	spec, proto, hasProto := strings.Cut(s, "/")
+	if !hasProto {
+		proto = "tcp"
+	}
+	proto = strings.ToLower(proto)
+	switch proto {
+	case "tcp", "udp", "sctp":
+	default:
+		return nil, fmt.Errorf("invalid protocol %q in port %q", proto, s)
+	}
+	lo, hi, isRange := strings.Cut(spec, "-")
+	start, err := strconv.ParseUint(lo, 10, 16)
+	if err != nil || start == 0 {
+		return nil, fmt.Errorf("invalid port %q", s)
+	}
+	end := start
+	if isRange {
+		end, err = strconv.ParseUint(hi, 10, 16)
+		if err != nil || end < start {
+			return nil, fmt.Errorf("invalid port range %q", s)
+		}
+	}
+	var out []string
+	for p := start; p <= end; p++ {
+		out = append(out, fmt.Sprintf("%d/%s", p, proto))
+	}
+	return out, nil
+}

@@ -1,0 +1,72 @@
+package builder
+
+import (
+	"context"
+	"path"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+)
+
+// workdir runs WORKDIR: a relative path is taken from the current one. The
+// directory is created when the image lacks it (owned by the current USER,
+// as BuildKit does), which makes a layer; otherwise no layer is made.
+func (s *stageRun) workdir(ctx context.Context, c *instructions.WorkdirCommand) error {
+	cfg := s.c.Config()
+	wd := c.Path
+	if !path.IsAbs(wd) {
+		cur := cfg.WorkingDir
+		if cur == "" {
+			cur = "/"
+		}
+		wd = path.Join(cur, wd)
+	}
+	wd = path.Clean(wd)
+	cfg.WorkingDir = wd
+	created, err := s.ensureDir(ctx, wd, cmdText(c))
+	if err != nil {
+		return err
+	}
+	if !created {
+		s.c.addHistory(cmdText(c))
+	}
+	return nil
+}
+
+// ensureDir makes sure dir exists in the image, committing a layer that
+// creates it when it does not. It reports whether it made a layer.
+func (s *stageRun) ensureDir(ctx context.Context, dir, createdBy string) (bool, error) {
+	rootfs, err := s.c.RootFS(ctx)
+	if err != nil {
+		return false, err
+	}
+	resolved, err := resolveIn(dir, rootfs.Lstat)
+	if err != nil {
+		return false, err
+	}
+	if fi, _, err := rootfs.Lstat(resolved); err == nil && fi.IsDir() {
+		return false, nil
+	}
+	o := owner{}
+	if u := s.c.Config().User; u != "" {
+		if o, err = resolveOwner(u, rootfs); err != nil {
+			return false, err
+		}
+	}
+	tmp, err := s.b.opts.Store.TempDir("layer-")
+	if err != nil {
+		return false, err
+	}
+	l := newLayerDir(tmp, rootfs, stepTime(s.b.opts.SourceDateEpoch))
+	if _, err := l.mkdirAll(resolved, o); err != nil {
+		return false, err
+	}
+	if err := l.finish(); err != nil {
+		return false, err
+	}
+	desc, err := s.c.addLayerDir(ctx, tmp, createdBy)
+	if err != nil {
+		return false, err
+	}
+	s.layerSize = desc.Size
+	return true, nil
+}

@@ -1,0 +1,303 @@
+package builder
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// ownerXattr records the in-image owner of a file when the process cannot
+// chown it (an unprivileged build outside a user namespace). The layer tar
+// writer reads it back; it never reaches a layer as an xattr.
+const ownerXattr = layers.OwnerXattr
+
+// layerDir is a fresh directory that becomes one layer. Paths given to its
+// methods are absolute in-image paths; it resolves them against the image
+// (so a symlink in the image is followed inside the image, never onto the
+// host) and creates them in the layer directory without following any
+// symlink there.
+type layerDir struct {
+	dir string
+	// base is the image below the layer; nil for scratch or COPY --link.
+	base *layers.RootFS
+	// now is the mtime of directories the step creates.
+	now time.Time
+	// resolved caches in-image directory -> resolved in-image directory.
+	resolved map[string]string
+	// dirTimes are applied last, deepest first, so writing children does
+	// not disturb them.
+	dirTimes map[string]time.Time
+	// links maps a source (dev, inode) to the first layer path written
+	// from it, so hardlinks stay hardlinks.
+	links map[[2]uint64]string
+	root  bool
+}
+
+func newLayerDir(dir string, base *layers.RootFS, now time.Time) *layerDir {
+	return &layerDir{
+		dir:      dir,
+		base:     base,
+		now:      now,
+		resolved: map[string]string{"/": "/"},
+		dirTimes: map[string]time.Time{},
+		links:    map[[2]uint64]string{},
+		root:     os.Geteuid() == 0,
+	}
+}
+
+func (l *layerDir) host(p string) string {
+	return filepath.Join(l.dir, filepath.FromSlash(path.Clean("/"+p)))
+}
+
+// lstat describes p as the merged view (this layer over the image) has it.
+func (l *layerDir) lstat(p string) (fs.FileInfo, string, error) {
+	if fi, err := os.Lstat(l.host(p)); err == nil {
+		return fi, l.host(p), nil
+	}
+	if l.base == nil {
+		return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+	}
+	return l.base.Lstat(p)
+}
+
+// resolve follows symlinks in p within the merged view.
+func (l *layerDir) resolve(p string) (string, error) {
+	return resolveIn(p, l.lstat)
+}
+
+// isDir reports whether the in-image path p (resolved) is a directory.
+func (l *layerDir) isDir(p string) bool {
+	fi, _, err := l.lstat(p)
+	return err == nil && fi.IsDir()
+}
+
+// mkdirAll makes sure the directory p exists in the layer, resolving
+// symlinks of the image on the way, and returns the resolved path. Parents
+// that exist in the image are copied into the layer with their metadata
+// (so the layer's tar carries them unchanged); new ones get mode 0755, the
+// owner o, and the step's time.
+func (l *layerDir) mkdirAll(p string, o owner) (string, error) {
+	p = path.Clean("/" + p)
+	if r, ok := l.resolved[p]; ok {
+		return r, nil
+	}
+	parent, err := l.mkdirAll(path.Dir(p), o)
+	if err != nil {
+		return "", err
+	}
+	name := path.Base(p)
+	cand := path.Join(parent, name)
+	// Follow a symlink of the image at this component.
+	if fi, _, err := l.lstat(cand); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		r, err := l.resolve(cand)
+		if err != nil {
+			return "", err
+		}
+		r, err = l.mkdirAll(r, o)
+		if err != nil {
+			return "", err
+		}
+		l.resolved[p] = r
+		return r, nil
+	}
+	if err := l.ensureDir(cand, o); err != nil {
+		return "", err
+	}
+	l.resolved[p] = cand
+	return cand, nil
+}
+
+// ensureDir creates the resolved directory cand in the layer if missing.
+func (l *layerDir) ensureDir(cand string, o owner) error {
+	h := l.host(cand)
+	if fi, err := os.Lstat(h); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("cannot create directory %s: a file created by this step is in the way", cand)
+		}
+		return nil
+	}
+	if l.base != nil {
+		if fi, bh, err := l.base.Lstat(cand); err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("cannot create directory %s: it is a file in the image", cand)
+			}
+			if err := os.Mkdir(h, 0o755); err != nil {
+				return err
+			}
+			uid, gid := statOwner(fi, bh)
+			if err := l.setMeta(h, fi.Mode(), owner{uid, gid}, false); err != nil {
+				return err
+			}
+			l.dirTimes[h] = fi.ModTime()
+			return nil
+		}
+	}
+	if err := os.Mkdir(h, 0o755); err != nil {
+		return err
+	}
+	if err := l.setMeta(h, fs.ModeDir|0o755, o, false); err != nil {
+		return err
+	}
+	l.dirTimes[h] = l.now
+	return nil
+}
+
+// clearTarget removes a non-directory already written at host path h by
+// this step, so it can be replaced.
+func clearTarget(h, p string) error {
+	fi, err := os.Lstat(h)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("cannot replace directory %s with a non-directory", p)
+	}
+	return os.Remove(h)
+}
+
+// writeFile creates the regular file p (resolved parent) from r.
+func (l *layerDir) writeFile(p string, r io.Reader, mode fs.FileMode, o owner, mtime time.Time) error {
+	h := l.host(p)
+	if err := clearTarget(h, p); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(h, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := l.setMeta(h, mode, o, false); err != nil {
+		return err
+	}
+	return setMtime(h, mtime)
+}
+
+// symlink creates the symlink p -> target.
+func (l *layerDir) symlink(p, target string, o owner, mtime time.Time) error {
+	h := l.host(p)
+	if err := clearTarget(h, p); err != nil {
+		return err
+	}
+	if err := os.Symlink(target, h); err != nil {
+		return err
+	}
+	if err := l.setMeta(h, fs.ModeSymlink|0o777, o, true); err != nil {
+		return err
+	}
+	return setMtime(h, mtime)
+}
+
+// hardlink makes p a hardlink of the earlier written in-layer path first.
+func (l *layerDir) hardlink(p, first string) error {
+	h := l.host(p)
+	if err := clearTarget(h, p); err != nil {
+		return err
+	}
+	return os.Link(l.host(first), h)
+}
+
+// special creates a device node or fifo (as root only).
+func (l *layerDir) special(p string, fi fs.FileInfo, o owner) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !l.root {
+		return fmt.Errorf("cannot copy special file %s: needs root", p)
+	}
+	h := l.host(p)
+	if err := clearTarget(h, p); err != nil {
+		return err
+	}
+	if err := unix.Mknod(h, st.Mode, int(st.Rdev)); err != nil {
+		return err
+	}
+	if err := l.setMeta(h, fi.Mode(), o, false); err != nil {
+		return err
+	}
+	return setMtime(h, fi.ModTime())
+}
+
+// setMeta sets owner then mode (chown clears setuid bits, so mode last).
+func (l *layerDir) setMeta(h string, mode fs.FileMode, o owner, isLink bool) error {
+	if l.root {
+		if err := os.Lchown(h, o.UID, o.GID); err != nil {
+			return err
+		}
+	} else {
+		// Unprivileged: record the in-image owner for the tar writer.
+		v := strconv.Itoa(o.UID) + ":" + strconv.Itoa(o.GID)
+		if err := unix.Lsetxattr(h, ownerXattr, []byte(v), 0); err != nil && !isLink {
+			return fmt.Errorf("record owner of %s: %w", h, err)
+		}
+	}
+	if isLink {
+		return nil
+	}
+	return os.Chmod(h, toSyscallMode(mode))
+}
+
+// toSyscallMode keeps permission and setuid/setgid/sticky bits in the form
+// os.Chmod wants.
+func toSyscallMode(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+func setMtime(h string, t time.Time) error {
+	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, h, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// finish applies directory mtimes, deepest first.
+func (l *layerDir) finish() error {
+	dirs := make([]string, 0, len(l.dirTimes))
+	for d := range l.dirTimes {
+		dirs = append(dirs, d)
+	}
+	sort.Slice(dirs, func(i, j int) bool { return strings.Count(dirs[i], "/") > strings.Count(dirs[j], "/") })
+	for _, d := range dirs {
+		if err := setMtime(d, l.dirTimes[d]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// statOwner returns the in-image owner of a file of a snapshot or context:
+// the recorded owner when an unprivileged extraction could not chown it,
+// else its real owner.
+func statOwner(fi fs.FileInfo, host string) (int, int) {
+	buf := make([]byte, 64)
+	if n, err := unix.Lgetxattr(host, ownerXattr, buf); err == nil {
+		if u, g, ok := strings.Cut(string(buf[:n]), ":"); ok {
+			uid, e1 := strconv.Atoi(u)
+			gid, e2 := strconv.Atoi(g)
+			if e1 == nil && e2 == nil {
+				return uid, gid
+			}
+		}
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Uid), int(st.Gid)
+	}
+	return 0, 0
+}

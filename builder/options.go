@@ -1,0 +1,76 @@
+package builder
+
+import (
+	"net/http"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
+)
+
+// Options configure one Build. Only Store and ContextDir are required.
+type Options struct {
+	// Store is where layers, snapshots and the result go.
+	Store *layers.Store
+	// ContextDir is the build context directory.
+	ContextDir string
+	// Dockerfile is the Dockerfile's path; "" means ContextDir/Dockerfile,
+	// then ContextDir/Containerfile.
+	Dockerfile string
+	// DockerfileContent, when non-nil, is used instead of reading
+	// Dockerfile (Dockerfile then only names it in messages).
+	DockerfileContent []byte
+	// Tags name the result in the store.
+	Tags []string
+	// BuildArgs override ARG defaults (--build-arg).
+	BuildArgs map[string]string
+	// Target is the stage to build; "" means the last one.
+	Target string
+	// Platforms to build for; empty means the host's. More than one gives
+	// an image index.
+	Platforms []v1.Platform
+	// Labels are added to the final image (--label).
+	Labels map[string]string
+	// Jobs bounds how many stages build at once; 0 means the CPU count.
+	Jobs int
+	// NoCache disables the build cache.
+	NoCache bool
+	// Format of manifests and configs; "" means OCI.
+	Format Format
+	// Compression and CompressionLevel of new layers.
+	Compression      layers.Compression
+	CompressionLevel int
+	// SourceDateEpoch, when set, clamps file mtimes in new layers and sets
+	// every timestamp of the config and history, for reproducible builds.
+	SourceDateEpoch *time.Time
+	// Outputs are written in addition to the store.
+	Outputs []registry.Output
+	// Progress receives events; nil discards them.
+	Progress progress.Sink
+	// HTTPClient fetches ADD URLs; nil means http.DefaultClient.
+	HTTPClient *http.Client
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Result is what a build produced.
+type Result struct {
+	// Image is the built image for a single-platform build; nil otherwise.
+	Image v1.Image
+	// Index is the image index of a multi-platform build; nil otherwise.
+	Index v1.ImageIndex
+	// Digest is the manifest (or index) digest.
+	Digest v1.Hash
+	// ID is the image ID: the config digest of an image, or the index
+	// digest of an index.
+	ID v1.Hash
+	// Descriptor is the result's descriptor in the store.
+	Descriptor v1.Descriptor
+	// Names are the normalized names the result was tagged with.
+	Names []string
+	// Warnings collected during the build (also sent to Progress).
+	Warnings []string
+}

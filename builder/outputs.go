@@ -1,0 +1,87 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/ibuild/ibuild/registry"
+)
+
+// writeOutputs writes the result to every --output destination. Archives
+// are written to a temporary name and renamed, so a failed build never
+// leaves a partial archive under the requested name.
+func writeOutputs(ctx context.Context, opts *Options, res *Result, warn func(string)) error {
+	name := ""
+	if len(res.Names) > 0 {
+		name = res.Names[0]
+	}
+	for _, out := range opts.Outputs {
+		var err error
+		switch out.Type {
+		case "image", "":
+			// The store already has it.
+		case "oci":
+			if !out.Tar {
+				err = registry.WriteOCILayout(ctx, out.Dest, res.Image, res.Index, name)
+				break
+			}
+			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
+				return registry.WriteOCIArchive(ctx, w, res.Image, res.Index, name)
+			})
+		case "docker":
+			if res.Image == nil {
+				return fmt.Errorf("--output type=docker holds one image; a multi-platform build needs type=oci")
+			}
+			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
+				return registry.WriteDockerArchive(ctx, w, res.Image, res.Names)
+			})
+		case "local":
+			if res.Image == nil {
+				return fmt.Errorf("--output type=local needs a single-platform build")
+			}
+			err = registry.WriteRootFS(ctx, out.Dest, res.Image, warn)
+		case "tar":
+			if res.Image == nil {
+				return fmt.Errorf("--output type=tar needs a single-platform build")
+			}
+			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
+				return registry.WriteRootFSTar(ctx, w, res.Image)
+			})
+		default:
+			err = fmt.Errorf("unknown output type %q", out.Type)
+		}
+		if err != nil {
+			return fmt.Errorf("--output type=%s,dest=%s: %w", out.Type, out.Dest, err)
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes dest through fn via a temporary file; "-" is
+// standard output.
+func writeFileAtomic(dest string, fn func(io.Writer) error) error {
+	if dest == "-" {
+		return fn(os.Stdout)
+	}
+	f, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if err := fn(f); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), dest)
+}

@@ -1,0 +1,182 @@
+// Package progress carries build progress events from the builder to a
+// renderer: plain lines for logs and CI, a compact redrawn view for
+// terminals, and JSON lines for other tools. The builder only emits Events;
+// how they look is decided here.
+package progress
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Kind is the kind of an event.
+type Kind string
+
+// Event kinds.
+const (
+	StepStart Kind = "step-start"
+	StepDone  Kind = "step-done"
+	StepError Kind = "step-error"
+	Log       Kind = "log"
+	Warning   Kind = "warning"
+	BuildDone Kind = "build-done"
+)
+
+// Event is one thing that happened during a build.
+type Event struct {
+	Kind     Kind      `json:"kind"`
+	Time     time.Time `json:"time"`
+	Platform string    `json:"platform,omitempty"`
+	Stage    string    `json:"stage,omitempty"`
+	// Step is 1-based within the stage; Steps is the stage's step count.
+	Step        int    `json:"step,omitempty"`
+	Steps       int    `json:"steps,omitempty"`
+	Instruction string `json:"instruction,omitempty"`
+	// Location is "path:line" of the instruction.
+	Location string `json:"location,omitempty"`
+	Cached   bool   `json:"cached,omitempty"`
+	// MissReason says why a cacheable step was not a cache hit.
+	MissReason string        `json:"miss_reason,omitempty"`
+	Duration   time.Duration `json:"duration_ns,omitempty"`
+	LayerSize  int64         `json:"layer_size,omitempty"`
+	Digest     string        `json:"digest,omitempty"`
+	Message    string        `json:"message,omitempty"`
+	Error      string        `json:"error,omitempty"`
+}
+
+// Sink receives events. Implementations must be safe for concurrent use:
+// stages build concurrently.
+type Sink interface {
+	Emit(Event)
+}
+
+// Discard drops every event.
+type Discard struct{}
+
+// Emit implements Sink.
+func (Discard) Emit(Event) {}
+
+// Func adapts a function to a Sink.
+type Func func(Event)
+
+// Emit implements Sink.
+func (f Func) Emit(e Event) { f(e) }
+
+// New returns the renderer for mode (auto, plain, tty, json) writing to w.
+// auto picks tty when w is a terminal, else plain.
+func New(mode string, w io.Writer) (Sink, error) {
+	switch mode {
+	case "", "auto":
+		if isTerminal(w) {
+			return NewTTY(w), nil
+		}
+		return NewPlain(w), nil
+	case "plain":
+		return NewPlain(w), nil
+	case "tty":
+		return NewTTY(w), nil
+	case "json":
+		return NewJSON(w), nil
+	}
+	return nil, fmt.Errorf("unknown progress mode %q (want auto, plain, tty or json)", mode)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// Plain writes one line per event, suitable for CI logs.
+type Plain struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewPlain returns a plain renderer.
+func NewPlain(w io.Writer) *Plain { return &Plain{w: w} }
+
+// Emit implements Sink.
+func (p *Plain) Emit(e Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prefix := stepPrefix(e)
+	switch e.Kind {
+	case StepStart:
+		fmt.Fprintf(p.w, "%s %s\n", prefix, e.Instruction)
+	case StepDone:
+		var extra []string
+		if e.Cached {
+			extra = append(extra, "CACHED")
+		}
+		if e.LayerSize > 0 {
+			extra = append(extra, "layer "+HumanSize(e.LayerSize))
+		}
+		extra = append(extra, fmt.Sprintf("%.2fs", e.Duration.Seconds()))
+		fmt.Fprintf(p.w, "%s done (%s)\n", prefix, strings.Join(extra, ", "))
+	case StepError:
+		fmt.Fprintf(p.w, "%s failed after %.2fs\n", prefix, e.Duration.Seconds())
+	case Log:
+		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
+			fmt.Fprintf(p.w, "%s | %s\n", prefix, line)
+		}
+	case Warning:
+		fmt.Fprintf(p.w, "WARNING: %s\n", e.Message)
+	case BuildDone:
+		fmt.Fprintf(p.w, "%s\n", e.Message)
+	}
+}
+
+func stepPrefix(e Event) string {
+	var b strings.Builder
+	b.WriteString("[")
+	if e.Platform != "" {
+		b.WriteString(e.Platform + " ")
+	}
+	if e.Stage != "" {
+		b.WriteString(e.Stage + " ")
+	}
+	if e.Steps > 0 {
+		fmt.Fprintf(&b, "%d/%d", e.Step, e.Steps)
+	}
+	b.WriteString("]")
+	return b.String()
+}
+
+// JSON writes one JSON object per event and line.
+type JSON struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+// NewJSON returns a JSON-lines renderer.
+func NewJSON(w io.Writer) *JSON { return &JSON{enc: json.NewEncoder(w)} }
+
+// Emit implements Sink.
+func (j *JSON) Emit(e Event) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	_ = j.enc.Encode(e)
+}
+
+// HumanSize formats n bytes as B, kB, MB or GB.
+func HumanSize(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}

@@ -1,0 +1,114 @@
+package progress
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+)
+
+// TTY redraws a compact view: one line per running or finished step, the
+// last few log lines of running steps, updated in place.
+type TTY struct {
+	mu      sync.Mutex
+	w       io.Writer
+	lines   []*ttyLine
+	byKey   map[string]*ttyLine
+	drawn   int
+	logTail map[string][]string
+}
+
+type ttyLine struct {
+	key   string
+	text  string
+	start time.Time
+	state string // running, done, cached, error
+	dur   time.Duration
+	size  int64
+}
+
+// NewTTY returns a terminal renderer.
+func NewTTY(w io.Writer) *TTY {
+	return &TTY{w: w, byKey: map[string]*ttyLine{}, logTail: map[string][]string{}}
+}
+
+// Emit implements Sink.
+func (t *TTY) Emit(e Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := stepPrefix(e)
+	switch e.Kind {
+	case StepStart:
+		l := &ttyLine{key: key, text: e.Instruction, start: e.Time, state: "running"}
+		t.lines = append(t.lines, l)
+		t.byKey[key] = l
+	case StepDone, StepError:
+		if l := t.byKey[key]; l != nil {
+			l.state = "done"
+			if e.Cached {
+				l.state = "cached"
+			}
+			if e.Kind == StepError {
+				l.state = "error"
+			}
+			l.dur, l.size = e.Duration, e.LayerSize
+			delete(t.logTail, key)
+		}
+	case Log:
+		tail := append(t.logTail[key], strings.Split(strings.TrimRight(e.Message, "\n"), "\n")...)
+		if len(tail) > 5 {
+			tail = tail[len(tail)-5:]
+		}
+		t.logTail[key] = tail
+	case Warning:
+		t.clear()
+		fmt.Fprintf(t.w, "WARNING: %s\n", e.Message)
+		t.drawn = 0
+	case BuildDone:
+		t.redraw()
+		fmt.Fprintf(t.w, "%s\n", e.Message)
+		t.lines, t.byKey, t.drawn = nil, map[string]*ttyLine{}, 0
+		return
+	}
+	t.redraw()
+}
+
+func (t *TTY) clear() {
+	if t.drawn > 0 {
+		fmt.Fprintf(t.w, "\x1b[%dA\x1b[J", t.drawn)
+	}
+}
+
+func (t *TTY) redraw() {
+	t.clear()
+	var b strings.Builder
+	n := 0
+	for _, l := range t.lines {
+		mark := map[string]string{"running": "=>", "done": "OK", "cached": "CACHED", "error": "ERROR"}[l.state]
+		dur := l.dur
+		if l.state == "running" {
+			dur = time.Since(l.start)
+		}
+		size := ""
+		if l.size > 0 {
+			size = " " + HumanSize(l.size)
+		}
+		fmt.Fprintf(&b, "%s %-6s %s%s %.1fs\n", l.key, mark, truncate(l.text, 70), size, dur.Seconds())
+		n++
+		for _, tl := range t.logTail[l.key] {
+			fmt.Fprintf(&b, "    | %s\n", truncate(tl, 100))
+			n++
+		}
+	}
+	io.WriteString(t.w, b.String())
+	t.drawn = n
+}
+
+func truncate(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

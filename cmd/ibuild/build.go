@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibuild/ibuild/builder"
+	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
+)
+
+func buildCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "build",
+		Aliases:   []string{"bud"},
+		Usage:     "build an image from a Dockerfile",
+		ArgsUsage: "CONTEXT",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
+			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name the image (repeatable)"},
+			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build arg: KEY=VALUE, or KEY to take it from the environment (repeatable)"},
+			&cli.StringFlag{Name: "target", Usage: "build this stage"},
+			&cli.StringFlag{Name: "platform", Usage: "target platform(s): os/arch[/variant][,...]"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "do not use the build cache"},
+			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false] (repeatable)"},
+			&cli.StringFlag{Name: "iidfile", Usage: "write the image ID to this file"},
+			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress output: auto, plain, tty or json"},
+			&cli.StringSliceFlag{Name: "label", Usage: "add a label KEY=VALUE to the image (repeatable)"},
+			&cli.IntFlag{Name: "jobs", Usage: "stages built at once (default: CPU count)"},
+			&cli.StringFlag{Name: "format", Value: "oci", Usage: "manifest format: oci or docker"},
+			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "layer compression: gzip, zstd or none"},
+			&cli.IntFlag{Name: "compression-level", Usage: "compression level (0: the compressor's default)"},
+			&cli.StringFlag{Name: "source-date-epoch", Usage: "Unix time for reproducible builds (default $SOURCE_DATE_EPOCH)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image ID"},
+		},
+		Action: runBuild,
+	}
+}
+
+func runBuild(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	opts := builder.Options{
+		Store:            st,
+		ContextDir:       c.Args().First(),
+		Dockerfile:       c.String("file"),
+		Tags:             c.StringSlice("tag"),
+		Target:           c.String("target"),
+		NoCache:          c.Bool("no-cache"),
+		Jobs:             c.Int("jobs"),
+		CompressionLevel: c.Int("compression-level"),
+	}
+	if opts.Dockerfile == "-" {
+		data, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return fmt.Errorf("read Dockerfile from stdin: %w", err)
+		}
+		opts.DockerfileContent = data
+	}
+	if opts.BuildArgs, err = parseKeyValues(c.StringSlice("build-arg"), true); err != nil {
+		return fmt.Errorf("--build-arg: %w", err)
+	}
+	if opts.Labels, err = parseKeyValues(c.StringSlice("label"), false); err != nil {
+		return fmt.Errorf("--label: %w", err)
+	}
+	if p := c.String("platform"); p != "" {
+		if opts.Platforms, err = builder.ParsePlatforms(p); err != nil {
+			return fmt.Errorf("--platform: %w", err)
+		}
+	}
+	if opts.Format, err = builder.ParseFormat(c.String("format")); err != nil {
+		return fmt.Errorf("--format: %w", err)
+	}
+	if opts.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
+		return fmt.Errorf("--compression: %w", err)
+	}
+	epoch := c.String("source-date-epoch")
+	if epoch == "" {
+		epoch = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if epoch != "" {
+		n, err := strconv.ParseInt(epoch, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("source date epoch %q: want a non-negative Unix time in seconds", epoch)
+		}
+		t := time.Unix(n, 0).UTC()
+		opts.SourceDateEpoch = &t
+	}
+	for _, spec := range c.StringSlice("output") {
+		out, err := registry.ParseOutput(spec)
+		if err != nil {
+			return fmt.Errorf("--output %s: %w", spec, err)
+		}
+		opts.Outputs = append(opts.Outputs, out)
+	}
+	mode := c.String("progress")
+	var sink progress.Sink
+	if c.Bool("quiet") {
+		sink = progress.Discard{}
+	} else if sink, err = progress.New(mode, os.Stderr); err != nil {
+		return err
+	}
+	opts.Progress = sink
+	start := time.Now()
+	res, err := builder.Build(c.Context, opts)
+	if err != nil {
+		return err
+	}
+	if f := c.String("iidfile"); f != "" {
+		if err := os.WriteFile(f, []byte(res.ID.String()), 0o644); err != nil {
+			return fmt.Errorf("--iidfile: %w", err)
+		}
+	}
+	if c.Bool("quiet") {
+		fmt.Println(res.ID)
+		return nil
+	}
+	msg := fmt.Sprintf("built %s in %.2fs", res.Digest, time.Since(start).Seconds())
+	if len(res.Names) > 0 {
+		msg += ", tagged " + strings.Join(res.Names, ", ")
+	}
+	sink.Emit(progress.Event{Kind: progress.BuildDone, Time: time.Now(), Digest: res.Digest.String(), Message: msg})
+	if mode != "json" {
+		fmt.Println(res.ID)
+	}
+	return nil
+}
+
+// parseKeyValues parses KEY=VALUE items; with fromEnv, a bare KEY takes
+// its value from the environment (and is skipped when unset), as docker
+// build does for --build-arg.
+func parseKeyValues(items []string, fromEnv bool) (map[string]string, error) {
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if k == "" {
+			return nil, fmt.Errorf("%q: want KEY=VALUE", it)
+		}
+		if !ok {
+			if !fromEnv {
+				return nil, fmt.Errorf("%q: want KEY=VALUE", it)
+			}
+			ev, set := os.LookupEnv(k)
+			if !set {
+				continue
+			}
+			v = ev
+		}
+		out[k] = v
+	}
+	return out, nil
+}

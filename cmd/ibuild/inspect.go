@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/urfave/cli/v2"
+)
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "show an image's manifest and config as JSON",
+		ArgsUsage: "NAME|ID",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("inspect needs one image name or ID", 2)
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			ref := c.Args().First()
+			desc, err := st.Lookup(c.Context, ref)
+			if err != nil {
+				return err
+			}
+			out := map[string]any{"name": ref, "digest": desc.Digest.String(), "mediaType": desc.MediaType}
+			if desc.MediaType == types.OCIImageIndex || desc.MediaType == types.DockerManifestList {
+				idx, err := st.ImageIndex(c.Context, desc.Digest)
+				if err != nil {
+					return err
+				}
+				raw, err := idx.RawManifest()
+				if err != nil {
+					return err
+				}
+				out["index"] = json.RawMessage(raw)
+				var images []map[string]any
+				im, err := idx.IndexManifest()
+				if err != nil {
+					return err
+				}
+				for _, d := range im.Manifests {
+					img, err := idx.Image(d.Digest)
+					if err != nil {
+						return err
+					}
+					entry, err := imageJSON(img)
+					if err != nil {
+						return err
+					}
+					entry["platform"] = d.Platform
+					images = append(images, entry)
+				}
+				out["images"] = images
+			} else {
+				img, err := st.Image(c.Context, desc.Digest)
+				if err != nil {
+					return err
+				}
+				entry, err := imageJSON(img)
+				if err != nil {
+					return err
+				}
+				for k, v := range entry {
+					out[k] = v
+				}
+			}
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		},
+	}
+}
+
+func imageJSON(img v1.Image) (map[string]any, error) {
+	rawMan, err := img.RawManifest()
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	id, err := img.ConfigName()
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{
+		"id":       id.String(),
+		"manifest": json.RawMessage(rawMan),
+		"config":   json.RawMessage(rawCfg),
+	}, nil
+}

@@ -1,0 +1,88 @@
+// Command ibuild builds OCI images from Dockerfiles without a daemon, as an
+// ordinary user. It is a thin layer over the builder, layers and registry
+// packages: each subcommand parses flags and calls the library.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// version is set at link time by the Makefile.
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			fmt.Fprintln(os.Stderr, "ibuild:", err)
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "ibuild:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:                 "ibuild",
+		Usage:                "build OCI images from Dockerfiles, daemonless and rootless",
+		Version:              version,
+		EnableBashCompletion: true,
+		HideHelpCommand:      true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "root",
+				Usage:   "storage root (default /var/lib/ibuild for root, else $XDG_DATA_HOME/ibuild or ~/.local/share/ibuild)",
+				EnvVars: []string{"IBUILD_ROOT"},
+			},
+		},
+		Commands: []*cli.Command{
+			buildCommand(),
+			imagesCommand(),
+			inspectCommand(),
+			tagCommand(),
+			rmiCommand(),
+			pruneCommand(),
+		},
+	}
+}
+
+// defaultRoot is the storage root when neither --root nor IBUILD_ROOT is set.
+func defaultRoot() (string, error) {
+	if os.Geteuid() == 0 {
+		return "/var/lib/ibuild", nil
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "ibuild"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("cannot find a storage root: set --root or IBUILD_ROOT (%w)", err)
+	}
+	return filepath.Join(home, ".local", "share", "ibuild"), nil
+}
+
+// openStore opens the store named by the global flags.
+func openStore(c *cli.Context) (*layers.Store, error) {
+	root := c.String("root")
+	if root == "" {
+		var err error
+		if root, err = defaultRoot(); err != nil {
+			return nil, err
+		}
+	}
+	return layers.OpenStore(c.Context, root)
+}

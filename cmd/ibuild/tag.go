@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+func tagCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "tag",
+		Usage:     "give an image another name",
+		ArgsUsage: "SRC DST...",
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 2 {
+				return cli.Exit("tag needs a source image and at least one new name", 2)
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			desc, err := st.Lookup(c.Context, c.Args().First())
+			if err != nil {
+				return err
+			}
+			for _, dst := range c.Args().Slice()[1:] {
+				n, err := layers.NormalizeName(dst)
+				if err != nil {
+					return fmt.Errorf("invalid name %q: %w", dst, err)
+				}
+				if err := st.Tag(c.Context, n, desc); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func rmiCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rmi",
+		Usage:     "remove image names, and the data only they used",
+		ArgsUsage: "NAME...",
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 1 {
+				return cli.Exit("rmi needs at least one image name or ID", 2)
+			}
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			for _, ref := range c.Args().Slice() {
+				rep, err := st.Remove(c.Context, ref)
+				if err != nil {
+					return err
+				}
+				for _, n := range rep.Untagged {
+					fmt.Println("Untagged:", n)
+				}
+				for _, d := range rep.Deleted {
+					fmt.Println("Deleted:", d)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func pruneCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "prune",
+		Usage: "remove blobs and snapshots no image references",
+		Action: func(c *cli.Context) error {
+			st, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			rep, err := st.Prune(c.Context)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("removed %d blobs and %d snapshots, %d bytes\n", rep.Blobs, rep.Snapshots, rep.Bytes)
+			return nil
+		},
+	}
+}

@@ -37,11 +37,10 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 		if uid < 0 {
 			return owner{}, fmt.Errorf("invalid uid %q", userPart)
 		}
+		// A numeric user without a group gets the same number as its
+		// group, without consulting /etc/passwd (BuildKit's rule).
 		o.UID = uid
 		o.GID = uid
-		if e, ok := lookupPasswd(files, "", uid); ok {
-			o.GID = e.gid
-		}
 	default:
 		e, ok := lookupPasswd(files, userPart, -1)
 		if !ok {

@@ -42,6 +42,8 @@ func newApp() *cli.App {
 		Version:              version,
 		EnableBashCompletion: true,
 		HideHelpCommand:      true,
+		// --output and --label values hold commas of their own.
+		DisableSliceFlagSeparator: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{
 				Name:    "root",

@@ -1,0 +1,595 @@
+package layers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// RefNameAnnotation is the index.json annotation that names an image.
+const RefNameAnnotation = "org.opencontainers.image.ref.name"
+
+// ErrNotFound is wrapped by errors about images, names and digests the store
+// does not know.
+var ErrNotFound = errors.New("image not known")
+
+// PruneGrace is how old an unreferenced blob, snapshot or temporary file must
+// be before Prune deletes it. See Store for the locking rule it backs up.
+const PruneGrace = 10 * time.Minute
+
+// Store is ibuild's local storage root. The root directory is a valid OCI
+// image layout (oci-layout, index.json, blobs/sha256/), so tools such as
+// `skopeo inspect oci:ROOT:NAME` and umoci read it directly; index.json holds
+// one entry per image name, annotated with RefNameAnnotation. Besides the
+// layout it holds:
+//
+//	snapshots/<chain id hex>/   one extracted directory per layer (Snapshots)
+//	snapshots/<hex>.lock        per-snapshot lock; its mtime is the last use
+//	roots/<name>.json           extra garbage-collection roots (SetRoot)
+//	tmp/                        temporary files and directories
+//	store.lock, index.lock      flock(2) files
+//
+// Locking rule. store.lock is taken shared by everything that writes or
+// starts to reference content (WriteImage, WriteIndex, Snapshots, Tag,
+// Untag, SetRoot) and exclusively by what deletes it (Prune, Remove), so
+// deletion never overlaps a write. Content is only safe from deletion once
+// it is referenced by index.json or a root: a caller that writes blobs and
+// tags them later (a build) should hold Lock(ctx, false) from its first
+// write until its Tag or SetRoot. As a safety net for writers that do not,
+// Prune and the snapshot sweep keep anything modified less than PruneGrace
+// before the prune started; WriteImage and Snapshots refresh the mtime of
+// every blob and snapshot they reuse, so reused content counts as fresh.
+// index.json itself is rewritten (temp, fsync, rename) under an exclusive
+// index.lock, so concurrent Tag calls from any number of processes never
+// lose an entry. The locks are not reentrant across deletion: a goroutine
+// holding a shared Lock must not call Prune or Remove.
+type Store struct {
+	root  string
+	blobs *BlobStore
+}
+
+// OpenStore opens the store at root, creating it if needed.
+func OpenStore(ctx context.Context, root string) (*Store, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	blobs, err := OpenBlobStore(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	s := &Store{root: abs, blobs: blobs}
+	for _, d := range []string{"snapshots", "roots"} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", root, err)
+		}
+	}
+	if err := s.createIfAbsent("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return nil, err
+	}
+	var layoutFile struct {
+		Version string `json:"imageLayoutVersion"`
+	}
+	b, err := os.ReadFile(filepath.Join(abs, "oci-layout"))
+	if err == nil {
+		err = json.Unmarshal(b, &layoutFile)
+	}
+	if err != nil || layoutFile.Version != "1.0.0" {
+		return nil, fmt.Errorf("open store %s: not an OCI image layout 1.0.0 (oci-layout: %q)", root, b)
+	}
+	empty, _ := json.Marshal(v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: []v1.Descriptor{}})
+	if err := s.createIfAbsent("index.json", empty); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Root is the store's root directory (absolute).
+func (s *Store) Root() string { return s.root }
+
+// Blobs is the store's blob store, rooted at Root.
+func (s *Store) Blobs() *BlobStore { return s.blobs }
+
+// TempDir creates a new directory under Root/tmp, on the same file system as
+// the snapshots and blobs, so its contents can be renamed into place. The
+// caller removes it. Prune removes leftovers older than PruneGrace, so hold a
+// shared Lock while using it for longer.
+func (s *Store) TempDir(prefix string) (string, error) {
+	if strings.ContainsRune(prefix, '/') {
+		return "", fmt.Errorf("temp dir prefix %q contains a slash", prefix)
+	}
+	d, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), prefix)
+	if err != nil {
+		return "", fmt.Errorf("temp dir: %w", err)
+	}
+	return d, nil
+}
+
+// Lock takes flock(2) on Root/store.lock, shared or exclusive, waiting until
+// it is granted or ctx is done. The returned function releases it and may be
+// called more than once. See Store for who takes which kind.
+func (s *Store) Lock(ctx context.Context, exclusive bool) (unlock func(), err error) {
+	return lockFile(ctx, filepath.Join(s.root, "store.lock"), exclusive)
+}
+
+// lockFile flocks path (created if needed). Every call opens its own file
+// description, so goroutines of one process exclude each other as
+// processes do. It polls rather than blocks so that ctx can cancel it.
+func lockFile(ctx context.Context, path string, exclusive bool) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	delay := time.Millisecond
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }, nil
+}
+
+var rootNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$`)
+
+// SetRoot records digests as extra garbage-collection roots under name
+// (Root/roots/<name>.json), replacing the previous set of that name; an
+// empty set removes the root. Prune and Remove keep every root blob and,
+// when it is a manifest or index, everything it references, plus the
+// snapshot of any root digest that is a chain ID.
+func (s *Store) SetRoot(ctx context.Context, name string, digests []v1.Hash) error {
+	if !rootNameRE.MatchString(name) {
+		return fmt.Errorf("set root: invalid name %q", name)
+	}
+	for _, h := range digests {
+		if !validHash(h) {
+			return fmt.Errorf("set root %s: invalid digest %q", name, h)
+		}
+	}
+	unlock, err := s.Lock(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	p := filepath.Join(s.root, "roots", name+".json")
+	if len(digests) == 0 {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("set root %s: %w", name, err)
+		}
+		return nil
+	}
+	hs := slices.Clone(digests)
+	slices.SortFunc(hs, func(a, b v1.Hash) int { return strings.Compare(a.String(), b.String()) })
+	hs = slices.Compact(hs)
+	b, err := json.Marshal(rootFile{Digests: hs})
+	if err != nil {
+		return err
+	}
+	if err := s.writeAtomic(p, b); err != nil {
+		return fmt.Errorf("set root %s: %w", name, err)
+	}
+	return nil
+}
+
+type rootFile struct {
+	Digests []v1.Hash `json:"digests"`
+}
+
+func (s *Store) readRoots() ([]v1.Hash, error) {
+	ents, err := os.ReadDir(filepath.Join(s.root, "roots"))
+	if err != nil {
+		return nil, fmt.Errorf("read roots: %w", err)
+	}
+	var out []v1.Hash
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.root, "roots", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("read roots: %w", err)
+		}
+		var rf rootFile
+		if err := json.Unmarshal(b, &rf); err != nil {
+			return nil, fmt.Errorf("read root %s: %w", e.Name(), err)
+		}
+		out = append(out, rf.Digests...)
+	}
+	return out, nil
+}
+
+func (s *Store) readIndex() (*v1.IndexManifest, error) {
+	b, err := os.ReadFile(filepath.Join(s.root, "index.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read index.json: %w", err)
+	}
+	im, err := v1.ParseIndexManifest(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("read index.json: %w", err)
+	}
+	return im, nil
+}
+
+// updateIndex applies fn to index.json under the exclusive index lock and
+// replaces the file atomically. fn's error aborts the update.
+func (s *Store) updateIndex(ctx context.Context, fn func(*v1.IndexManifest) error) error {
+	unlock, err := lockFile(ctx, filepath.Join(s.root, "index.lock"), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	im, err := s.readIndex()
+	if err != nil {
+		return err
+	}
+	if err := fn(im); err != nil {
+		return err
+	}
+	im.SchemaVersion = 2
+	im.MediaType = types.OCIImageIndex
+	if im.Manifests == nil {
+		im.Manifests = []v1.Descriptor{}
+	}
+	slices.SortStableFunc(im.Manifests, func(a, b v1.Descriptor) int {
+		return strings.Compare(a.Annotations[RefNameAnnotation], b.Annotations[RefNameAnnotation])
+	})
+	b, err := json.Marshal(im)
+	if err != nil {
+		return err
+	}
+	if err := s.writeAtomic(filepath.Join(s.root, "index.json"), b); err != nil {
+		return fmt.Errorf("write index.json: %w", err)
+	}
+	return nil
+}
+
+// writeAtomic replaces path with b: temp file in Root/tmp, fsync, rename,
+// fsync of the directory.
+func (s *Store) writeAtomic(path string, b []byte) error {
+	tmp, err := s.writeTemp(filepath.Base(path), b)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	syncDir(filepath.Dir(path))
+	return nil
+}
+
+// createIfAbsent creates Root/name holding b unless it exists; concurrent
+// openers agree because the file appears atomically via link(2).
+func (s *Store) createIfAbsent(name string, b []byte) error {
+	p := filepath.Join(s.root, name)
+	if _, err := os.Lstat(p); err == nil {
+		return nil
+	}
+	tmp, err := s.writeTemp(name, b)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, p); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	syncDir(s.root)
+	return nil
+}
+
+func (s *Store) writeTemp(name string, b []byte) (string, error) {
+	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), name+"-*")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// touchNow sets path's mtime to now, so Prune treats it as fresh.
+func touchNow(path string) error {
+	now := time.Now()
+	return os.Chtimes(path, now, now)
+}
+
+// forceRemoveAll removes path like os.RemoveAll, first making directories
+// writable if a rootless extraction left some that are not.
+func forceRemoveAll(path string) error {
+	if err := os.RemoveAll(path); err == nil {
+		return nil
+	}
+	var fix func(string)
+	fix = func(p string) {
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			return
+		}
+		os.Chmod(p, 0o700)
+		ents, _ := os.ReadDir(p)
+		for _, e := range ents {
+			if e.IsDir() {
+				fix(filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	fix(path)
+	return os.RemoveAll(path)
+}
+
+// PruneReport says what Prune deleted.
+type PruneReport struct {
+	Blobs     int
+	Snapshots int
+	Bytes     int64
+}
+
+// Prune deletes blobs and snapshots that no index.json entry (followed
+// through indexes and manifests to configs and layers) and no root
+// references, and leftovers in Root/tmp. It holds the exclusive lock, and
+// keeps anything modified less than PruneGrace before it was called (see
+// Store for why).
+func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
+	var rep PruneReport
+	cutoff := time.Now().Add(-PruneGrace)
+	unlock, err := s.Lock(ctx, true)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	live, err := s.reachable()
+	if err != nil {
+		return rep, err
+	}
+	old := func(p string) bool {
+		fi, err := os.Lstat(p)
+		return err == nil && fi.ModTime().Before(cutoff)
+	}
+	hs, err := s.blobs.List()
+	if err != nil {
+		return rep, err
+	}
+	for _, h := range hs {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		p := s.blobs.Path(h)
+		fi, err := os.Lstat(p)
+		if live.blobs[h] || err != nil || !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		if err := s.blobs.Delete(h); err != nil {
+			return rep, err
+		}
+		rep.Blobs++
+		rep.Bytes += fi.Size()
+	}
+	snapDir := filepath.Join(s.root, "snapshots")
+	ents, err := os.ReadDir(snapDir)
+	if err != nil {
+		return rep, fmt.Errorf("prune: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		hexName := strings.TrimSuffix(e.Name(), ".lock")
+		h := v1.Hash{Algorithm: "sha256", Hex: hexName}
+		if seen[hexName] || !validHash(h) || live.chains[h] {
+			continue
+		}
+		seen[hexName] = true
+		// The lock file's mtime is the snapshot's last use.
+		lastUse := filepath.Join(snapDir, hexName+".lock")
+		if !lexists(lastUse) {
+			lastUse = filepath.Join(snapDir, hexName)
+		}
+		if !old(lastUse) {
+			continue
+		}
+		n, removed, err := s.removeSnapshot(hexName)
+		if err != nil {
+			return rep, err
+		}
+		if removed {
+			rep.Snapshots++
+			rep.Bytes += n
+		}
+	}
+	tmpDir := filepath.Join(s.root, "tmp")
+	ents, err = os.ReadDir(tmpDir)
+	if err != nil {
+		return rep, fmt.Errorf("prune: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(tmpDir, e.Name())
+		if !old(p) {
+			continue
+		}
+		rep.Bytes += treeSize(p)
+		if err := forceRemoveAll(p); err != nil {
+			return rep, fmt.Errorf("prune: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+// marks is a set of live (or doomed) blobs and snapshot chain IDs.
+type marks struct {
+	blobs  map[v1.Hash]bool
+	chains map[v1.Hash]bool
+}
+
+func newMarks() *marks {
+	return &marks{blobs: map[v1.Hash]bool{}, chains: map[v1.Hash]bool{}}
+}
+
+// reachable marks everything index.json and the roots reference.
+func (s *Store) reachable() (*marks, error) {
+	m := newMarks()
+	im, err := s.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range im.Manifests {
+		if err := s.mark(m, d); err != nil {
+			return nil, err
+		}
+	}
+	roots, err := s.readRoots()
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range roots {
+		m.chains[h] = true
+		if err := s.mark(m, v1.Descriptor{Digest: h, MediaType: s.sniffMediaType(h)}); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// mark adds d and everything it references to m. A missing blob references
+// nothing; an unreadable manifest is an error, since guessing could delete
+// live data.
+func (s *Store) mark(m *marks, d v1.Descriptor) error {
+	if m.blobs[d.Digest] {
+		return nil
+	}
+	m.blobs[d.Digest] = true
+	if !d.MediaType.IsIndex() && !d.MediaType.IsImage() {
+		return nil
+	}
+	b, err := s.blobs.ReadAll(d.Digest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if d.MediaType.IsIndex() {
+		im, err := v1.ParseIndexManifest(bytes.NewReader(b))
+		if err != nil {
+			return fmt.Errorf("index %s: %w", d.Digest, err)
+		}
+		for _, c := range im.Manifests {
+			if err := s.mark(m, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	man, err := v1.ParseManifest(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", d.Digest, err)
+	}
+	m.blobs[man.Config.Digest] = true
+	for _, l := range man.Layers {
+		m.blobs[l.Digest] = true
+	}
+	if cb, err := s.blobs.ReadAll(man.Config.Digest); err == nil {
+		if cf, err := v1.ParseConfigFile(bytes.NewReader(cb)); err == nil {
+			for _, c := range ChainIDs(cf.RootFS.DiffIDs) {
+				m.chains[c] = true
+			}
+		}
+	}
+	return nil
+}
+
+// sniffMediaType guesses what a root blob is, so that a pinned manifest
+// keeps its layers. Anything that is not a small JSON manifest or index is
+// a plain blob.
+func (s *Store) sniffMediaType(h v1.Hash) types.MediaType {
+	if n, err := s.blobs.Size(h); err != nil || n > 4<<20 {
+		return ""
+	}
+	b, err := s.blobs.ReadAll(h)
+	if err != nil || !bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) {
+		return ""
+	}
+	var probe struct {
+		MediaType types.MediaType `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+		Config    json.RawMessage `json:"config"`
+		Layers    json.RawMessage `json:"layers"`
+	}
+	if json.Unmarshal(b, &probe) != nil {
+		return ""
+	}
+	switch {
+	case probe.MediaType.IsIndex() || probe.MediaType.IsImage():
+		return probe.MediaType
+	case probe.MediaType == "" && probe.Manifests != nil:
+		return types.OCIImageIndex
+	case probe.MediaType == "" && probe.Config != nil && probe.Layers != nil:
+		return types.OCIManifestSchema1
+	}
+	return ""
+}
+
+func lexists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// treeSize is the apparent size of the files under p.
+func treeSize(p string) int64 {
+	var n int64
+	filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}

@@ -122,24 +122,20 @@ func extractArchive(ctx context.Context, l *layerDir, hostPath, destDir string, 
 	defer rc.Close()
 	root := l.host(destDir)
 	err = layers.Extract(ctx, rc, root, layers.ExtractOptions{
-		Whiteouts: layers.ApplyWhiteouts,
-		Source:    filepath.Base(hostPath),
-		Rootless:  !l.root,
-		Warn:      warn,
+		Whiteouts:   layers.ApplyWhiteouts,
+		Source:      filepath.Base(hostPath),
+		Rootless:    !l.root,
+		RecordOwner: true,
+		Warn:        warn,
 	})
 	if err != nil {
 		return err
 	}
-	if o == nil && l.root {
+	if o == nil {
 		return nil
 	}
-	// Apply --chown (or, unprivileged, record root ownership) to what was
-	// extracted.
-	want := owner{}
-	if o != nil {
-		want = *o
-	}
-	var dirs []string
+	// ADD --chown: every extracted entry gets the owner.
+	want := *o
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -153,14 +149,12 @@ func extractArchive(ctx context.Context, l *layerDir, hostPath, destDir string, 
 			return err
 		}
 		if d.IsDir() {
-			dirs = append(dirs, p)
 			l.dirTimes[p] = fi.ModTime()
 		} else if !isLink {
 			return setMtime(p, fi.ModTime())
 		}
 		return nil
 	})
-	_ = dirs
 	return err
 }
 

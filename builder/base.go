@@ -91,15 +91,9 @@ func imageForPlatform(idx v1.ImageIndex, platform v1.Platform, ref string) (v1.I
 
 // resolveLayout opens PATH[:TAG] (or PATH@sha256:...) as an OCI layout.
 func resolveLayout(spec string, platform v1.Platform) (v1.Image, error) {
-	dir, tag := spec, ""
-	var digest string
-	if i := strings.LastIndex(spec, "@"); i >= 0 {
-		dir, digest = spec[:i], spec[i+1:]
-	} else if i := strings.LastIndex(spec, ":"); i >= 0 && !strings.Contains(spec[i:], "/") {
-		dir, tag = spec[:i], spec[i+1:]
-	}
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("oci-layout %s: %w", dir, err)
+	dir, tag, digest, err := splitLayoutRef(spec)
+	if err != nil {
+		return nil, err
 	}
 	idx, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
@@ -118,7 +112,9 @@ func resolveLayout(spec string, platform v1.Platform) (v1.Image, error) {
 				pick = d
 			}
 		case tag != "":
-			if name := d.Annotations["org.opencontainers.image.ref.name"]; name == tag || strings.HasSuffix(name, ":"+tag) {
+			name := d.Annotations[layers.RefNameAnnotation]
+			norm, _ := layers.NormalizeName(tag)
+			if name == tag || name == norm || strings.HasSuffix(name, ":"+tag) {
 				pick = d
 			}
 		default:
@@ -191,3 +187,25 @@ func (b *build) imageSource(ctx context.Context, ref string, platform v1.Platfor
 }
 
 func removeAll(dir string) { os.RemoveAll(dir) }
+
+// splitLayoutRef splits "PATH[:TAG]" or "PATH@sha256:..." into its parts.
+// The tag starts at the first ':' of the last path element that leaves an
+// existing directory, so tags holding ':' ("app:1") work.
+func splitLayoutRef(spec string) (dir, tag, digest string, err error) {
+	if i := strings.LastIndex(spec, "@"); i >= 0 {
+		return spec[:i], "", spec[i+1:], nil
+	}
+	if fi, err := os.Stat(spec); err == nil && fi.IsDir() {
+		return spec, "", "", nil
+	}
+	slash := strings.LastIndex(spec, "/")
+	for i := slash + 1; i < len(spec); i++ {
+		if spec[i] != ':' {
+			continue
+		}
+		if fi, err := os.Stat(spec[:i]); err == nil && fi.IsDir() {
+			return spec[:i], spec[i+1:], "", nil
+		}
+	}
+	return "", "", "", fmt.Errorf("oci-layout %s: no such OCI layout directory", spec)
+}

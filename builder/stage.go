@@ -160,8 +160,9 @@ func (s *stageRun) runStep(ctx context.Context, cmd instructions.Command) error 
 	}
 	start := time.Now()
 	text := cmdText(cmd)
+	loc := s.location(cmd)
 	s.layerSize = 0
-	s.emit(progress.Event{Kind: progress.StepStart, Instruction: text, Location: s.location(cmd)})
+	s.emit(progress.Event{Kind: progress.StepStart, Instruction: text, Location: loc})
 	err := s.dispatch(ctx, cmd)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
@@ -171,10 +172,10 @@ func (s *stageRun) runStep(ctx context.Context, cmd instructions.Command) error 
 		if oc, ok := cmd.(onbuildCommand); ok {
 			err = fmt.Errorf("%w (in ONBUILD trigger %q of the base image)", err, cmdText(oc.Command))
 		}
-		s.emit(progress.Event{Kind: progress.StepError, Instruction: text, Duration: time.Since(start), Error: err.Error()})
+		s.emit(progress.Event{Kind: progress.StepError, Instruction: text, Location: loc, Duration: time.Since(start), Error: err.Error()})
 		return err
 	}
-	s.emit(progress.Event{Kind: progress.StepDone, Instruction: text, Duration: time.Since(start), LayerSize: s.layerSize})
+	s.emit(progress.Event{Kind: progress.StepDone, Instruction: text, Location: loc, Duration: time.Since(start), LayerSize: s.layerSize})
 	return nil
 }
 

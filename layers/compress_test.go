@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
 )
 
 func sha256Hash(b []byte) v1.Hash {
@@ -171,34 +172,54 @@ func TestCommitErrors(t *testing.T) {
 	}
 }
 
-// TestZstdDeterministic checks that the zstd blob does not depend on the
-// number of CPUs or on how the tar arrives in writes.
-func TestZstdDeterministic(t *testing.T) {
+// TestCompressionDeterministic checks that blobs do not depend on the number
+// of CPUs or on how the tar arrives in writes.
+func TestCompressionDeterministic(t *testing.T) {
 	dir := t.TempDir()
 	genTree(t, dir, 6<<20, 5)
 	data := writeTarBytes(t, dir, TarOptions{})
-	var want []byte
-	for _, conc := range []int{1, 2, 3, 8} {
-		for _, chunk := range []int{1000, 1 << 20} {
-			var buf bytes.Buffer
-			zw, err := newZstdWriter(&buf, zstd.SpeedDefault, conc)
+	writers := []struct {
+		name string
+		new  func(w io.Writer, concurrency int) (io.WriteCloser, error)
+	}{
+		{"gzip", func(w io.Writer, n int) (io.WriteCloser, error) {
+			zw, err := newCompressor(w, Gzip, 0)
 			if err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
-			for off := 0; off < len(data); off += chunk {
-				if _, err := zw.Write(data[off:min(off+chunk, len(data))]); err != nil {
-					t.Fatal(err)
+			// The block size must stay pgzip's default, as in newCompressor.
+			return zw, zw.(*pgzip.Writer).SetConcurrency(1<<20, n)
+		}},
+		{"zstd", func(w io.Writer, n int) (io.WriteCloser, error) {
+			return newZstdWriter(w, zstd.SpeedDefault, n)
+		}},
+	}
+	for _, wr := range writers {
+		t.Run(wr.name, func(t *testing.T) {
+			var want []byte
+			for _, conc := range []int{1, 2, 3, 8} {
+				for _, chunk := range []int{1000, 1 << 20} {
+					var buf bytes.Buffer
+					zw, err := wr.new(&buf, conc)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for off := 0; off < len(data); off += chunk {
+						if _, err := zw.Write(data[off:min(off+chunk, len(data))]); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if err := zw.Close(); err != nil {
+						t.Fatal(err)
+					}
+					if want == nil {
+						want = buf.Bytes()
+					} else if !bytes.Equal(buf.Bytes(), want) {
+						t.Errorf("concurrency %d, writes of %d: output differs", conc, chunk)
+					}
 				}
 			}
-			if err := zw.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if want == nil {
-				want = buf.Bytes()
-			} else if !bytes.Equal(buf.Bytes(), want) {
-				t.Errorf("concurrency %d, writes of %d: output differs", conc, chunk)
-			}
-		}
+		})
 	}
 }
 

@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +43,10 @@ type ExtractOptions struct {
 	Warn func(msg string)
 	// NoSameOwner leaves ownership to the extracting process (no chown).
 	NoSameOwner bool
+	// RecordOwner, when a chown is not permitted (rootless), records the
+	// entry's owner in the OwnerXattr attribute instead of warning, so the
+	// owner survives into layers made from the extracted tree (snapshots).
+	RecordOwner bool
 }
 
 // maxExtractSymlinks bounds symlink resolution, as the kernel's ELOOP does.
@@ -572,7 +578,9 @@ func (x *extractor) setMeta(n node, hdr *tar.Header, mode uint32) error {
 			if !x.opts.Rootless || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
 				return &os.PathError{Op: fmt.Sprintf("chown %d:%d", hdr.Uid, hdr.Gid), Path: n.path, Err: err}
 			}
-			x.warnf(hdr.Name, "owner %d:%d not set (rootless): %v", hdr.Uid, hdr.Gid, err)
+			if !x.opts.RecordOwner || x.recordOwner(n, hdr) != nil {
+				x.warnf(hdr.Name, "owner %d:%d not set (rootless): %v", hdr.Uid, hdr.Gid, err)
+			}
 		}
 	}
 	if !n.symlink {
@@ -591,6 +599,17 @@ func (x *extractor) setMeta(n node, hdr *tar.Header, mode uint32) error {
 		return nil
 	}
 	return setTimes(n.pfd, n.base, hdr.AccessTime, hdr.ModTime)
+}
+
+// recordOwner stores hdr's owner in the OwnerXattr of n.
+func (x *extractor) recordOwner(n node, hdr *tar.Header) error {
+	v := []byte(strconv.Itoa(hdr.Uid) + ":" + strconv.Itoa(hdr.Gid))
+	if n.fd >= 0 {
+		return unix.Fsetxattr(n.fd, OwnerXattr, v, 0)
+	}
+	// Symlinks: user xattrs are not allowed on them; their owner is
+	// rarely meaningful, so a failure here only warns.
+	return unix.Lsetxattr(filepath.Join(x.root, n.path), OwnerXattr, v, 0)
 }
 
 func (x *extractor) setXattrs(n node, hdr *tar.Header) {
@@ -626,8 +645,12 @@ func setTimes(dirfd int, name string, atime, mtime time.Time) error {
 	if atime.IsZero() {
 		atime = mtime
 	}
-	ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
-	if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	at, err1 := unix.TimeToTimespec(atime)
+	mt, err2 := unix.TimeToTimespec(mtime)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%s: time %v out of range", name, mtime)
+	}
+	if err := unix.UtimesNanoAt(dirfd, name, []unix.Timespec{at, mt}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &os.PathError{Op: "utimes", Path: name, Err: err}
 	}
 	return nil

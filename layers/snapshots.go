@@ -131,10 +131,11 @@ func (s *Store) snapshot(ctx context.Context, chain, diffID v1.Hash, l v1.Layer,
 	h := sha256.New()
 	tr := io.TeeReader(rc, h)
 	err = Extract(ctx, tr, tmp, ExtractOptions{
-		Whiteouts: KeepWhiteouts,
-		Source:    src,
-		Rootless:  os.Geteuid() != 0,
-		Warn:      warn,
+		Whiteouts:   KeepWhiteouts,
+		Source:      src,
+		Rootless:    os.Geteuid() != 0,
+		RecordOwner: true,
+		Warn:        warn,
 	})
 	if err != nil {
 		return "", fmt.Errorf("snapshot: %w", err) // Extract names src

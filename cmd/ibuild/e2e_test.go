@@ -253,3 +253,45 @@ func TestReproducibleWithSourceDateEpoch(t *testing.T) {
 		t.Fatalf("touched context gave image %s, want %s", id, a)
 	}
 }
+
+// TestUnprivilegedBuildMatchesRoot builds the demo as an unprivileged user
+// (nobody) and as root, reproducibly, and expects the same image: files in
+// layers are owned by their in-image ids, never by the host user.
+func TestUnprivilegedBuildMatchesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI runs the tests as root: this test switches to an unprivileged user")
+		}
+		t.Skip("needs root to switch to an unprivileged user")
+	}
+	requireTool(t, "setpriv")
+	work, err := os.MkdirTemp("", "ibuild-rootless-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	if out, err := exec.Command("cp", "-a", "../../testdata/demo", ibuildBin, work).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	if out, err := exec.Command("chown", "-R", "65534:65534", work).CombinedOutput(); err != nil {
+		t.Fatalf("chown: %v %s", err, out)
+	}
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		filepath.Join(work, "ibuild"), "--root", filepath.Join(work, "root"), "build", "-q", "-t", "demo:rootless",
+		"--output", "type=oci,dest="+filepath.Join(work, "rootless.tar"), filepath.Join(work, "demo"))
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + work, "SOURCE_DATE_EPOCH=1700000000"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("unprivileged build: %v\n%s", err, out)
+	}
+	rootless := strings.TrimSpace(string(out))
+	cmd = exec.Command(ibuildBin, "--root", t.TempDir(), "build", "-q", filepath.Join(work, "demo"))
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("root build: %v\n%s", err, out)
+	}
+	if root := strings.TrimSpace(string(out)); root != rootless {
+		t.Fatalf("unprivileged build gave %s, root build %s", rootless, root)
+	}
+}

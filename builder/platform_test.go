@@ -218,3 +218,23 @@ func TestDockerfileFromStdinAndContainerfile(t *testing.T) {
 	}
 	_ = os.Remove
 }
+
+func TestUnusedBuildArgsWarnedProxyArgsNot(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nARG USED\nLABEL used=$USED\n"})
+	res, err := Build(ctx, Options{Store: st, ContextDir: dir, BuildArgs: map[string]string{
+		"USED": "1", "UNUSED": "2", "HTTP_PROXY": "http://proxy:3128", "no_proxy": "localhost",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 1 || res.Warnings[0] != "one or more build args were not consumed: UNUSED" {
+		t.Fatalf("warnings %q", res.Warnings)
+	}
+	cfg, _ := res.Image.ConfigFile()
+	raw, _ := json.Marshal(cfg)
+	if strings.Contains(string(raw), "proxy:3128") || strings.Contains(string(raw), "UNUSED") {
+		t.Fatalf("build args leaked into the config: %s", raw)
+	}
+}

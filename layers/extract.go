@@ -376,92 +376,46 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		x.warnf(hdr.Name, "device node %d:%d not created (rootless)", hdr.Devmajor, hdr.Devminor)
 		return nil
 	}
-	var parent dirRef
+	parent, canon := dirRef{fd: x.rootFd}, ""
 	if name == "" {
-		parent, base = dirRef{fd: x.rootFd}, "."
-	} else if parent, err = x.parentDir(dir, true); err != nil {
+		base = "."
+	} else {
+		if parent, err = x.parentDir(dir, true); err != nil {
+			return err
+		}
+		canon = joinRel(parent.path, base)
+	}
+	n := node{pfd: parent.fd, base: base, fd: -1, path: canon}
+
+	if hdr.Typeflag == tar.TypeLink {
+		target, tbase, err := x.linkTarget(hdr.Linkname)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(target.fd)
+		if done, err := x.clear(n, hdr, target.fd, tbase); done || err != nil {
+			return err
+		}
+		if err := unix.Linkat(target.fd, tbase, parent.fd, base, 0); err != nil {
+			return &os.LinkError{Op: "link", Old: hdr.Linkname, New: name, Err: err}
+		}
+		return nil
+	}
+	if _, err := x.clear(n, hdr, -1, ""); err != nil {
 		return err
 	}
-	canon := joinRel(parent.path, base)
-	if name == "" {
-		canon = ""
-	}
-
-	var target dirRef // hardlink target's directory, owned here
-	target.fd = -1
-	defer func() {
-		if target.fd >= 0 {
-			unix.Close(target.fd)
-		}
-	}()
-	var targetBase string
-	var tst unix.Stat_t
-	if hdr.Typeflag == tar.TypeLink {
-		tname, err := entryPath(hdr.Linkname)
-		if err != nil {
-			return fmt.Errorf("hard link: %w", err)
-		}
-		if tname == "" {
-			return errors.New("hard link to the root")
-		}
-		var tdir string
-		tdir, targetBase = splitRel(tname)
-		if target, err = x.resolveDir(tdir, false); err != nil {
-			return fmt.Errorf("hard link target %s: %w", hdr.Linkname, err)
-		}
-		if err := unix.Fstatat(target.fd, targetBase, &tst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fmt.Errorf("hard link target %s: %w", hdr.Linkname, err)
-		}
-		if tst.Mode&unix.S_IFMT == unix.S_IFDIR {
-			return fmt.Errorf("hard link target %s is a directory", hdr.Linkname)
-		}
-	}
-
-	var st unix.Stat_t
-	err = unix.Fstatat(parent.fd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
-	exists := err == nil
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "lstat", Path: name, Err: err}
-	}
-	x.markWritten(canon)
-	if exists {
-		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-		switch {
-		case isDir && hdr.Typeflag == tar.TypeDir:
-			// merge
-		case hdr.Typeflag == tar.TypeLink && st.Dev == tst.Dev && st.Ino == tst.Ino:
-			return nil // already that file
-		default:
-			if err := x.remove(parent.fd, base, &st); err != nil {
-				return err
-			}
-		}
-	}
-
-	n := node{pfd: parent.fd, base: base, fd: -1, path: canon}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeGNUSparse:
 		return x.writeFile(n, hdr, r)
 	case tar.TypeDir:
-		return x.makeDir(n, hdr, exists && st.Mode&unix.S_IFMT == unix.S_IFDIR)
-	case tar.TypeLink:
-		if err := unix.Linkat(target.fd, targetBase, parent.fd, base, 0); err != nil {
-			return &os.LinkError{Op: "link", Old: hdr.Linkname, New: name, Err: err}
-		}
-		return nil
+		return x.makeDir(n, hdr)
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, parent.fd, base); err != nil {
 			return &os.LinkError{Op: "symlink", Old: hdr.Linkname, New: name, Err: err}
 		}
 		n.symlink = true
 	default: // char, block, fifo
-		mode := uint32(unix.S_IFIFO)
-		switch hdr.Typeflag {
-		case tar.TypeChar:
-			mode = unix.S_IFCHR
-		case tar.TypeBlock:
-			mode = unix.S_IFBLK
-		}
+		mode := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
 		err := unix.Mknodat(parent.fd, base, mode|uint32(hdr.Mode&0o777), int(dev))
 		if errors.Is(err, unix.EPERM) && mode != unix.S_IFIFO {
@@ -473,6 +427,58 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		}
 	}
 	return x.setMeta(n, hdr, uint32(hdr.Mode&0o7777))
+}
+
+// linkTarget resolves a hardlink target inside the root: its directory
+// (the caller closes it) and base name. It must exist and not be a
+// directory.
+func (x *extractor) linkTarget(linkname string) (dirRef, string, error) {
+	tname, err := entryPath(linkname)
+	if err != nil {
+		return dirRef{}, "", fmt.Errorf("hard link: %w", err)
+	}
+	if tname == "" {
+		return dirRef{}, "", errors.New("hard link to the root")
+	}
+	tdir, tbase := splitRel(tname)
+	d, err := x.resolveDir(tdir, false)
+	if err != nil {
+		return dirRef{}, "", fmt.Errorf("hard link target %s: %w", linkname, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(d.fd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Close(d.fd)
+		return dirRef{}, "", fmt.Errorf("hard link target %s: %w", linkname, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		unix.Close(d.fd)
+		return dirRef{}, "", fmt.Errorf("hard link target %s is a directory", linkname)
+	}
+	return d, tbase, nil
+}
+
+// clear makes way for hdr at n: whatever is there is removed, except a
+// directory under a directory entry (they merge) and, for a hardlink, the
+// target file itself (then done is true: nothing is left to do).
+func (x *extractor) clear(n node, hdr *tar.Header, tfd int, tbase string) (done bool, err error) {
+	x.markWritten(n.path)
+	var st unix.Stat_t
+	if err := unix.Fstatat(n.pfd, n.base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, &os.PathError{Op: "lstat", Path: n.path, Err: err}
+	}
+	if hdr.Typeflag == tar.TypeDir && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return false, nil
+	}
+	if tfd >= 0 {
+		var tst unix.Stat_t
+		if unix.Fstatat(tfd, tbase, &tst, unix.AT_SYMLINK_NOFOLLOW) == nil && tst.Dev == st.Dev && tst.Ino == st.Ino {
+			return true, nil
+		}
+	}
+	return false, x.remove(n.pfd, n.base, &st)
 }
 
 // node is an extracted file: base in the directory pfd, optionally open as
@@ -544,11 +550,10 @@ func (x *extractor) copySparse(f *os.File, r io.Reader, size int64) error {
 	return nil
 }
 
-func (x *extractor) makeDir(n node, hdr *tar.Header, exists bool) error {
-	if !exists {
-		if err := unix.Mkdirat(n.pfd, n.base, 0o700); err != nil {
-			return &os.PathError{Op: "mkdir", Path: n.path, Err: err}
-		}
+// makeDir creates (or, when one is there, updates) the directory n.
+func (x *extractor) makeDir(n node, hdr *tar.Header) error {
+	if err := unix.Mkdirat(n.pfd, n.base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.PathError{Op: "mkdir", Path: n.path, Err: err}
 	}
 	fd, err := unix.Openat(n.pfd, n.base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {

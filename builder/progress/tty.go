@@ -44,6 +44,11 @@ func (t *TTY) Emit(e Event) {
 		t.lines = append(t.lines, l)
 		t.byKey[key] = l
 	case StepDone, StepError:
+		if t.byKey[key] == nil {
+			l := &ttyLine{key: key, text: e.Instruction, start: e.Time}
+			t.lines = append(t.lines, l)
+			t.byKey[key] = l
+		}
 		if l := t.byKey[key]; l != nil {
 			l.state = "done"
 			if e.Cached {

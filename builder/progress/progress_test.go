@@ -1,0 +1,92 @@
+package progress
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func events() []Event {
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	return []Event{
+		{Kind: StepStart, Time: t0, Stage: "build", Step: 2, Steps: 3, Instruction: "COPY a /b", Location: "Dockerfile:4"},
+		{Kind: Log, Time: t0, Stage: "build", Step: 2, Steps: 3, Message: "line one\nline two\n"},
+		{Kind: StepDone, Time: t0, Stage: "build", Step: 2, Steps: 3, Instruction: "COPY a /b", Duration: 1500 * time.Millisecond, LayerSize: 2048},
+		{Kind: StepDone, Time: t0, Stage: "build", Step: 3, Steps: 3, Instruction: "ENV A=1", Cached: true},
+		{Kind: Warning, Time: t0, Message: "one or more build args were not consumed: X"},
+		{Kind: BuildDone, Time: t0, Message: "built sha256:abc"},
+	}
+}
+
+func TestPlain(t *testing.T) {
+	var b bytes.Buffer
+	p := NewPlain(&b)
+	for _, e := range events() {
+		p.Emit(e)
+	}
+	want := []string{
+		"[build 2/3] COPY a /b",
+		"[build 2/3] | line one",
+		"[build 2/3] | line two",
+		"[build 2/3] done (layer 2.0 kB, 1.50s)",
+		"[build 3/3] done (CACHED, 0.00s)",
+		"WARNING: one or more build args were not consumed: X",
+		"built sha256:abc",
+	}
+	if got := strings.Split(strings.TrimSpace(b.String()), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got:\n%s\nwant:\n%s", b.String(), strings.Join(want, "\n"))
+	}
+}
+
+func TestJSONOneEventPerLine(t *testing.T) {
+	var b bytes.Buffer
+	j := NewJSON(&b)
+	for _, e := range events() {
+		j.Emit(e)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != len(events()) {
+		t.Fatalf("%d lines for %d events", len(lines), len(events()))
+	}
+	var e Event
+	if err := json.Unmarshal([]byte(lines[2]), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Kind != StepDone || e.LayerSize != 2048 || e.Stage != "build" || e.Duration != 1500*time.Millisecond {
+		t.Fatalf("decoded %+v", e)
+	}
+}
+
+func TestTTYRedrawsInPlace(t *testing.T) {
+	var b bytes.Buffer
+	tty := NewTTY(&b)
+	for _, e := range events() {
+		tty.Emit(e)
+	}
+	out := b.String()
+	if !strings.Contains(out, "\x1b[") {
+		t.Fatal("tty output never moves the cursor")
+	}
+	if !strings.Contains(out, "CACHED") || !strings.Contains(out, "2.0 kB") || !strings.HasSuffix(out, "built sha256:abc\n") {
+		t.Fatalf("tty output:\n%q", out)
+	}
+}
+
+func TestNewModes(t *testing.T) {
+	for _, m := range []string{"", "auto", "plain", "tty", "json"} {
+		if _, err := New(m, &bytes.Buffer{}); err != nil {
+			t.Errorf("%s: %v", m, err)
+		}
+	}
+	if _, err := New("fancy", &bytes.Buffer{}); err == nil {
+		t.Error("want an error for an unknown mode")
+	}
+	if s, _ := New("auto", &bytes.Buffer{}); func() bool { _, ok := s.(*Plain); return !ok }() {
+		t.Error("auto on a non-terminal should be plain")
+	}
+	if HumanSize(999) != "999 B" || HumanSize(1500000) != "1.5 MB" {
+		t.Errorf("HumanSize: %s %s", HumanSize(999), HumanSize(1500000))
+	}
+}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
+
+	"github.com/ibuild/ibuild/layers"
 )
 
 // sourceFS is a tree COPY and ADD read from: the build context, or the
@@ -143,51 +145,9 @@ func (c *contextFS) Resolve(p string) (string, error) {
 	})
 }
 
-// resolveIn follows symlinks in p, treating the tree's root as "/": a link
-// to "/x" or to "../../x" stays inside. Missing components are kept as they
-// are. lstat describes an in-tree path and gives its host path.
-func resolveIn(p string, lstat func(string) (fs.FileInfo, string, error)) (string, error) {
-	const maxLinks = 255
-	links := 0
-	rest := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
-	cur := "/"
-	for len(rest) > 0 {
-		comp := rest[0]
-		rest = rest[1:]
-		switch comp {
-		case "", ".":
-			continue
-		case "..":
-			cur = path.Dir(cur)
-			continue
-		}
-		next := path.Join(cur, comp)
-		fi, host, err := lstat(next)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, os.ErrNotExist) {
-				cur = next
-				continue
-			}
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		links++
-		if links > maxLinks {
-			return "", fmt.Errorf("%s: too many levels of symbolic links", p)
-		}
-		target, err := os.Readlink(host)
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			cur = "/"
-		}
-		rest = append(strings.Split(target, "/"), rest...)
-	}
-	return cur, nil
+// resolveIn follows symlinks in p, treating the tree's root as "/".
+func resolveIn(p string, lstat layers.LstatFunc) (string, error) {
+	return layers.ResolveIn(p, true, lstat)
 }
 
 // hasGlob reports whether p holds wildcard characters.

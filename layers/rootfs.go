@@ -163,6 +163,20 @@ func (r *RootFS) Resolve(p string) (string, error) { return r.resolve(p, true) }
 func (r *RootFS) ResolveParent(p string) (string, error) { return r.resolve(p, false) }
 
 func (r *RootFS) resolve(p string, followFinal bool) (string, error) {
+	return ResolveIn(p, followFinal, r.Lstat)
+}
+
+// LstatFunc describes an in-tree path without following a final symlink
+// and gives the host path to read it from.
+type LstatFunc func(p string) (fs.FileInfo, string, error)
+
+// ResolveIn follows the symlinks of the in-tree path p in the tree lstat
+// describes, as if the tree's root were "/": ".." never climbs above it and
+// absolute link targets start again from it. It follows at most 255 links
+// (including the final component's when followFinal) and returns the clean
+// absolute path. Components that do not exist are kept as they are. Both
+// image root filesystems and build contexts are resolved with it.
+func ResolveIn(p string, followFinal bool, lstat LstatFunc) (string, error) {
 	todo := strings.Split(p, "/")
 	resolved := "/"
 	links := 0
@@ -182,7 +196,7 @@ func (r *RootFS) resolve(p string, followFinal bool) (string, error) {
 			resolved = next
 			continue
 		}
-		fi, host, err := r.Lstat(next)
+		fi, host, err := lstat(next)
 		if errors.Is(err, fs.ErrNotExist) || err == nil && fi.Mode()&fs.ModeSymlink == 0 {
 			resolved = next
 			continue

@@ -215,6 +215,9 @@ func (t *tarWriter) entry(dirfd int, rel string, c *tarChild) error {
 		if err := t.writeHeader(hdr); err != nil {
 			return err
 		}
+		if st.Size == 0 {
+			return nil // nothing to read, even without read permission
+		}
 		return t.writeContent(dirfd, c.name, full, st.Size)
 	case unix.S_IFDIR:
 		hdr.Typeflag = tar.TypeDir

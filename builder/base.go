@@ -186,8 +186,6 @@ func (b *build) imageSource(ctx context.Context, ref string, platform v1.Platfor
 	return src.fs, nil
 }
 
-func removeAll(dir string) { os.RemoveAll(dir) }
-
 // splitLayoutRef splits "PATH[:TAG]" or "PATH@sha256:..." into its parts.
 // The tag starts at the first ':' of the last path element that leaves an
 // existing directory, so tags holding ':' ("app:1") work.

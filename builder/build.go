@@ -241,10 +241,8 @@ func (b *build) initMetaArgs() error {
 				continue
 			}
 			if kv.Value == nil {
-				if _, ok := b.meta.Get(kv.Key); !ok {
-					b.meta.Set(kv.Key, "")
-					b.meta.Delete(kv.Key)
-				}
+				// Declared without a default: unset unless an automatic
+				// platform arg of that name gives it a value.
 				continue
 			}
 			v, err := b.exp.Word(*kv.Value, b.meta)

@@ -14,22 +14,14 @@ func (s *stageRun) dispatch(ctx context.Context, cmd instructions.Command) error
 	if oc, ok := cmd.(onbuildCommand); ok {
 		cmd = oc.Command
 	}
-	switch c := cmd.(type) {
-	case *instructions.RunCommand, *instructions.CmdCommand, *instructions.EntrypointCommand,
-		*instructions.OnbuildCommand, *instructions.ShellCommand, *instructions.HealthCheckCommand,
-		*instructions.ExposeCommand, *instructions.ArgCommand:
-		// Not word-expanded as a whole (RUN, CMD, ENTRYPOINT keep their
-		// text for the shell; ONBUILD runs later; ARG and EXPOSE expand
-		// themselves).
-		_ = c
-	default:
+	if !expandsItself(cmd) {
 		if err := s.expand(cmd); err != nil {
 			return err
 		}
 	}
 	switch c := cmd.(type) {
 	case *instructions.EnvCommand:
-		return s.env_(c)
+		return s.envCmd(c)
 	case *instructions.LabelCommand:
 		return s.label(c)
 	case *instructions.MaintainerCommand:
@@ -64,4 +56,17 @@ func (s *stageRun) dispatch(ctx context.Context, cmd instructions.Command) error
 		return s.run(ctx, c)
 	}
 	return fmt.Errorf("instruction %s is not supported", cmd.Name())
+}
+
+// expandsItself reports whether an instruction is not word-expanded up
+// front: RUN, CMD and ENTRYPOINT keep their text for the shell (RUN expands
+// its flags itself), ONBUILD runs later, ARG and EXPOSE expand as they go.
+func expandsItself(cmd instructions.Command) bool {
+	switch cmd.(type) {
+	case *instructions.RunCommand, *instructions.CmdCommand, *instructions.EntrypointCommand,
+		*instructions.OnbuildCommand, *instructions.ShellCommand, *instructions.HealthCheckCommand,
+		*instructions.ExposeCommand, *instructions.ArgCommand:
+		return true
+	}
+	return false
 }

@@ -9,7 +9,7 @@ import (
 // same ARG before the first FROM, an automatic platform arg. ARG values are
 // never written to the image.
 func (s *stageRun) arg(c *instructions.ArgCommand) error {
-	env := s.env()
+	env := s.scope()
 	for _, kv := range c.Args {
 		if v, ok := s.b.opts.BuildArgs[kv.Key]; ok {
 			s.args.Set(kv.Key, v)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
 	"strings"
 
@@ -21,7 +22,7 @@ func (s *stageRun) copyCmd(ctx context.Context, c *instructions.CopyCommand) err
 		return err
 	}
 	if c.From != "" {
-		from, err := s.b.exp.Word(c.From, s.env())
+		from, err := s.b.exp.Word(c.From, s.scope())
 		if err != nil {
 			return err
 		}
@@ -132,7 +133,7 @@ func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy str
 		}
 	}
 	if err := copyInto(ctx, l, spec); err != nil {
-		removeAll(tmp)
+		os.RemoveAll(tmp)
 		return err
 	}
 	desc, err := s.c.addLayerDir(ctx, tmp, createdBy)

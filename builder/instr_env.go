@@ -6,8 +6,8 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
 
-// env_ runs ENV: each pair replaces or appends a variable of the image.
-func (s *stageRun) env_(c *instructions.EnvCommand) error {
+// envCmd runs ENV: each pair replaces or appends a variable of the image.
+func (s *stageRun) envCmd(c *instructions.EnvCommand) error {
 	cfg := s.c.Config()
 	for _, kv := range c.Env {
 		cfg.Env = setEnv(cfg.Env, kv.Key, kv.Value)

@@ -189,15 +189,15 @@ func (s *stageRun) emit(e progress.Event) {
 	s.b.emit(e)
 }
 
-// env is the variable scope instructions expand against: the stage's ARGs
+// scope is the variable scope instructions expand against: the stage's ARGs
 // under the image's ENV (ENV wins, as in docker).
-func (s *stageRun) env() *dockerfile.Vars {
+func (s *stageRun) scope() *dockerfile.Vars {
 	return s.args.Overlay(dockerfile.NewVars(s.c.Config().Env))
 }
 
 // expand expands cmd's words in place, if it has any.
 func (s *stageRun) expand(cmd instructions.Command) error {
-	env := s.env()
+	env := s.scope()
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
 		if err := e.Expand(s.b.exp.Func(env)); err != nil {
 			return err

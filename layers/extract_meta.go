@@ -1,0 +1,210 @@
+package layers
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// setMeta sets owner, mode, xattrs and (except for directories) times, in
+// that order: chown clears setuid/setgid bits and file capabilities.
+func (x *extractor) setMeta(n node, hdr *tar.Header, mode uint32) error {
+	if !x.opts.NoSameOwner {
+		var err error
+		if n.fd >= 0 {
+			err = unix.Fchown(n.fd, hdr.Uid, hdr.Gid)
+		} else {
+			err = unix.Fchownat(n.pfd, n.base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW)
+		}
+		if err != nil {
+			if !x.opts.Rootless || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
+				return &os.PathError{Op: fmt.Sprintf("chown %d:%d", hdr.Uid, hdr.Gid), Path: n.path, Err: err}
+			}
+			if !x.opts.RecordOwner || x.recordOwner(n, hdr) != nil {
+				x.warnf(hdr.Name, "owner %d:%d not set (rootless): %v", hdr.Uid, hdr.Gid, err)
+			}
+		}
+	}
+	if !n.symlink {
+		var err error
+		if n.fd >= 0 {
+			err = unix.Fchmod(n.fd, mode)
+		} else {
+			err = unix.Fchmodat(n.pfd, n.base, mode, 0)
+		}
+		if err != nil {
+			return &os.PathError{Op: "chmod", Path: n.path, Err: err}
+		}
+	}
+	x.setXattrs(n, hdr)
+	if hdr.Typeflag == tar.TypeDir {
+		return nil
+	}
+	return setTimes(n.pfd, n.base, hdr.AccessTime, hdr.ModTime)
+}
+
+// recordOwner stores hdr's owner in the OwnerXattr of n.
+func (x *extractor) recordOwner(n node, hdr *tar.Header) error {
+	v := []byte(strconv.Itoa(hdr.Uid) + ":" + strconv.Itoa(hdr.Gid))
+	if n.fd >= 0 {
+		return unix.Fsetxattr(n.fd, OwnerXattr, v, 0)
+	}
+	// Symlinks: user xattrs are not allowed on them; their owner is
+	// rarely meaningful, so a failure here only warns.
+	return unix.Lsetxattr(filepath.Join(x.root, n.path), OwnerXattr, v, 0)
+}
+
+func (x *extractor) setXattrs(n node, hdr *tar.Header) {
+	var keys []string
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		attr := strings.TrimPrefix(k, "SCHILY.xattr.")
+		if isOverlayXattr(attr) {
+			x.warnf(hdr.Name, "overlay xattr %s ignored", attr)
+			continue
+		}
+		v := []byte(hdr.PAXRecords[k])
+		var err error
+		if n.fd >= 0 {
+			err = unix.Fsetxattr(n.fd, attr, v, 0)
+		} else {
+			// The resolved path has no symlinks and the last component
+			// is not followed.
+			err = unix.Lsetxattr(path.Join(x.root, n.path), attr, v, 0)
+		}
+		if err != nil {
+			x.warnf(hdr.Name, "xattr %s not set: %v", attr, err)
+		}
+	}
+}
+
+func setTimes(dirfd int, name string, atime, mtime time.Time) error {
+	if atime.IsZero() {
+		atime = mtime
+	}
+	at, err1 := unix.TimeToTimespec(atime)
+	mt, err2 := unix.TimeToTimespec(mtime)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%s: time %v out of range", name, mtime)
+	}
+	if err := unix.UtimesNanoAt(dirfd, name, []unix.Timespec{at, mt}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "utimes", Path: name, Err: err}
+	}
+	return nil
+}
+
+// whiteout applies the marker base found in directory dir.
+func (x *extractor) whiteout(dir, base string) error {
+	if base != whiteoutOpaque && strings.HasPrefix(base, whiteoutMeta) {
+		return nil // other AUFS bookkeeping, meaningless here
+	}
+	victim := strings.TrimPrefix(base, whiteoutPrefix)
+	if base != whiteoutOpaque && (victim == "" || victim == "." || victim == "..") {
+		return fmt.Errorf("invalid whiteout %q", base)
+	}
+	d, err := x.parentDir(dir, false)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return nil // nothing there to hide
+	}
+	if err != nil {
+		return err
+	}
+	if base == whiteoutOpaque {
+		return x.opaque(d)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(d.fd, victim, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return &os.PathError{Op: "lstat", Path: joinRel(d.path, victim), Err: err}
+	}
+	return x.remove(d.fd, victim, &st)
+}
+
+// opaque removes everything in d that this layer did not write.
+func (x *extractor) opaque(d dirRef) error {
+	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: d.path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), d.path)
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return &os.PathError{Op: "readdir", Path: d.path, Err: err}
+	}
+	x.stale = true
+	for _, n := range names {
+		if _, keep := x.written[joinRel(d.path, n)]; keep {
+			continue
+		}
+		if err := removeAllAt(d.fd, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finishDirs sets directory modes and times, deepest last-written first.
+// A directory replaced or removed by a later entry is skipped.
+func (x *extractor) finishDirs() error {
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		m := x.dirs[i]
+		dir, base := splitRel(m.path)
+		if m.path == "" {
+			dir, base = "", "."
+		}
+		pfd, err := x.openExact(dir)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if m.fixMode {
+				err = unix.Fchmodat(pfd, base, m.mode, 0)
+			}
+			if err == nil {
+				err = setTimes(pfd, base, m.atime, m.mtime)
+			}
+			if err != nil {
+				unix.Close(pfd)
+				return fmt.Errorf("%s: %w", m.path, err)
+			}
+		}
+		unix.Close(pfd)
+	}
+	return nil
+}
+
+// openExact opens the resolved directory path p without following any
+// symlink: a component that is no longer a directory is an error.
+func (x *extractor) openExact(p string) (int, error) {
+	fd, err := unix.Openat(x.rootFd, ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil || p == "" {
+		return fd, err
+	}
+	for _, c := range strings.Split(p, "/") {
+		next, err := unix.Openat(fd, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		fd = next
+	}
+	return fd, nil
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,5 +294,56 @@ func TestUnprivilegedBuildMatchesRoot(t *testing.T) {
 	}
 	if root := strings.TrimSpace(string(out)); root != rootless {
 		t.Fatalf("unprivileged build gave %s, root build %s", rootless, root)
+	}
+}
+
+func TestCompressionAndFormatFlags(t *testing.T) {
+	tests := []struct {
+		args          []string
+		manifestType  string
+		layerType     string
+		layerMagicHex string
+	}{
+		{[]string{"--compression", "zstd"}, "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+zstd", "28b52ffd"},
+		{[]string{"--compression", "none"}, "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar", ""},
+		{[]string{"--compression", "gzip", "--compression-level", "9"}, "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip", "1f8b"},
+		{[]string{"--format", "docker"}, "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.image.rootfs.diff.tar.gzip", "1f8b"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			root := t.TempDir()
+			mustIbuild(t, root, append(append([]string{"build", "-q", "-t", "c:1"}, tc.args...), "../../testdata/demo")...)
+			var insp struct {
+				Manifest struct {
+					MediaType string `json:"mediaType"`
+					Layers    []struct {
+						MediaType string `json:"mediaType"`
+						Digest    string `json:"digest"`
+					} `json:"layers"`
+				} `json:"manifest"`
+			}
+			if err := json.Unmarshal([]byte(mustIbuild(t, root, "inspect", "c:1")), &insp); err != nil {
+				t.Fatal(err)
+			}
+			if insp.Manifest.MediaType != tc.manifestType {
+				t.Fatalf("manifest type %s", insp.Manifest.MediaType)
+			}
+			for _, l := range insp.Manifest.Layers {
+				if l.MediaType != tc.layerType {
+					t.Fatalf("layer type %s, want %s", l.MediaType, tc.layerType)
+				}
+				blob, err := os.ReadFile(filepath.Join(root, "blobs", "sha256", strings.TrimPrefix(l.Digest, "sha256:")))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.layerMagicHex != "" && fmt.Sprintf("%x", blob[:len(tc.layerMagicHex)/2]) != tc.layerMagicHex {
+					t.Fatalf("layer %s starts with %x", l.Digest, blob[:4])
+				}
+			}
+		})
+	}
+	_, errOut, code := ibuild(t, t.TempDir(), "", "build", "--compression", "lzma", "../../testdata/demo")
+	if code == 0 || !strings.Contains(errOut, `unknown compression "lzma"`) {
+		t.Fatalf("bad --compression: exit %d, %s", code, errOut)
 	}
 }

@@ -60,6 +60,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		}
 		names = append(names, n)
 	}
+	// Hold the store's shared lock for the whole build: a concurrent prune
+	// (which takes it exclusively) then waits instead of collecting layers
+	// this build wrote but has not tagged yet.
+	unlock, err := opts.Store.Lock(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	dfPath, data, err := readDockerfile(opts)
 	if err != nil {
 		return nil, err

@@ -18,9 +18,8 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // crashChildEnv carries a childSpec (JSON) to TestHelperProcessCommit and
@@ -300,44 +299,6 @@ func mustWriteFile(t testing.TB, p string, b []byte) {
 	}
 }
 
-// fileDigest is the sha256 of a file's content.
-func fileDigest(t testing.TB, p string) v1.Hash {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
-}
-
-// checkAllBlobs fails unless every file in root's blobs/sha256 is a regular
-// file whose content hashes to its name, and returns the names.
-func checkAllBlobs(t testing.TB, root string) []string {
-	t.Helper()
-	dir := filepath.Join(root, "blobs", "sha256")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-		if !e.Type().IsRegular() {
-			t.Errorf("blobs/sha256/%s is not a regular file (%v)", e.Name(), e.Type())
-			continue
-		}
-		if got := fileDigest(t, filepath.Join(dir, e.Name())); got.Hex != e.Name() {
-			t.Errorf("blobs/sha256/%s holds content with digest %s", e.Name(), got)
-		}
-	}
-	return names
-}
-
 // TestConcurrentCommitProcesses has N processes commit the same tree into
 // one store at the same moment: all succeed with the same descriptor, the
 // blob is stored once and whole, and no temporary file is left behind.
@@ -361,7 +322,7 @@ func TestConcurrentCommitProcesses(t *testing.T) {
 					t.Errorf("child %d committed %+v, want %+v", i, d, want)
 				}
 			}
-			if names := checkAllBlobs(t, root); !slices.Equal(names, []string{want.Digest.Hex}) {
+			if names := layertest.CheckBlobs(t, root); !slices.Equal(names, []string{want.Digest.Hex}) {
 				t.Errorf("blobs/sha256 holds %v, want just %s", names, want.Digest.Hex)
 			}
 			if left := dirNames(t, filepath.Join(root, "tmp")); len(left) != 0 {
@@ -475,7 +436,7 @@ func compareTrees(t testing.TB, want, got string) string {
 			case e.IsDir():
 				m[rel] = "dir"
 			case e.Type().IsRegular():
-				m[rel] = fileDigest(t, p).String()
+				m[rel] = layertest.FileDigest(t, p).String()
 			default:
 				m[rel] = e.Type().String()
 			}

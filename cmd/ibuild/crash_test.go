@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // bigFileSizes are the sizes (MiB) of the big build-context file the crash
@@ -186,41 +186,6 @@ func growingTemp(root, pattern string) func() string {
 	}
 }
 
-// checkBlobs fails unless every file in root's blobs/sha256 is a regular
-// file whose content hashes to its name; it returns how many there are.
-func checkBlobs(t *testing.T, root string) int {
-	t.Helper()
-	dir := filepath.Join(root, "blobs", "sha256")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			t.Errorf("blobs/sha256/%s is not a regular file (%v)", e.Name(), e.Type())
-			continue
-		}
-		if got := fileSHA256(t, filepath.Join(dir, e.Name())); got != e.Name() {
-			t.Errorf("blobs/sha256/%s holds content with digest sha256:%s", e.Name(), got)
-		}
-	}
-	return len(ents)
-}
-
-func fileSHA256(t *testing.T, p string) string {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // tmpLeftovers lists root/tmp entries whose names match pattern.
 func tmpLeftovers(t *testing.T, root, pattern string) []string {
 	t.Helper()
@@ -294,7 +259,7 @@ func pruneKeepsFreshLeftovers(t *testing.T, root string, leftovers []string, kee
 	for _, ref := range keep {
 		mustIbuild(t, root, "inspect", ref)
 	}
-	checkBlobs(t, root)
+	layertest.CheckBlobs(t, root)
 }
 
 // TestBuildKilledDuringLayerCommit kills a build with SIGKILL while it
@@ -325,7 +290,7 @@ func TestBuildKilledDuringLayerCommit(t *testing.T) {
 		if len(tmpLeftovers(t, root, "blob-*")) == 0 {
 			t.Fatalf("no partial blob in tmp/ after the kill: %v", leftovers)
 		}
-		if n := checkBlobs(t, root); n == 0 {
+		if n := len(layertest.CheckBlobs(t, root)); n == 0 {
 			t.Error("the small layer committed before the kill is not stored")
 		}
 		if _, errOut, code := ibuild(t, root, "", "inspect", "x:1"); code == 0 {
@@ -339,7 +304,7 @@ func TestBuildKilledDuringLayerCommit(t *testing.T) {
 		if names := imageNames(t, root); !slices.Equal(names, []string{"localhost/x:1"}) {
 			t.Errorf("images lists %v, want [localhost/x:1]", names)
 		}
-		checkBlobs(t, root)
+		layertest.CheckBlobs(t, root)
 		pruneKeepsFreshLeftovers(t, root, leftovers, "x:1")
 		return
 	}
@@ -387,7 +352,7 @@ func TestBuildKilledDuringSnapshot(t *testing.T) {
 		if _, err := os.Lstat(snap); err == nil {
 			t.Fatalf("the killed extraction left %s under its final name", snap)
 		}
-		checkBlobs(t, root)
+		layertest.CheckBlobs(t, root)
 		if _, _, code := ibuild(t, root, "", "inspect", "child:1"); code == 0 {
 			t.Fatal("the killed build tagged child:1")
 		}
@@ -404,7 +369,7 @@ func TestBuildKilledDuringSnapshot(t *testing.T) {
 		if len(ents) != 1 || ents[0].Name() != "big" || !ents[0].Type().IsRegular() {
 			t.Fatalf("snapshot %s holds %v, want just the file big", snap, ents)
 		}
-		if got := fileSHA256(t, filepath.Join(snap, "big")); got != bigSum {
+		if got := layertest.FileDigest(t, filepath.Join(snap, "big")).Hex; got != bigSum {
 			t.Fatalf("snapshot's big has sha256 %s, the context's had %s", got, bigSum)
 		}
 		pruneKeepsFreshLeftovers(t, root, leftovers, "base:1", "child:1")
@@ -472,7 +437,7 @@ func TestPruneDuringLongBuild(t *testing.T) {
 			t.Fatalf("the build failed after a concurrent prune: %v\n%s", buildErr, b.out.String())
 		}
 		mustIbuild(t, root, "inspect", "x:1")
-		checkBlobs(t, root)
+		layertest.CheckBlobs(t, root)
 		return
 	}
 }

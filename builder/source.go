@@ -103,6 +103,8 @@ func (c *contextFS) host(p string) string {
 	return filepath.Join(c.root, filepath.FromSlash(path.Clean("/"+p)))
 }
 
+// Lstat expects p's parent directories to be resolved (no symlink among
+// them), as the copy code guarantees: it does not check them.
 func (c *contextFS) Lstat(p string) (fs.FileInfo, string, error) {
 	h := c.host(p)
 	fi, err := os.Lstat(h)
@@ -164,16 +166,18 @@ func globSources(src sourceFS, pattern string) ([]string, error) {
 		}
 		var next []string
 		for _, dir := range matches {
-			if !hasGlob(comp) {
-				cand := path.Join(dir, comp)
-				if _, _, err := src.Lstat(cand); err == nil {
-					next = append(next, cand)
-				}
-				continue
-			}
+			// Look inside the resolved directory: an earlier component
+			// may be a symlink, which must be followed inside the tree,
+			// never by the host.
 			rdir, err := src.Resolve(dir)
 			if err != nil {
 				return nil, err
+			}
+			if !hasGlob(comp) {
+				if _, _, err := src.Lstat(path.Join(rdir, comp)); err == nil {
+					next = append(next, path.Join(dir, comp))
+				}
+				continue
 			}
 			ents, err := src.ReadDir(rdir)
 			if err != nil {

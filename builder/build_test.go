@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibuild/ibuild/layers/layertest"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
@@ -54,7 +56,7 @@ var setups = map[string]func(t *testing.T, dir string){
 		}
 		mustMkdir(t, ctx)
 		for _, tool := range []string{"tar", "gzip", "bzip2", "xz", "zstd"} {
-			requireTool(t, tool)
+			layertest.RequireTool(t, tool)
 		}
 		// Deterministic archives, so the golden file holds on any machine.
 		tarc := "tar --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner -cf - pkg"
@@ -382,22 +384,10 @@ func writeFile(t *testing.T, p, data string, mode fs.FileMode) {
 	}
 }
 
-// requireTool fails the test when a tool is missing under CI=true, and
-// skips it otherwise.
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required (install it with make test-deps)", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-}
-
 // run runs a tool the test needs.
 func run(t *testing.T, dir, name string, args ...string) {
 	t.Helper()
-	requireTool(t, name)
+	layertest.RequireTool(t, name)
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // The benchmarks in this file share one generated tree per test process,
@@ -270,7 +272,7 @@ func BenchmarkCommitVsBaseline(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			for _, tool := range []string{"tar", c.tool} {
 				if _, err := exec.LookPath(tool); err != nil {
-					skipOrFail(b, "%s not installed", tool)
+					layertest.SkipOrFail(b, "%s not installed", tool)
 				}
 			}
 			work := b.TempDir()

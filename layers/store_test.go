@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibuild/ibuild/layers/layertest"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -133,19 +135,6 @@ func digestOf(t testing.TB, x interface{ Digest() (v1.Hash, error) }) v1.Hash {
 		t.Fatal(err)
 	}
 	return h
-}
-
-// needTool skips when a tool is missing, except under CI=true.
-func needTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required under CI: %v", name, err)
-		}
-		t.Skipf("%s not installed: %v", name, err)
-	}
-	return p
 }
 
 func TestOpenStoreLayout(t *testing.T) {
@@ -492,7 +481,7 @@ func TestStoreTagConcurrent(t *testing.T) {
 }
 
 func TestStoreSkopeoReadsRoot(t *testing.T) {
-	skopeo := needTool(t, "skopeo")
+	skopeo := layertest.RequireTool(t, "skopeo")
 	s := fixtureStore(t)
 	_, desc := storedImage(t, s, "x:1", "for skopeo")
 	storedImage(t, s, "y", "another")

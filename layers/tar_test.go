@@ -12,23 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibuild/ibuild/layers/layertest"
+
 	"golang.org/x/sys/unix"
 )
-
-// skipOrFail skips the test, except in CI (CI=true), where a missing
-// prerequisite is a failure.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
 
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root (device nodes, trusted xattrs, chown)")
+		layertest.SkipOrFail(t, "needs root (device nodes, trusted xattrs, chown)")
 	}
 }
 
@@ -38,7 +30,7 @@ func setUserXattr(t testing.TB, path, key, value string) {
 	t.Helper()
 	if err := unix.Lsetxattr(path, key, []byte(value), 0); err != nil {
 		if errors.Is(err, unix.ENOTSUP) {
-			skipOrFail(t, "file system refuses user xattrs: %v", err)
+			layertest.SkipOrFail(t, "file system refuses user xattrs: %v", err)
 		}
 		t.Fatal(err)
 	}

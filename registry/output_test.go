@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibuild/ibuild/layers/layertest"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -171,18 +173,6 @@ var (
 	}
 )
 
-func needTool(t testing.TB, tool string) string {
-	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required under CI: %v", tool, err)
-		}
-		t.Skipf("%s not installed: %v", tool, err)
-	}
-	return p
-}
-
 // imageByName finds the image named name in an OCI layout index.
 func imageByName(t testing.TB, idx v1.ImageIndex, ref string) v1.Image {
 	t.Helper()
@@ -245,7 +235,7 @@ func TestWriteOCILayout(t *testing.T) {
 	}
 
 	t.Run("skopeo", func(t *testing.T) {
-		skopeo := needTool(t, "skopeo")
+		skopeo := layertest.RequireTool(t, "skopeo")
 		out, err := exec.Command(skopeo, "inspect", "oci:"+dir+":"+layoutName).CombinedOutput()
 		if err != nil {
 			t.Fatalf("skopeo inspect: %v\n%s", err, out)
@@ -257,7 +247,7 @@ func TestWriteOCILayout(t *testing.T) {
 		}
 	})
 	t.Run("umoci", func(t *testing.T) {
-		umoci := needTool(t, "umoci")
+		umoci := layertest.RequireTool(t, "umoci")
 		bundle := filepath.Join(t.TempDir(), "bundle")
 		args := []string{"unpack", "--image", dir + ":" + layoutName, bundle}
 		if os.Geteuid() != 0 {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // ibuildBin is the binary the end-to-end tests run, built once in TestMain.
@@ -56,17 +58,6 @@ func mustIbuild(t *testing.T, root string, args ...string) string {
 		t.Fatalf("ibuild %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
 	}
 	return out
-}
-
-// requireTool fails under CI=true when a tool is missing, else skips.
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required for this test (make test-deps installs it)", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
 }
 
 func TestDemoBuildAndLocalCommands(t *testing.T) {
@@ -184,7 +175,7 @@ func TestOutputs(t *testing.T) {
 	}
 
 	t.Run("skopeo", func(t *testing.T) {
-		requireTool(t, "skopeo")
+		layertest.RequireTool(t, "skopeo")
 		for _, ref := range []string{"oci:" + ociDir + ":localhost/demo:out", "oci-archive:" + ociTar + ":localhost/demo:out", "docker-archive:" + dockerTar, "oci:" + root + ":localhost/demo:out"} {
 			out, err := exec.Command("skopeo", "inspect", "--config", ref).CombinedOutput()
 			if err != nil {
@@ -196,7 +187,7 @@ func TestOutputs(t *testing.T) {
 		}
 	})
 	t.Run("umoci", func(t *testing.T) {
-		requireTool(t, "umoci")
+		layertest.RequireTool(t, "umoci")
 		bundle := filepath.Join(t.TempDir(), "bundle")
 		out, err := exec.Command("umoci", "unpack", "--image", ociDir+":localhost/demo:out", bundle).CombinedOutput()
 		if err != nil {
@@ -265,7 +256,7 @@ func TestUnprivilegedBuildMatchesRoot(t *testing.T) {
 		}
 		t.Skip("needs root to switch to an unprivileged user")
 	}
-	requireTool(t, "setpriv")
+	layertest.RequireTool(t, "setpriv")
 	work, err := os.MkdirTemp("", "ibuild-rootless-")
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -51,4 +52,25 @@ func CheckBlobs(t testing.TB, root string) []string {
 		}
 	}
 	return names
+}
+
+// SkipOrFail skips the test, except under CI (CI=true), where a missing
+// prerequisite (a tool, a privilege) is a failure: CI must run every test.
+func SkipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// RequireTool returns the path of the command name, or skips the test (fails
+// it under CI) when it is not installed; `make test-deps` installs them all.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		SkipOrFail(t, "%s is required for this test (make test-deps installs it): %v", name, err)
+	}
+	return p
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,3 +91,28 @@ func TestNewModes(t *testing.T) {
 		t.Errorf("HumanSize: %s %s", HumanSize(999), HumanSize(1500000))
 	}
 }
+
+func TestTTYClockTicksWhileStepsRun(t *testing.T) {
+	var mu sync.Mutex
+	var b bytes.Buffer
+	w := writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return b.Write(p)
+	})
+	tty := NewTTY(w)
+	tty.Emit(Event{Kind: StepStart, Stage: "s", Step: 1, Steps: 1, Instruction: "RUN sleep"})
+	time.Sleep(3*tick + tick/2)
+	tty.Close()
+	mu.Lock()
+	redraws := strings.Count(b.String(), "RUN sleep")
+	mu.Unlock()
+	if redraws < 3 {
+		t.Fatalf("a running step was drawn %d times in 3.5 ticks", redraws)
+	}
+	tty.Close() // idempotent
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -9,7 +9,8 @@ import (
 )
 
 // TTY redraws a compact view: one line per running or finished step, the
-// last few log lines of running steps, updated in place.
+// last few log lines of running steps, updated in place, with the clocks of
+// running steps ticking. Close stops the ticking.
 type TTY struct {
 	mu      sync.Mutex
 	w       io.Writer
@@ -17,7 +18,13 @@ type TTY struct {
 	byKey   map[string]*ttyLine
 	drawn   int
 	logTail map[string][]string
+	stop    chan struct{}
+	ticking bool
+	closed  bool
 }
+
+// tick is how often running steps' clocks are redrawn.
+const tick = 200 * time.Millisecond
 
 type ttyLine struct {
 	key   string
@@ -30,7 +37,51 @@ type ttyLine struct {
 
 // NewTTY returns a terminal renderer.
 func NewTTY(w io.Writer) *TTY {
-	return &TTY{w: w, byKey: map[string]*ttyLine{}, logTail: map[string][]string{}}
+	return &TTY{w: w, byKey: map[string]*ttyLine{}, logTail: map[string][]string{}, stop: make(chan struct{})}
+}
+
+// Close stops the ticking clock; the view stays as last drawn.
+func (t *TTY) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.closed {
+		t.closed = true
+		close(t.stop)
+	}
+	return nil
+}
+
+// startTicking redraws while the TTY is open; t.mu is held by the caller.
+func (t *TTY) startTicking() {
+	if t.ticking || t.closed {
+		return
+	}
+	t.ticking = true
+	go func() {
+		tk := time.NewTicker(tick)
+		defer tk.Stop()
+		for {
+			select {
+			case <-t.stop:
+				return
+			case <-tk.C:
+				t.mu.Lock()
+				if t.running() {
+					t.redraw()
+				}
+				t.mu.Unlock()
+			}
+		}
+	}()
+}
+
+func (t *TTY) running() bool {
+	for _, l := range t.lines {
+		if l.state == "running" {
+			return true
+		}
+	}
+	return false
 }
 
 // Emit implements Sink.
@@ -40,9 +91,10 @@ func (t *TTY) Emit(e Event) {
 	key := stepPrefix(e)
 	switch e.Kind {
 	case StepStart:
-		l := &ttyLine{key: key, text: e.Instruction, start: e.Time, state: "running"}
+		l := &ttyLine{key: key, text: e.Instruction, start: time.Now(), state: "running"}
 		t.lines = append(t.lines, l)
 		t.byKey[key] = l
+		t.startTicking()
 	case StepDone, StepError:
 		if t.byKey[key] == nil {
 			l := &ttyLine{key: key, text: e.Instruction, start: e.Time}
@@ -74,6 +126,10 @@ func (t *TTY) Emit(e Event) {
 		t.redraw()
 		fmt.Fprintf(t.w, "%s\n", e.Message)
 		t.lines, t.byKey, t.drawn = nil, map[string]*ttyLine{}, 0
+		if !t.closed {
+			t.closed = true
+			close(t.stop)
+		}
 		return
 	}
 	t.redraw()

@@ -113,6 +113,9 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	opts.Progress = sink
+	if c, ok := sink.(io.Closer); ok {
+		defer c.Close()
+	}
 	start := time.Now()
 	res, err := builder.Build(c.Context, opts)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"go.podman.io/storage/pkg/reexec"
 	"time"
 
 	"github.com/ibuild/ibuild/builder"
@@ -31,6 +33,9 @@ const stepTarget = 1.2
 
 // TestMain removes the shared benchmark store once every benchmark is done.
 func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
 	code := m.Run()
 	if bases.root != "" {
 		os.RemoveAll(bases.root)

@@ -62,6 +62,9 @@ func (s *Store) Snapshots(ctx context.Context, img v1.Image, warn func(string)) 
 	}
 	defer unlock()
 	chains := ChainIDs(diffIDs)
+	if s.snapshotter != SnapshotterNative {
+		return s.csSnapshots(ctx, ls, diffIDs, chains)
+	}
 	dirs := make([]string, len(ls))
 	for i, l := range ls {
 		d, err := s.snapshot(ctx, chains[i], diffIDs[i], l, i, warn)

@@ -325,7 +325,8 @@ func (s *Store) csDelete(ctx context.Context, doomed func(storage.Layer) bool) (
 }
 
 // csPrune deletes storage layers whose chain ID live does not hold and
-// that were last used (per-snapshot lock mtime, else creation) before
+// that were last used (per-snapshot lock mtime, or creation when there is
+// no lock file) before
 // cutoff.
 func (s *Store) csPrune(ctx context.Context, live *marks, cutoff time.Time) (int, int64, error) {
 	return s.csDelete(ctx, func(l storage.Layer) bool {
@@ -334,7 +335,7 @@ func (s *Store) csPrune(ctx context.Context, live *marks, cutoff time.Time) (int
 			return false
 		}
 		used := l.Created
-		if fi, err := os.Lstat(filepath.Join(s.root, "snapshots", l.ID+".lock")); err == nil && fi.ModTime().After(used) {
+		if fi, err := os.Lstat(filepath.Join(s.root, "snapshots", l.ID+".lock")); err == nil {
 			used = fi.ModTime()
 		}
 		return used.Before(cutoff)

@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 		return
 	}
 	code := m.Run()
+	if bases.store != nil {
+		bases.store.Close()
+	}
 	if bases.root != "" {
 		os.RemoveAll(bases.root)
 	}
@@ -243,6 +246,7 @@ func BenchmarkBuildDemo(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer st.Close()
 	opts := builder.Options{Store: st, ContextDir: "../testdata/demo", Tags: []string{"demo:1"}}
 	for b.Loop() {
 		if _, err := builder.Build(ctx, opts); err != nil {

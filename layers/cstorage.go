@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -179,13 +181,8 @@ func (s *Store) csSnapshots(ctx context.Context, ls []v1.Layer, diffIDs, chains 
 	driver := s.cs.driver
 	s.cs.mu.Unlock()
 	if driver == SnapshotterVFS {
-		// A vfs layer holds the whole tree up to it; Get only returns
-		// the directory (Put is a no-op), so nothing needs releasing.
-		gd, err := st.GraphDriver()
-		if err != nil {
-			return nil, fmt.Errorf("snapshots: %w", err)
-		}
-		dir, err := gd.Get(chains[len(chains)-1].Hex, graphdriver.MountOpts{})
+		// A vfs layer holds the whole tree up to it.
+		dir, err := s.csLayerDir(st, chains[len(chains)-1].Hex)
 		if err != nil {
 			return nil, fmt.Errorf("snapshots: %w", err)
 		}
@@ -193,13 +190,61 @@ func (s *Store) csSnapshots(ctx context.Context, ls []v1.Layer, diffIDs, chains 
 	}
 	dirs := make([]string, len(ls))
 	for i := range ls {
-		// The overlay driver's diff directory of the layer: its own
-		// files, with overlay whiteouts and opaque directories.
-		if dirs[i], err = st.DifferTarget(chains[i].Hex); err != nil {
+		if dirs[i], err = s.csLayerDir(st, chains[i].Hex); err != nil {
 			return nil, fmt.Errorf("snapshots: layer %d: %w", i+1, err)
 		}
 	}
 	return dirs, nil
+}
+
+// csLayerDir is the directory holding storage layer id's files: for
+// overlay its diff directory (its own files, with overlay whiteouts and
+// opaque directories), for vfs the whole tree up to it. Neither mounts
+// anything: vfs's Get only returns the directory and its Put is a no-op.
+func (s *Store) csLayerDir(st storage.Store, id string) (string, error) {
+	s.cs.mu.Lock()
+	driver := s.cs.driver
+	s.cs.mu.Unlock()
+	if driver == SnapshotterVFS {
+		gd, err := st.GraphDriver()
+		if err != nil {
+			return "", err
+		}
+		return gd.Get(id, graphdriver.MountOpts{})
+	}
+	return st.DifferTarget(id)
+}
+
+// sniffRootEntry passes r through and, once it is drained, reports via
+// hasRoot whether the tar it carries has an entry for its root directory.
+// hasRoot may be called more than once.
+func sniffRootEntry(r io.Reader) (_ io.Reader, hasRoot func() bool) {
+	pr, pw := io.Pipe()
+	found := make(chan bool, 1)
+	go func() {
+		has := false
+		tr := tar.NewReader(pr)
+		for {
+			hdr, err := tr.Next()
+			if err != nil {
+				break
+			}
+			if path.Clean("/"+hdr.Name) == "/" {
+				has = true
+			}
+		}
+		io.Copy(io.Discard, pr)
+		found <- has
+	}()
+	var once sync.Once
+	var has bool
+	return io.TeeReader(r, pw), func() bool {
+		once.Do(func() {
+			pw.Close()
+			has = <-found
+		})
+		return has
+	}
 }
 
 // csLayer makes sure the storage layer for chain exists, creating it from
@@ -237,7 +282,9 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 	}
 	defer rc.Close()
 	h := sha256.New()
-	tr := io.TeeReader(ctxReader{ctx: ctx, r: rc}, h)
+	sniffed, hasRoot := sniffRootEntry(ctxReader{ctx: ctx, r: rc})
+	defer hasRoot()
+	tr := io.TeeReader(sniffed, h)
 	lay, _, err := st.PutLayer(chain.Hex, parent, nil, "", false, &storage.LayerOptions{}, tr)
 	if errors.Is(err, storage.ErrDuplicateID) {
 		if lay, err = st.Layer(chain.Hex); err == nil {
@@ -254,6 +301,14 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 	}
 	if err == nil {
 		err = check(lay)
+	}
+	if err == nil && !hasRoot() {
+		// Without an entry for "/" the drivers leave the layer's root
+		// 0555; native snapshots, and so builds, see 0755.
+		var dir string
+		if dir, err = s.csLayerDir(st, chain.Hex); err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
 	}
 	if err != nil {
 		if derr := st.DeleteLayer(chain.Hex); derr != nil {

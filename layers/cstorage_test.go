@@ -147,6 +147,15 @@ func describe(t testing.TB, fi fs.FileInfo, read func() ([]byte, error), link fu
 	return d
 }
 
+func lstat(t testing.TB, p string) fs.FileInfo {
+	t.Helper()
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
 func diffListings(want, got map[string]string) string {
 	var out []string
 	for p, w := range want {
@@ -169,8 +178,16 @@ func diffListings(want, got map[string]string) string {
 // filesystem.
 func checkRootFS(t testing.TB, img v1.Image, dirs []string) {
 	t.Helper()
-	want := dirListing(t, flattened(t, img))
-	got := rootFSListing(t, layers.NewRootFS(dirs))
+	flat := flattened(t, img)
+	want := dirListing(t, flat)
+	want["/"] = describe(t, lstat(t, flat), nil, nil)
+	r := layers.NewRootFS(dirs)
+	got := rootFSListing(t, r)
+	rootFI, _, err := r.Lstat("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got["/"] = describe(t, rootFI, nil, nil)
 	if len(want) == 0 || !maps.Equal(want, got) {
 		t.Errorf("merged view differs from the flattened image: %s", diffListings(want, got))
 	}

@@ -37,8 +37,9 @@ const PruneGrace = 10 * time.Minute
 // one entry per image name, annotated with RefNameAnnotation. Besides the
 // layout it holds:
 //
-//	snapshots/<chain id hex>/   one extracted directory per layer (Snapshots)
+//	snapshots/<chain id hex>/   one extracted directory per layer (native Snapshots)
 //	snapshots/<hex>.lock        per-snapshot lock; its mtime is the last use
+//	storage/, storage-run/      containers/storage roots (overlay or vfs Snapshots)
 //	roots/<name>.json           extra garbage-collection roots (SetRoot)
 //	tmp/                        temporary files and directories
 //	store.lock, index.lock      flock(2) files

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"go.podman.io/storage/pkg/reexec"
 	"time"
 
 	"github.com/ibuild/ibuild/builder"
@@ -31,7 +33,13 @@ const stepTarget = 1.2
 
 // TestMain removes the shared benchmark store once every benchmark is done.
 func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
 	code := m.Run()
+	if bases.store != nil {
+		bases.store.Close()
+	}
 	if bases.root != "" {
 		os.RemoveAll(bases.root)
 	}
@@ -238,6 +246,7 @@ func BenchmarkBuildDemo(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer st.Close()
 	opts := builder.Options{Store: st, ContextDir: "../testdata/demo", Tags: []string{"demo:1"}}
 	for b.Loop() {
 		if _, err := builder.Build(ctx, opts); err != nil {

@@ -24,6 +24,7 @@ func ExampleBuild() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer st.Close()
 	res, err := builder.Build(ctx, builder.Options{
 		Store:      st,
 		ContextDir: "../testdata/demo",

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"go.podman.io/storage/pkg/reexec"
 	"time"
 
 	"github.com/ibuild/ibuild/layers/layertest"
@@ -41,6 +43,9 @@ const (
 
 // TestMain removes the shared benchmark tree once every benchmark is done.
 func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
 	code := m.Run()
 	if sharedTree.root != "" {
 		os.RemoveAll(sharedTree.root)

@@ -33,6 +33,8 @@ type childSpec struct {
 	Ref   string // snapshots: the image name
 	Ready string // file the child creates once it is ready to start
 	Start string // file the child waits for before it starts
+	// Snapshotter is the store's snapshotter ("" for the default).
+	Snapshotter string
 }
 
 // childResultPrefix starts the line on which a helper prints its result.
@@ -50,10 +52,11 @@ func childSetup(t *testing.T) (childSpec, *layers.Store) {
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		t.Fatal(err)
 	}
-	s, err := layers.OpenStore(context.Background(), spec.Root)
+	s, err := layers.OpenStore(context.Background(), spec.Root, layers.WithSnapshotter(spec.Snapshotter))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return spec, s
 }
 
@@ -371,7 +374,7 @@ func TestConcurrentSnapshotsProcesses(t *testing.T) {
 	crashTree(t, src, 8, 2)
 	for _, n := range []int{2, 4} {
 		t.Run(fmt.Sprintf("%d-processes", n), func(t *testing.T) {
-			s := fixtureStore(t)
+			s := nativeStore(t)
 			d, err := s.Blobs().CommitDir(ctx, src, layers.CommitOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -385,7 +388,7 @@ func TestConcurrentSnapshotsProcesses(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := runChildren[[]string](t, "TestHelperProcessSnapshots", n, func(int) childSpec {
-				return childSpec{Root: s.Root(), Ref: "crash:snap"}
+				return childSpec{Root: s.Root(), Ref: "crash:snap", Snapshotter: layers.SnapshotterNative}
 			})
 			want := filepath.Join(s.Root(), "snapshots", d.DiffID.Hex)
 			for i, dirs := range got {

@@ -11,7 +11,9 @@
 //   - compression (gzip, zstd or none) that computes the diffID, the
 //     compressed digest and both sizes in one streaming pass;
 //   - safe extraction of layer tars that never writes outside its root;
-//   - the local image store (names, manifests, snapshots keyed by chain ID).
+//   - the local image store (names, manifests, snapshots keyed by chain ID,
+//     kept in containers/storage with the overlay or vfs driver as root, or
+//     in ibuild's own directories).
 //
 // It does not parse Dockerfiles, run processes or talk to registries.
 package layers

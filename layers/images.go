@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.podman.io/storage"
 )
 
 var (
@@ -352,6 +353,13 @@ func (s *Store) Remove(ctx context.Context, ref string) (RemoveReport, error) {
 			return rep, err
 		}
 		rep.Deleted = append(rep.Deleted, h)
+	}
+	_, _, err = s.csDelete(ctx, func(l storage.Layer) bool {
+		h := v1.Hash{Algorithm: "sha256", Hex: l.ID}
+		return dead.chains[h] && !live.chains[h]
+	})
+	if err != nil {
+		return rep, fmt.Errorf("remove %s: %w", ref, err)
 	}
 	for c := range dead.chains {
 		if !live.chains[c] {

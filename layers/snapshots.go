@@ -30,19 +30,27 @@ func ChainIDs(diffIDs []v1.Hash) []v1.Hash {
 	return out
 }
 
-// Snapshots returns, bottom to top, one directory per layer of img, holding
-// that layer alone extracted with KeepWhiteouts (its .wh. markers stay as
-// empty files; NewRootFS merges them). A snapshot lives at
-// Root/snapshots/<chain ID hex> and is shared by every image with the same
-// layers below and including it.
+// Snapshots returns directories whose merged view, bottom to top, is the
+// image's root filesystem: pass them to NewRootFS, which understands both
+// .wh. markers and overlay whiteouts. Each layer is stored once, keyed by
+// its chain ID, and shared by every image with the same layers below and
+// including it; the number and layout of the directories depend on the
+// snapshotter (see WithSnapshotter):
 //
-// Each snapshot is extracted once: callers in any goroutine or process wait
-// on a per-snapshot flock for whoever extracts it, and the extraction goes
-// to a temporary directory that is renamed into place only once complete
-// and checked against the layer's diffID, so a killed process never leaves
-// a partial snapshot behind under the final name. Snapshots are read-only
-// by convention: callers must not modify them. warn receives non-fatal
-// extraction problems (rootless ownership and the like); it may be nil.
+//   - native: one directory per layer, Root/snapshots/<chain ID hex>,
+//     holding that layer alone extracted with KeepWhiteouts;
+//   - overlay: one directory per layer, the containers/storage layer's diff
+//     directory (overlay whiteouts and opaque directories);
+//   - vfs: one directory, the top layer's complete tree.
+//
+// Each layer is created once: callers in any goroutine or process wait on a
+// per-layer flock for whoever creates it, and the content is checked
+// against the layer's diffID; a killed process never leaves a partial
+// snapshot that a later call would use (native snapshots are renamed into
+// place when complete; containers/storage discards incomplete layers).
+// Snapshots are read-only by convention: callers must not modify them.
+// warn receives non-fatal extraction problems (rootless ownership and the
+// like); it may be nil.
 func (s *Store) Snapshots(ctx context.Context, img v1.Image, warn func(string)) ([]string, error) {
 	cf, err := img.ConfigFile()
 	if err != nil {
@@ -62,6 +70,9 @@ func (s *Store) Snapshots(ctx context.Context, img v1.Image, warn func(string)) 
 	}
 	defer unlock()
 	chains := ChainIDs(diffIDs)
+	if s.snapshotter != SnapshotterNative {
+		return s.csSnapshots(ctx, ls, diffIDs, chains)
+	}
 	dirs := make([]string, len(ls))
 	for i, l := range ls {
 		d, err := s.snapshot(ctx, chains[i], diffIDs[i], l, i, warn)

@@ -61,7 +61,7 @@ func snapshotImage(t testing.TB, s *layers.Store) v1.Image {
 
 func TestSnapshots(t *testing.T) {
 	ctx := context.Background()
-	s := fixtureStore(t)
+	s := nativeStore(t)
 	img := snapshotImage(t, s)
 	dirs, err := s.Snapshots(ctx, img, nil)
 	if err != nil {

@@ -37,8 +37,9 @@ const PruneGrace = 10 * time.Minute
 // one entry per image name, annotated with RefNameAnnotation. Besides the
 // layout it holds:
 //
-//	snapshots/<chain id hex>/   one extracted directory per layer (Snapshots)
+//	snapshots/<chain id hex>/   one extracted directory per layer (native Snapshots)
 //	snapshots/<hex>.lock        per-snapshot lock; its mtime is the last use
+//	storage/, storage-run/      containers/storage roots (overlay or vfs Snapshots)
 //	roots/<name>.json           extra garbage-collection roots (SetRoot)
 //	tmp/                        temporary files and directories
 //	store.lock, index.lock      flock(2) files
@@ -57,15 +58,31 @@ const PruneGrace = 10 * time.Minute
 // index.lock, so concurrent Tag calls from any number of processes never
 // lose an entry. The locks are not reentrant across deletion: a goroutine
 // holding a shared Lock must not call Prune or Remove.
+//
+// Snapshots live either in snapshots/ (the native snapshotter) or in a
+// containers/storage store under storage/ and storage-run/ (overlay or vfs
+// driver; see WithSnapshotter), which is opened on first use and released
+// by Close.
 type Store struct {
-	root  string
-	blobs *BlobStore
+	root        string
+	blobs       *BlobStore
+	snapshotter string // native, overlay, vfs or auto (root only)
+	cs          cstorage
 }
 
-// OpenStore opens the store at root, creating it if needed.
-func OpenStore(ctx context.Context, root string) (*Store, error) {
+// OpenStore opens the store at root, creating it if needed. Call Close when
+// done with it.
+func OpenStore(ctx context.Context, root string, opts ...StoreOption) (*Store, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	var cfg storeConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	snap, err := resolveSnapshotter(cfg.snapshotter)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -75,7 +92,7 @@ func OpenStore(ctx context.Context, root string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", root, err)
 	}
-	s := &Store{root: abs, blobs: blobs}
+	s := &Store{root: abs, blobs: blobs, snapshotter: snap}
 	for _, d := range []string{"snapshots", "roots"} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
 			return nil, fmt.Errorf("open store %s: %w", root, err)
@@ -413,6 +430,14 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 		}
 		rep.Blobs++
 		rep.Bytes += fi.Size()
+	}
+	// Storage layers go first: the native sweep below removes the lock
+	// files whose mtimes say when a storage layer was last used.
+	n, size, err := s.csPrune(ctx, live, cutoff)
+	rep.Snapshots += n
+	rep.Bytes += size
+	if err != nil {
+		return rep, fmt.Errorf("prune: %w", err)
 	}
 	snapDir := filepath.Join(s.root, "snapshots")
 	ents, err := os.ReadDir(snapDir)

@@ -101,13 +101,25 @@ func fixtureImage(t testing.TB, arch string, ls ...v1.Layer) v1.Image {
 	return img
 }
 
-func fixtureStore(t testing.TB) *layers.Store {
+func fixtureStore(t testing.TB, opts ...layers.StoreOption) *layers.Store {
 	t.Helper()
-	s, err := layers.OpenStore(context.Background(), t.TempDir())
+	s, err := layers.OpenStore(context.Background(), t.TempDir(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return s
+}
+
+// nativeStore is a store with the native snapshotter, for tests of its
+// on-disk layout.
+func nativeStore(t testing.TB) *layers.Store {
+	t.Helper()
+	return fixtureStore(t, layers.WithSnapshotter(layers.SnapshotterNative))
 }
 
 // storedImage writes a one-layer image with a file of the given content and
@@ -194,7 +206,7 @@ func TestStoreRemove(t *testing.T) {
 	}
 	setup := func(t *testing.T) fixture {
 		ctx := context.Background()
-		s := fixtureStore(t)
+		s := nativeStore(t)
 		shared := fixtureLayer(t, s, []fixtureFile{{Name: "shared", Body: "base"}})
 		imgA, descA := storedImage(t, s, "a", "only in a", shared)
 		imgB, descB := storedImage(t, s, "b", "only in b", shared)
@@ -301,7 +313,7 @@ func backdate(t testing.TB, paths ...string) {
 
 func TestStorePrune(t *testing.T) {
 	ctx := context.Background()
-	s := fixtureStore(t)
+	s := nativeStore(t)
 	_, tagged := storedImage(t, s, "kept", "tagged")
 	pinnedImg, pinned := storedImage(t, s, "", "pinned")
 	if err := s.SetRoot(ctx, "cache", []v1.Hash{pinned.Digest}); err != nil {

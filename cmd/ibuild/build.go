@@ -52,6 +52,7 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	defer st.Close()
 	opts := builder.Options{
 		Store:            st,
 		ContextDir:       c.Args().First(),

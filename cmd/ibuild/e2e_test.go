@@ -11,12 +11,16 @@ import (
 	"testing"
 
 	"github.com/ibuild/ibuild/layers/layertest"
+	"go.podman.io/storage/pkg/reexec"
 )
 
 // ibuildBin is the binary the end-to-end tests run, built once in TestMain.
 var ibuildBin string
 
 func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
 	dir, err := os.MkdirTemp("", "ibuild-e2e-")
 	if err != nil {
 		panic(err)

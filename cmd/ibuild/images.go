@@ -26,6 +26,7 @@ func imagesCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			recs, err := st.Images(c.Context)
 			if err != nil {
 				return err

@@ -23,6 +23,7 @@ func inspectCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			ref := c.Args().First()
 			desc, err := st.Lookup(c.Context, ref)
 			if err != nil {

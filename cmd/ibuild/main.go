@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+	"go.podman.io/storage/pkg/reexec"
 
 	"github.com/ibuild/ibuild/layers"
 )
@@ -21,6 +22,9 @@ import (
 var version = "dev"
 
 func main() {
+	if reexec.Init() {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp()
@@ -50,6 +54,12 @@ func newApp() *cli.App {
 				Usage:   "storage root (default /var/lib/ibuild for root, else $XDG_DATA_HOME/ibuild or ~/.local/share/ibuild)",
 				EnvVars: []string{"IBUILD_ROOT"},
 			},
+			&cli.StringFlag{
+				Name:    "storage-driver",
+				Usage:   "how layers are unpacked: auto (overlay or vfs as root, native otherwise), overlay, vfs or native",
+				Value:   layers.SnapshotterAuto,
+				EnvVars: []string{"IBUILD_STORAGE_DRIVER"},
+			},
 		},
 		Commands: []*cli.Command{
 			buildCommand(),
@@ -77,7 +87,8 @@ func defaultRoot() (string, error) {
 	return filepath.Join(home, ".local", "share", "ibuild"), nil
 }
 
-// openStore opens the store named by the global flags.
+// openStore opens the store named by the global flags. The caller closes
+// it.
 func openStore(c *cli.Context) (*layers.Store, error) {
 	root := c.String("root")
 	if root == "" {
@@ -86,5 +97,5 @@ func openStore(c *cli.Context) (*layers.Store, error) {
 			return nil, err
 		}
 	}
-	return layers.OpenStore(c.Context, root)
+	return layers.OpenStore(c.Context, root, layers.WithSnapshotter(c.String("storage-driver")))
 }

@@ -21,6 +21,7 @@ func tagCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			desc, err := st.Lookup(c.Context, c.Args().First())
 			if err != nil {
 				return err
@@ -52,6 +53,7 @@ func rmiCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			for _, ref := range c.Args().Slice() {
 				rep, err := st.Remove(c.Context, ref)
 				if err != nil {
@@ -78,6 +80,7 @@ func pruneCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			rep, err := st.Prune(c.Context)
 			if err != nil {
 				return err

@@ -445,3 +445,65 @@ func TestPruneDuringLongBuild(t *testing.T) {
 		return
 	}
 }
+
+// TestBuildKilledDuringStorageLayer kills a build while containers/storage
+// (overlay, as root) is writing a base layer for the build's snapshots:
+// the next build must succeed and find the layer whole.
+func TestBuildKilledDuringStorageLayer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		layertest.SkipOrFail(t, "containers/storage snapshots need root (unprivileged builds use native snapshots)")
+	}
+	t.Setenv("IBUILD_STORAGE_DRIVER", "overlay")
+	for attempt, mib := range bigFileSizes {
+		root := filepath.Join(t.TempDir(), "root")
+		baseDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY big /big\n"})
+		bigSum := writeBigFile(t, filepath.Join(baseDir, "big"), mib, 3)
+		mustIbuild(t, root, "build", "-q", "-t", "base:1", baseDir)
+		ids := diffIDs(t, root, "base:1")
+		if len(ids) != 1 {
+			t.Fatalf("base:1 has diff IDs %v, want one", ids)
+		}
+		// One layer: its chain ID, the storage layer's ID, is its diff ID.
+		diff := filepath.Join(root, "storage", "overlay", ids[0], "diff")
+		if _, err := os.Lstat(diff); err == nil {
+			t.Fatalf("building base:1 stored its layer already: nothing to kill")
+		}
+		childDir := writeContext(t, map[string]string{
+			"Dockerfile": "FROM base:1\nCOPY small /small\n",
+			"small":      "small\n",
+		})
+		growing := func() string {
+			// The overlay driver stages a new layer under tempdirs/ and
+			// moves it into place when it is complete.
+			ms, _ := filepath.Glob(filepath.Join(root, "storage", "overlay", "tempdirs", "*", "*", "big"))
+			ms2, _ := filepath.Glob(filepath.Join(root, "storage", "overlay", "*", "diff", "big"))
+			for _, m := range append(ms, ms2...) {
+				if fi, err := os.Lstat(m); err == nil && fi.Size() >= killThreshold && fi.Size() < int64(mib)<<20 {
+					rel, _ := filepath.Rel(root, m)
+					return fmt.Sprintf("%s held %d bytes", rel, fi.Size())
+				}
+			}
+			return ""
+		}
+		if buildKilledWhen(t, root, "child:1", childDir, growing) == "" {
+			if attempt == len(bigFileSizes)-1 {
+				t.Fatalf("a build on a %d MiB layer finished before the test could kill it while storing the layer: the test proves nothing", mib)
+			}
+			continue
+		}
+		layertest.CheckBlobs(t, root)
+		if _, _, code := ibuild(t, root, "", "inspect", "child:1"); code == 0 {
+			t.Fatal("the killed build tagged child:1")
+		}
+		mustIbuild(t, root, "build", "-q", "-t", "child:1", childDir)
+		if got := layertest.FileDigest(t, filepath.Join(diff, "big")).Hex; got != bigSum {
+			t.Fatalf("the stored layer's big has sha256 %s, the context's had %s", got, bigSum)
+		}
+		out := mustIbuild(t, root, "build", "-q", "--output", "type=local,dest="+filepath.Join(t.TempDir(), "out"), childDir)
+		if strings.TrimSpace(out) == "" {
+			t.Fatal("no image ID")
+		}
+		mustIbuild(t, root, "prune")
+		return
+	}
+}

@@ -21,8 +21,10 @@ type Container struct {
 	layers   []v1.Layer
 	config   v1.ConfigFile
 	opts     containerOptions
-	// rootfs caches the merged view of layers; nil after a change.
+	// rootfs caches the merged view of layers and dirs the snapshot
+	// directories it is made of; both nil after a change.
 	rootfs *layers.RootFS
+	dirs   []string
 }
 
 type containerOptions struct {
@@ -95,7 +97,7 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 		Created:   v1.Time{Time: c.opts.created},
 		CreatedBy: createdBy,
 	})
-	c.rootfs = nil
+	c.rootfs, c.dirs = nil, nil
 	return desc, nil
 }
 
@@ -121,6 +123,15 @@ func (c *Container) RootFS(ctx context.Context) (*layers.RootFS, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.rootfs = layers.NewRootFS(dirs)
+	c.rootfs, c.dirs = layers.NewRootFS(dirs), dirs
 	return c.rootfs, nil
+}
+
+// snapshotDirs are the directories whose merged view, bottom to top, is
+// the container's root file system (see layers.Store.Snapshots).
+func (c *Container) snapshotDirs(ctx context.Context) ([]string, error) {
+	if _, err := c.RootFS(ctx); err != nil {
+		return nil, err
+	}
+	return c.dirs, nil
 }

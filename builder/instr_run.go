@@ -3,19 +3,325 @@ package builder
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"golang.org/x/sys/unix"
+
+	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/builder/sandbox"
+	"github.com/ibuild/ibuild/layers"
 )
 
-// ErrRunUnsupported is returned for RUN until ibuild's sandbox lands: the
-// instruction is parsed and validated, but this version cannot execute it.
-var ErrRunUnsupported = errors.New("RUN is not supported by this version of ibuild yet: executing commands needs the rootless sandbox, which is still being built; build images with COPY/ADD and metadata instructions, or from a base that already contains what RUN would make")
+// defaultPath is the PATH of a step when the image sets none (docker's).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// run handles RUN.
+// sandboxHostname is the host name steps see.
+const sandboxHostname = "ibuild"
+
+// generatedFiles are provided for every step and never land in a layer.
+var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
+
+// mountDirs are the directories the sandbox mounts over.
+var mountDirs = []string{"/proc", "/dev", "/sys"}
+
+// run handles RUN: the command runs in the sandbox over the image's layers
+// and what it changed becomes a layer.
 func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
-	// Expanding validates --mount and --network flags.
+	// Expanding parses and validates --mount and --network.
 	if err := s.expand(c); err != nil {
 		return err
 	}
-	return ErrRunUnsupported
+	if ms := instructions.GetMounts(c); len(ms) > 0 {
+		return fmt.Errorf("RUN --mount=type=%s is not supported by this version of ibuild yet", ms[0].Type)
+	}
+	network := instructions.GetNetwork(c)
+	if network == instructions.NetworkDefault || network == "" {
+		network = instructions.NetworkHost
+	}
+	if err := sandbox.Supported(); err != nil {
+		return err
+	}
+	if s.b.opts.Store.Snapshotter() == layers.SnapshotterNative {
+		return errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: use --storage-driver auto as root")
+	}
+	rootfs, err := s.c.RootFS(ctx)
+	if err != nil {
+		return err
+	}
+	lowers, err := s.c.snapshotDirs(ctx)
+	if err != nil {
+		return err
+	}
+	tmp, err := s.b.opts.Store.TempDir("run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	dirs := map[string]string{}
+	for _, d := range []string{"upper", "work", "merged", "files", "empty"} {
+		dirs[d] = filepath.Join(tmp, d)
+		if err := os.Mkdir(dirs[d], 0o755); err != nil {
+			return err
+		}
+	}
+	if len(lowers) == 0 {
+		lowers = []string{dirs["empty"]}
+	}
+	spec := sandbox.Spec{
+		Lowers: lowers, Upper: dirs["upper"], Work: dirs["work"], Merged: dirs["merged"],
+		Env: s.runEnv(), Dir: s.c.Config().WorkingDir, Hostname: sandboxHostname,
+		Network: network, Files: map[string]string{},
+	}
+	spec.Args, spec.Stdin = s.runArgs(c)
+	if u := s.c.Config().User; u != "" {
+		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, rootfs); err != nil {
+			return fmt.Errorf("USER %s: %w", u, err)
+		}
+	}
+	if err := writeGeneratedFiles(dirs["files"], spec.Files); err != nil {
+		return err
+	}
+	existed := map[string]bool{}
+	for _, p := range append(append([]string{"/etc"}, generatedFiles...), mountDirs...) {
+		_, _, err := rootfs.Lstat(p)
+		existed[p] = err == nil
+	}
+	err = sandbox.Run(ctx, spec, func(line string) {
+		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
+	})
+	if err != nil {
+		var ee *sandbox.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("stage %s, step %d/%d: command %q failed: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), err)
+		}
+		return err
+	}
+	if err := cleanMountPoints(dirs["upper"], existed, rootfs); err != nil {
+		return err
+	}
+	if ents, err := os.ReadDir(dirs["upper"]); err == nil && len(ents) == 0 && !isOpaque(dirs["upper"]) {
+		// Nothing changed: no layer, as BuildKit does.
+		s.c.addHistory(cmdText(c))
+		return nil
+	}
+	desc, err := s.c.addLayerDir(ctx, dirs["upper"], cmdText(c))
+	if err != nil {
+		return err
+	}
+	s.layerSize = desc.Size
+	return nil
+}
+
+// runArgs is the step's argv and standard input. Shell form runs under the
+// image's SHELL; a heredoc standing alone is the script, and heredocs after
+// a command are handed to the shell as written, which feeds them to it.
+func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
+	files := c.Files
+	if !c.PrependShell {
+		stdin := ""
+		if len(files) > 0 {
+			stdin = heredocData(files[0])
+		}
+		return append([]string(nil), c.CmdLine...), stdin
+	}
+	sh := s.c.Config().Shell
+	if len(sh) == 0 {
+		sh = defaultShell
+	}
+	if len(files) == 1 && len(c.CmdLine) == 1 && strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
+		return append(append([]string(nil), sh...), heredocData(files[0])), ""
+	}
+	script := strings.Join(c.CmdLine, " ")
+	for _, f := range files {
+		script += "\n" + f.Data + f.Name
+	}
+	return append(append([]string(nil), sh...), script), ""
+}
+
+func heredocData(f instructions.ShellInlineFile) string {
+	if f.Chomp {
+		return parser.ChompHeredocContent(f.Data)
+	}
+	return f.Data
+}
+
+// runEnv is the step's environment: the image's ENV, the ARGs in scope
+// that ENV does not override, and predefined proxy args given with
+// --build-arg. None of the ARGs is written to the image.
+func (s *stageRun) runEnv() []string {
+	env := s.scope()
+	for k, v := range s.b.opts.BuildArgs {
+		if isPredefinedArg(k) {
+			if _, set := env.Get(k); !set {
+				env.Set(k, v)
+			}
+		}
+	}
+	if _, ok := env.Get("PATH"); !ok {
+		env.Set("PATH", defaultPath)
+	}
+	return env.Environ()
+}
+
+// resolveRunUser resolves USER for a step: a name or uid, optionally with
+// a group; without a group, the user's primary group from /etc/passwd (0
+// for an unknown numeric uid); supplementary groups from /etc/group.
+func resolveRunUser(spec string, files fileReader) (uid, gid uint32, groups []uint32, err error) {
+	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
+	var name string
+	if n, err := strconv.ParseUint(userPart, 10, 32); err == nil {
+		uid = uint32(n)
+		if e, ok := lookupPasswd(files, "", int(n)); ok {
+			gid, name = uint32(e.gid), e.name
+		}
+	} else {
+		e, ok := lookupPasswd(files, userPart, -1)
+		if !ok {
+			return 0, 0, nil, fmt.Errorf("unable to find user %s: no matching entries in passwd file", userPart)
+		}
+		uid, gid, name = uint32(e.uid), uint32(e.gid), e.name
+	}
+	if hasGroup {
+		o, err := resolveOwner("0:"+groupPart, files)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		gid = uint32(o.GID)
+		return uid, gid, []uint32{gid}, nil
+	}
+	groups = []uint32{gid}
+	if name != "" {
+		for _, g := range supplementaryGroups(files, name) {
+			if uint32(g) != gid {
+				groups = append(groups, uint32(g))
+			}
+		}
+	}
+	return uid, gid, groups, nil
+}
+
+// supplementaryGroups lists the gids of /etc/group entries naming user.
+func supplementaryGroups(files fileReader, user string) []int {
+	data, err := files.ReadFile("/etc/group")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	scanColonFile(data, func(f []string) bool {
+		if len(f) >= 4 {
+			for _, m := range strings.Split(f[3], ",") {
+				if strings.TrimSpace(m) == user {
+					if g, err := strconv.Atoi(f[2]); err == nil {
+						out = append(out, g)
+					}
+				}
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// writeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
+// /etc/hostname for a step into dir and records them in files.
+func writeGeneratedFiles(dir string, files map[string]string) error {
+	resolv, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		resolv = nil
+	}
+	content := map[string][]byte{
+		"/etc/hosts":       []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + sandboxHostname + "\n"),
+		"/etc/resolv.conf": resolv,
+		"/etc/hostname":    []byte(sandboxHostname + "\n"),
+	}
+	for _, p := range generatedFiles {
+		h := filepath.Join(dir, filepath.Base(p))
+		if err := os.WriteFile(h, content[p], 0o644); err != nil {
+			return err
+		}
+		files[p] = h
+	}
+	return nil
+}
+
+// cleanMountPoints removes from the upper directory what the sandbox made
+// only to mount over: mount points the image did not have, and /etc when
+// it holds nothing else.
+func cleanMountPoints(upper string, existed map[string]bool, rootfs *layers.RootFS) error {
+	remove := func(p string, wantDir bool) error {
+		h := filepath.Join(upper, filepath.FromSlash(p))
+		fi, err := os.Lstat(h)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if wantDir != fi.IsDir() || (!wantDir && fi.Size() != 0) {
+			return nil // the step replaced it: it is the step's
+		}
+		if wantDir {
+			if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 {
+				return err
+			}
+		}
+		return os.Remove(h)
+	}
+	for _, p := range generatedFiles {
+		if !existed[p] {
+			if err := remove(p, false); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range mountDirs {
+		if !existed[p] {
+			if err := remove(p, true); err != nil {
+				return err
+			}
+		}
+	}
+	if !existed["/etc"] {
+		return remove("/etc", true)
+	}
+	// /etc was only copied up to hold a new mount point: an empty copy
+	// with the image's metadata changes nothing.
+	h := filepath.Join(upper, "etc")
+	up, err := os.Lstat(h)
+	if err != nil || !up.IsDir() {
+		return nil
+	}
+	if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {
+		return err
+	}
+	low, _, err := rootfs.Lstat("/etc")
+	if err == nil && low.Mode() == up.Mode() && sameOwner(low, up) && low.ModTime().Equal(up.ModTime()) {
+		return os.Remove(h)
+	}
+	return nil
+}
+
+// isOpaque reports whether an overlay upper directory is marked opaque.
+func isOpaque(dir string) bool {
+	buf := make([]byte, 4)
+	for _, attr := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		if n, err := unix.Lgetxattr(dir, attr, buf); err == nil && n == 1 && buf[0] == 'y' {
+			return true
+		}
+	}
+	return false
+}
+
+func sameOwner(a, b fs.FileInfo) bool {
+	sa, ok1 := a.Sys().(*syscall.Stat_t)
+	sb, ok2 := b.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && sa.Uid == sb.Uid && sa.Gid == sb.Gid
 }

@@ -1,0 +1,268 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// childMain is the re-executed ibuild: pid 1 of the step's pid namespace.
+// fd 3 carries the Spec, fd 4 takes a setup error.
+func childMain() {
+	errPipe := os.NewFile(4, "setup-error")
+	fail := func(err error) {
+		fmt.Fprintln(errPipe, err)
+		os.Exit(125)
+	}
+	var spec Spec
+	if err := json.NewDecoder(os.NewFile(3, "spec")).Decode(&spec); err != nil {
+		fail(fmt.Errorf("read spec: %w", err))
+	}
+	if err := setup(&spec); err != nil {
+		fail(err)
+	}
+	code, err := runStep(&spec)
+	if err != nil {
+		fail(err)
+	}
+	os.Exit(code)
+}
+
+// setup builds the step's root file system and enters it.
+func setup(spec *Spec) error {
+	// Nothing mounted here may propagate back to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	lowers := make([]string, len(spec.Lowers))
+	for i, l := range spec.Lowers {
+		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	if len(opts) >= os.Getpagesize()-1 {
+		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
+	}
+	if err := unix.Mount("overlay", spec.Merged, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay: %w", err)
+	}
+	root := spec.Merged
+	if err := mountSpecial(root, spec); err != nil {
+		return err
+	}
+	for _, img := range sortedKeys(spec.Files) {
+		target, ok, err := mountPoint(root, img, false)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // a symlink or a directory there: leave the image's
+		}
+		if err := unix.Mount(spec.Files[img], target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", img, err)
+		}
+	}
+	if spec.Network == "none" {
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("bring lo up: %w", err)
+		}
+	}
+	if spec.Hostname != "" {
+		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	if err := unix.Chroot(root); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	dir := spec.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("working directory %s: %w", dir, err)
+	}
+	if err := os.Chdir(dir); err != nil {
+		return fmt.Errorf("working directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// mountSpecial mounts /proc, a minimal /dev and a read-only /sys.
+func mountSpecial(root string, spec *Spec) error {
+	if p, ok, err := mountPoint(root, "/proc", true); err != nil {
+		return err
+	} else if ok {
+		if err := unix.Mount("proc", p, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("mount /proc: %w", err)
+		}
+	}
+	if p, ok, err := mountPoint(root, "/sys", true); err != nil {
+		return err
+	} else if ok {
+		if err := unix.Mount("/sys", p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("mount /sys: %w", err)
+		}
+		if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("make /sys read-only: %w", err)
+		}
+	}
+	dev, ok, err := mountPoint(root, "/dev", true)
+	if err != nil || !ok {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=65536k"); err != nil {
+		return fmt.Errorf("mount /dev: %w", err)
+	}
+	for _, name := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		p := filepath.Join(dev, name)
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			return err
+		}
+		if err := unix.Mount("/dev/"+name, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", name, err)
+		}
+	}
+	for _, d := range []string{"pts", "shm"} {
+		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+		return fmt.Errorf("mount /dev/shm: %w", err)
+	}
+	for link, target := range map[string]string{
+		"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2",
+	} {
+		if err := os.Symlink(target, filepath.Join(dev, link)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mountPoint returns the host path of the image path p inside root, making
+// it (a directory when dir, else an empty file) when missing. ok is false
+// when something that is not a plain directory or file is in the way,
+// such as a symlink: nothing is then mounted there, so a mount never
+// follows a link out of the image.
+func mountPoint(root, p string, dir bool) (string, bool, error) {
+	cur := root
+	parts := strings.Split(strings.Trim(p, "/"), "/")
+	for i, part := range parts {
+		cur = filepath.Join(cur, part)
+		last := i == len(parts)-1
+		fi, err := os.Lstat(cur)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if last && !dir {
+				if err := os.WriteFile(cur, nil, 0o644); err != nil {
+					return "", false, err
+				}
+				return cur, true, nil
+			}
+			if err := os.Mkdir(cur, 0o755); err != nil {
+				return "", false, err
+			}
+		case err != nil:
+			return "", false, err
+		case fi.Mode()&fs.ModeSymlink != 0:
+			return "", false, nil
+		case last && dir != fi.IsDir():
+			return "", false, nil
+		case !last && !fi.IsDir():
+			return "", false, nil
+		}
+	}
+	return cur, true, nil
+}
+
+// runStep starts the command as the step's user and waits for it. As pid 1
+// it reaps whatever else exits meanwhile.
+func runStep(spec *Spec) (int, error) {
+	env := spec.Env
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	os.Setenv("PATH", path)
+	argv0 := spec.Args[0]
+	if !strings.Contains(argv0, "/") {
+		found, err := exec.LookPath(argv0)
+		if err != nil {
+			return 0, fmt.Errorf("%s: not found in the image's PATH (%s)", argv0, path)
+		}
+		argv0 = found
+	}
+	cmd := exec.Command(argv0)
+	cmd.Args = spec.Args
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if spec.Stdin != "" {
+		cmd.Stdin = strings.NewReader(spec.Stdin)
+	}
+	groups := spec.Groups
+	if groups == nil {
+		groups = []uint32{}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups}}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", spec.Args[0], err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+// loopbackUp sets the lo interface up in a fresh network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

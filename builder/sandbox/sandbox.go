@@ -1,0 +1,184 @@
+// Package sandbox runs one RUN step: a process in new mount, pid, uts and
+// ipc namespaces (and a network namespace with only lo for --network=none),
+// chrooted into an overlay of the image's layers, with /proc, a minimal
+// /dev, a read-only /sys and generated /etc/hosts, /etc/resolv.conf and
+// /etc/hostname. The overlay's upper directory is what the step changed.
+//
+// The step's processes are the children of a re-executed ibuild (pid 1 of
+// the new pid namespace); when it exits, the kernel kills whatever the step
+// left running and tears down every mount with the mount namespace, so a
+// killed build leaves no process and no mount behind.
+//
+// This version runs as root. Unprivileged builds need a user namespace,
+// which the sandbox does not create yet.
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"go.podman.io/storage/pkg/reexec"
+)
+
+// reexecName is the name the sandbox's child registers under.
+const reexecName = "ibuild-sandbox"
+
+func init() {
+	reexec.Register(reexecName, childMain)
+}
+
+// Spec describes one step.
+type Spec struct {
+	// Lowers are the overlay lower directories, bottom to top (at least
+	// one; an empty directory for an empty image).
+	Lowers []string `json:"lowers"`
+	// Upper and Work are the overlay's upper and work directories; Merged
+	// is where the overlay is mounted. All three exist and are empty.
+	Upper  string `json:"upper"`
+	Work   string `json:"work"`
+	Merged string `json:"merged"`
+	// Args is the command; Args[0] is looked up in the image's PATH.
+	Args []string `json:"args"`
+	Env  []string `json:"env"`
+	// Dir is the working directory in the image; created when missing.
+	Dir    string   `json:"dir"`
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups"`
+	// Stdin is the step's standard input; empty means /dev/null.
+	Stdin    string `json:"stdin"`
+	Hostname string `json:"hostname"`
+	// Files are generated files bind-mounted over image paths
+	// (/etc/hosts, /etc/resolv.conf, /etc/hostname): image path -> host
+	// path.
+	Files map[string]string `json:"files"`
+	// Network is "host" or "none".
+	Network string `json:"network"`
+}
+
+// ExitError is a step that ran and exited non-zero.
+type ExitError struct {
+	Code int
+	// Tail holds the last lines the step printed.
+	Tail []string
+}
+
+func (e *ExitError) Error() string {
+	msg := fmt.Sprintf("exit code %d", e.Code)
+	if len(e.Tail) > 0 {
+		msg += "; last output:\n  " + strings.Join(e.Tail, "\n  ")
+	}
+	return msg
+}
+
+// tailLines is how many output lines an ExitError keeps.
+const tailLines = 10
+
+// Supported reports why RUN cannot work here, or nil.
+func Supported() error {
+	if os.Geteuid() != 0 {
+		return errors.New("RUN as an unprivileged user needs the user-namespace sandbox, which this version of ibuild does not have yet: run ibuild as root")
+	}
+	return nil
+}
+
+// Run runs the step and streams each line it prints to output. A non-zero
+// exit is an *ExitError. Cancelling ctx kills the step and everything it
+// started.
+func Run(ctx context.Context, spec Spec, output func(line string)) error {
+	if err := Supported(); err != nil {
+		return err
+	}
+	if len(spec.Args) == 0 {
+		return errors.New("empty command")
+	}
+	if len(spec.Lowers) == 0 {
+		return errors.New("sandbox: no lower directory")
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer specR.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		specW.Close()
+		return err
+	}
+	defer outR.Close()
+	// The child reports a failure to set the sandbox up on its own pipe, so
+	// it is never mistaken for the step's output or exit code.
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		specW.Close()
+		outW.Close()
+		return err
+	}
+	defer errR.Close()
+
+	cmd := reexec.Command(reexecName)
+	cmd.ExtraFiles = []*os.File{specR, errW}
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = outW, outW
+	flags := syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+	if spec.Network == "none" {
+		flags |= syscall.CLONE_NEWNET
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: uintptr(flags), Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		outW.Close()
+		specW.Close()
+		errW.Close()
+		return fmt.Errorf("start sandbox: %w", err)
+	}
+	outW.Close()
+	errW.Close()
+	go func() {
+		specW.Write(data)
+		specW.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
+	defer stop()
+
+	var tail []string
+	sc := bufio.NewScanner(outR)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		output(line)
+		tail = append(tail, line)
+		if len(tail) > tailLines {
+			tail = tail[1:]
+		}
+	}
+	// Drain what a too-long line left, so the child never blocks.
+	io.Copy(io.Discard, outR)
+	err = cmd.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if setup, _ := io.ReadAll(io.LimitReader(errR, 64<<10)); len(setup) > 0 {
+		return fmt.Errorf("sandbox: %s", strings.TrimSpace(string(setup)))
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code := ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+		return &ExitError{Code: code, Tail: tail}
+	}
+	return err
+}

@@ -293,7 +293,8 @@ func cleanMountPoints(upper string, existed map[string]bool, rootfs *layers.Root
 		return remove("/etc", true)
 	}
 	// /etc was only copied up to hold a new mount point: an empty copy
-	// with the image's metadata changes nothing.
+	// with the image's mode and owner changes nothing (its mtime moved
+	// when the mount point came and went, so it is not compared).
 	h := filepath.Join(upper, "etc")
 	up, err := os.Lstat(h)
 	if err != nil || !up.IsDir() {
@@ -303,7 +304,7 @@ func cleanMountPoints(upper string, existed map[string]bool, rootfs *layers.Root
 		return err
 	}
 	low, _, err := rootfs.Lstat("/etc")
-	if err == nil && low.Mode() == up.Mode() && sameOwner(low, up) && low.ModTime().Equal(up.ModTime()) {
+	if err == nil && low.Mode() == up.Mode() && sameOwner(low, up) {
 		return os.Remove(h)
 	}
 	return nil

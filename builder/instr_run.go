@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,12 +41,17 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err := s.expand(c); err != nil {
 		return err
 	}
-	if ms := instructions.GetMounts(c); len(ms) > 0 {
-		return fmt.Errorf("RUN --mount=type=%s is not supported by this version of ibuild yet", ms[0].Type)
-	}
 	network := instructions.GetNetwork(c)
 	if network == instructions.NetworkDefault || network == "" {
-		network = instructions.NetworkHost
+		network = s.b.opts.Network
+	}
+	network, err := ParseNetwork(network)
+	if err != nil {
+		return err
+	}
+	isolation, err := ParseIsolation(s.b.opts.Isolation)
+	if err != nil {
+		return err
 	}
 	if err := sandbox.Supported(); err != nil {
 		return err
@@ -80,6 +87,9 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 		Env: s.runEnv(), Dir: s.c.Config().WorkingDir, Hostname: sandboxHostname,
 		Network: network, Files: map[string]string{},
 	}
+	if isolation == IsolationChroot {
+		spec.Isolation = "chroot"
+	}
 	spec.Args, spec.Stdin = s.runArgs(c)
 	if u := s.c.Config().User; u != "" {
 		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, rootfs); err != nil {
@@ -89,11 +99,24 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err := writeGeneratedFiles(dirs["files"], spec.Files); err != nil {
 		return err
 	}
-	existed := map[string]bool{}
-	for _, p := range append(append([]string{"/etc"}, generatedFiles...), mountDirs...) {
-		_, _, err := rootfs.Lstat(p)
-		existed[p] = err == nil
+	points := []mountPointSpec{}
+	for _, p := range generatedFiles {
+		points = append(points, mountPointSpec{path: p})
 	}
+	for _, p := range mountDirs {
+		points = append(points, mountPointSpec{path: p, dir: true})
+	}
+	if ms := instructions.GetMounts(c); len(ms) > 0 {
+		rm, err := s.prepareMounts(ctx, ms, rootfs, tmp)
+		if err != nil {
+			return err
+		}
+		defer rm.close()
+		spec.Mounts = rm.mounts
+		spec.Env = append(spec.Env, rm.env...)
+		points = append(points, rm.points...)
+	}
+	created, parents := planMountPoints(rootfs, points)
 	err = sandbox.Run(ctx, spec, func(line string) {
 		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
 	})
@@ -104,7 +127,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 		}
 		return err
 	}
-	if err := cleanMountPoints(dirs["upper"], existed, rootfs); err != nil {
+	if err := cleanMountPoints(dirs["upper"], created, parents, rootfs); err != nil {
 		return err
 	}
 	if ents, err := os.ReadDir(dirs["upper"]); err == nil && len(ents) == 0 && !isOpaque(dirs["upper"]) {
@@ -252,60 +275,87 @@ func writeGeneratedFiles(dir string, files map[string]string) error {
 	return nil
 }
 
+// planMountPoints says, for mount points the sandbox will make, which
+// paths it creates (absent from the image: the mount points and their
+// missing parents) and which existing directories the overlay may copy
+// up to hold them. Both lists are deepest first.
+func planMountPoints(rootfs *layers.RootFS, points []mountPointSpec) (created []mountPointSpec, parents []string) {
+	seen := map[string]bool{}
+	for _, pt := range points {
+		comps := strings.Split(strings.Trim(path.Clean(pt.path), "/"), "/")
+		cur := "/"
+		for i, c := range comps {
+			cur = path.Join(cur, c)
+			last := i == len(comps)-1
+			if seen[cur] {
+				continue
+			}
+			if _, _, err := rootfs.Lstat(cur); err == nil {
+				if !last {
+					seen[cur] = true
+					parents = append(parents, cur)
+				}
+				continue
+			}
+			seen[cur] = true
+			created = append(created, mountPointSpec{path: cur, dir: !last || pt.dir})
+		}
+	}
+	deeper := func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") }
+	slices.SortStableFunc(created, func(a, b mountPointSpec) int { return deeper(a.path, b.path) })
+	slices.SortStableFunc(parents, deeper)
+	return created, parents
+}
+
 // cleanMountPoints removes from the upper directory what the sandbox made
-// only to mount over: mount points the image did not have, and /etc when
-// it holds nothing else.
-func cleanMountPoints(upper string, existed map[string]bool, rootfs *layers.RootFS) error {
-	remove := func(p string, wantDir bool) error {
-		h := filepath.Join(upper, filepath.FromSlash(p))
+// only to mount over: the created mount points (when the step left them
+// empty) and copies of existing parents that hold nothing else.
+func cleanMountPoints(upper string, created []mountPointSpec, parents []string, rootfs *layers.RootFS) error {
+	for _, pt := range created {
+		h := filepath.Join(upper, filepath.FromSlash(pt.path))
 		fi, err := os.Lstat(h)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil
+			continue
 		}
 		if err != nil {
 			return err
 		}
-		if wantDir != fi.IsDir() || (!wantDir && fi.Size() != 0) {
-			return nil // the step replaced it: it is the step's
+		if pt.dir != fi.IsDir() || (!pt.dir && (!fi.Mode().IsRegular() || fi.Size() != 0)) {
+			continue // the step replaced it: it is the step's
 		}
-		if wantDir {
-			if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 {
-				return err
+		if pt.dir {
+			if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {
+				if err != nil {
+					return err
+				}
+				continue
 			}
 		}
-		return os.Remove(h)
-	}
-	for _, p := range generatedFiles {
-		if !existed[p] {
-			if err := remove(p, false); err != nil {
-				return err
-			}
+		if err := os.Remove(h); err != nil {
+			return err
 		}
 	}
-	for _, p := range mountDirs {
-		if !existed[p] {
-			if err := remove(p, true); err != nil {
-				return err
-			}
-		}
-	}
-	if !existed["/etc"] {
-		return remove("/etc", true)
-	}
-	// /etc was only copied up to hold a new mount point: an empty copy
+	// A parent was only copied up to hold a new mount point: an empty copy
 	// with the image's mode and owner changes nothing (its mtime moved
 	// when the mount point came and went, so it is not compared).
-	h := filepath.Join(upper, "etc")
-	up, err := os.Lstat(h)
-	if err != nil || !up.IsDir() {
-		return nil
-	}
-	if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {
-		return err
-	}
-	low, _, err := rootfs.Lstat("/etc")
-	if err == nil && low.Mode() == up.Mode() && sameOwner(low, up) {
-		return os.Remove(h)
+	for _, p := range parents {
+		h := filepath.Join(upper, filepath.FromSlash(p))
+		up, err := os.Lstat(h)
+		if err != nil || !up.IsDir() {
+			continue
+		}
+		if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		low, _, err := rootfs.Lstat(p)
+		if err == nil && low.Mode() == up.Mode() && sameOwner(low, up) {
+			if err := os.Remove(h); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package builder
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -54,6 +56,67 @@ type Options struct {
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Secrets are what RUN --mount=type=secret steps may use, by id. They
+	// are read when a step uses them and never reach an image.
+	Secrets map[string]SecretSource
+	// SSH maps RUN --mount=type=ssh ids to SSH agent socket paths.
+	SSH map[string]string
+	// Network is the RUN steps' network, "host" (the default) or "none";
+	// RUN --network overrides it for one step.
+	Network string
+	// Isolation is how RUN steps are isolated: "auto" (the default) or
+	// "chroot"; see ParseIsolation.
+	Isolation string
+}
+
+// SecretSource is where a secret's bytes come from: Value when non-nil,
+// else the file File. The library never reads the process environment:
+// a caller offering an environment variable passes its Value.
+type SecretSource struct {
+	File  string
+	Value []byte
+}
+
+// Isolation modes of RUN steps.
+const (
+	// IsolationAuto runs steps in new mount, pid, uts and ipc namespaces
+	// (as root).
+	IsolationAuto = "auto"
+	// IsolationChroot runs steps in a new mount namespace only, chrooted
+	// into the image: they share the host's pids, host name and IPC.
+	IsolationChroot = "chroot"
+	// IsolationUserns and IsolationNone are recognized but not
+	// implemented.
+	IsolationUserns = "userns"
+	IsolationNone   = "none"
+)
+
+// ParseIsolation validates an isolation mode; "" means IsolationAuto. A
+// recognized mode this version cannot run gives an error saying which
+// mode works.
+func ParseIsolation(s string) (string, error) {
+	switch s {
+	case "", IsolationAuto:
+		return IsolationAuto, nil
+	case IsolationChroot:
+		return s, nil
+	case IsolationUserns:
+		return "", errors.New("--isolation userns: unprivileged user namespaces are not implemented yet; use --isolation auto (or chroot) as root")
+	case IsolationNone:
+		return "", errors.New("--isolation none: running steps directly on the host is not implemented; use --isolation auto (or chroot) as root")
+	}
+	return "", fmt.Errorf("--isolation %q: want auto, chroot, userns or none", s)
+}
+
+// ParseNetwork validates a network mode; "" and "default" mean "host".
+func ParseNetwork(s string) (string, error) {
+	switch s {
+	case "", "default", "host":
+		return "host", nil
+	case "none":
+		return s, nil
+	}
+	return "", fmt.Errorf("network %q: want host or none", s)
 }
 
 // Result is what a build produced.

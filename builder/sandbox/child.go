@@ -70,12 +70,17 @@ func setup(spec *Spec) error {
 			return fmt.Errorf("bind %s: %w", img, err)
 		}
 	}
+	for i := range spec.Mounts {
+		if err := mountOne(root, &spec.Mounts[i]); err != nil {
+			return fmt.Errorf("--mount target=%s: %w", spec.Mounts[i].Target, err)
+		}
+	}
 	if spec.Network == "none" {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("bring lo up: %w", err)
 		}
 	}
-	if spec.Hostname != "" {
+	if spec.Hostname != "" && spec.Isolation == "" {
 		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
@@ -95,6 +100,84 @@ func setup(spec *Spec) error {
 	}
 	if err := os.Chdir(dir); err != nil {
 		return fmt.Errorf("working directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// mountOne makes one RUN --mount. Errors never quote a file's Data.
+func mountOne(root string, m *Mount) error {
+	source := m.Source
+	switch m.Type {
+	case MountBind, MountTmpfs:
+	case MountOverlay:
+		lowers := make([]string, len(m.Lowers))
+		for i, l := range m.Lowers {
+			lowers[len(lowers)-1-i] = l
+		}
+		opts := "lowerdir=" + strings.Join(lowers, ":")
+		if m.Upper != "" {
+			opts += ",upperdir=" + m.Upper + ",workdir=" + m.Work
+		}
+		if len(opts) >= os.Getpagesize()-1 {
+			return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
+		}
+		flags := uintptr(0)
+		if m.Upper == "" {
+			flags = unix.MS_RDONLY
+		}
+		if err := unix.Mount("overlay", m.Stage, "overlay", flags, opts); err != nil {
+			return fmt.Errorf("mount overlay: %w", err)
+		}
+		source = filepath.Join(m.Stage, filepath.FromSlash(m.Sub))
+	case MountFile:
+		if err := unix.Mount("tmpfs", m.Stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=16m"); err != nil {
+			return fmt.Errorf("mount tmpfs: %w", err)
+		}
+		source = filepath.Join(m.Stage, "data")
+		f, err := os.OpenFile(source, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		_, werr := f.Write(m.Data)
+		if err := f.Close(); werr == nil {
+			werr = err
+		}
+		if werr != nil {
+			return fmt.Errorf("write file: %w", werr)
+		}
+		if err := os.Chown(source, int(m.UID), int(m.GID)); err != nil {
+			return err
+		}
+		if err := os.Chmod(source, fs.FileMode(m.Mode&0o777)); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown mount type %q", m.Type)
+	}
+	target, ok, err := mountPoint(root, m.Target, !m.File)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("a symlink or a file of another type is in the way of the mount point")
+	}
+	if m.Type == MountTmpfs {
+		opts := ""
+		if m.Size > 0 {
+			opts = fmt.Sprintf("size=%d", m.Size)
+		}
+		if err := unix.Mount("tmpfs", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+			return fmt.Errorf("mount tmpfs: %w", err)
+		}
+		return nil
+	}
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	if m.ReadOnly || m.Type == MountFile {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("make read-only: %w", err)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,10 @@
 // chrooted into an overlay of the image's layers, with /proc, a minimal
 // /dev, a read-only /sys and generated /etc/hosts, /etc/resolv.conf and
 // /etc/hostname. The overlay's upper directory is what the step changed.
+// RUN --mount mounts (binds, read-only or throwaway overlays, tmpfs, and
+// files such as secrets written to a private tmpfs) are made in the same
+// mount namespace, so they never reach the upper directory. With the
+// "chroot" isolation only the mount namespace is new.
 //
 // The step's processes are the children of a re-executed ibuild (pid 1 of
 // the new pid namespace); when it exits, the kernel kills whatever the step
@@ -62,6 +66,52 @@ type Spec struct {
 	Files map[string]string `json:"files"`
 	// Network is "host" or "none".
 	Network string `json:"network"`
+	// Isolation is "" (new mount, pid, uts and ipc namespaces) or
+	// "chroot" (a new mount namespace only: the step shares the host's
+	// pids, host name and IPC, and what it leaves running is not killed).
+	Isolation string `json:"isolation"`
+	// Mounts are RUN --mount mounts, made in order after the image's
+	// special mounts. Their targets are in-image paths whose symlinks the
+	// caller resolved.
+	Mounts []Mount `json:"mounts"`
+}
+
+// Mount types.
+const (
+	// MountBind binds the host path Source at Target.
+	MountBind = "bind"
+	// MountOverlay mounts an overlay of Lowers (with Upper and Work when
+	// writable, discarded by the caller) on the host directory Stage, then
+	// binds Stage/Sub at Target.
+	MountOverlay = "overlay"
+	// MountTmpfs mounts an empty tmpfs at Target.
+	MountTmpfs = "tmpfs"
+	// MountFile writes Data to a file in a tmpfs mounted on the host
+	// directory Stage and binds it read-only at Target: the bytes never
+	// reach a disk.
+	MountFile = "file"
+)
+
+// Mount is one RUN --mount.
+type Mount struct {
+	Type   string `json:"type"`
+	Target string `json:"target"`
+	// File makes the mount point a file (else a directory).
+	File     bool     `json:"file,omitempty"`
+	ReadOnly bool     `json:"readonly,omitempty"`
+	Source   string   `json:"source,omitempty"`
+	Lowers   []string `json:"lowers,omitempty"`
+	Upper    string   `json:"upper,omitempty"`
+	Work     string   `json:"work,omitempty"`
+	Stage    string   `json:"stage,omitempty"`
+	Sub      string   `json:"sub,omitempty"`
+	// Size bounds a tmpfs, in bytes; 0 is the kernel's default.
+	Size int64 `json:"size,omitempty"`
+	// Data, Mode, UID and GID describe a MountFile's file.
+	Data []byte `json:"data,omitempty"`
+	Mode uint32 `json:"mode,omitempty"`
+	UID  uint32 `json:"uid,omitempty"`
+	GID  uint32 `json:"gid,omitempty"`
 }
 
 // ExitError is a step that ran and exited non-zero.
@@ -132,7 +182,14 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	cmd.ExtraFiles = []*os.File{specR, errW}
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = outW, outW
-	flags := syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+	flags := syscall.CLONE_NEWNS
+	switch spec.Isolation {
+	case "":
+		flags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+	case "chroot":
+	default:
+		return fmt.Errorf("sandbox: unknown isolation %q", spec.Isolation)
+	}
 	if spec.Network == "none" {
 		flags |= syscall.CLONE_NEWNET
 	}

@@ -39,6 +39,10 @@ func buildCommand() *cli.Command {
 			&cli.IntFlag{Name: "compression-level", Usage: "compression level (0: the compressor's default)"},
 			&cli.StringFlag{Name: "source-date-epoch", Usage: "Unix time for reproducible builds (default $SOURCE_DATE_EPOCH)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image ID"},
+			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
+			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to RUN --mount=type=ssh: default (uses $SSH_AUTH_SOCK) or ID=SOCKET (repeatable)"},
+			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
+			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto or chroot (userns and none are not implemented yet)"},
 		},
 		Action: runBuild,
 	}
@@ -75,6 +79,18 @@ func runBuild(c *cli.Context) error {
 	}
 	if opts.Labels, err = parseKeyValues(c.StringSlice("label"), false); err != nil {
 		return fmt.Errorf("--label: %w", err)
+	}
+	if opts.Secrets, err = parseSecrets(c.StringSlice("secret")); err != nil {
+		return err
+	}
+	if opts.SSH, err = parseSSH(c.StringSlice("ssh")); err != nil {
+		return err
+	}
+	if opts.Network, err = builder.ParseNetwork(c.String("network")); err != nil {
+		return fmt.Errorf("--network: %w", err)
+	}
+	if opts.Isolation, err = builder.ParseIsolation(c.String("isolation")); err != nil {
+		return err
 	}
 	if p := c.String("platform"); p != "" {
 		if opts.Platforms, err = builder.ParsePlatforms(p); err != nil {
@@ -163,6 +179,81 @@ func parseKeyValues(items []string, fromEnv bool) (map[string]string, error) {
 			v = ev
 		}
 		out[k] = v
+	}
+	return out, nil
+}
+
+// parseSecrets parses --secret id=ID,src=FILE and id=ID,env=VAR (a bare
+// id=ID reads the variable ID). Variables are read here, so the library
+// never reads the environment; files are read when a step uses them.
+func parseSecrets(items []string) (map[string]builder.SecretSource, error) {
+	out := map[string]builder.SecretSource{}
+	for _, it := range items {
+		var id, src, env string
+		for _, f := range strings.Split(it, ",") {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				return nil, fmt.Errorf("--secret %s: want id=ID,src=FILE or id=ID,env=VAR", it)
+			}
+			switch strings.ToLower(k) {
+			case "id":
+				id = v
+			case "src", "source":
+				src = v
+			case "env":
+				env = v
+			case "type":
+				if v != "file" && v != "env" {
+					return nil, fmt.Errorf("--secret %s: type %q: want file or env", it, v)
+				}
+			default:
+				return nil, fmt.Errorf("--secret %s: unknown key %q", it, k)
+			}
+		}
+		if id == "" {
+			return nil, fmt.Errorf("--secret %s: needs id=ID", it)
+		}
+		if src != "" && env != "" {
+			return nil, fmt.Errorf("--secret %s: give src or env, not both", it)
+		}
+		switch {
+		case src != "":
+			if _, err := os.Stat(src); err != nil {
+				return nil, fmt.Errorf("--secret id=%s: %w", id, err)
+			}
+			out[id] = builder.SecretSource{File: src}
+		default:
+			if env == "" {
+				env = id
+			}
+			v, ok := os.LookupEnv(env)
+			if !ok {
+				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set", id, env)
+			}
+			out[id] = builder.SecretSource{Value: []byte(v)}
+		}
+	}
+	return out, nil
+}
+
+// parseSSH parses --ssh ID or ID=SOCKET; a bare ID uses $SSH_AUTH_SOCK.
+func parseSSH(items []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, it := range items {
+		id, sock, ok := strings.Cut(it, "=")
+		if id == "" {
+			return nil, fmt.Errorf("--ssh %s: want ID or ID=SOCKET", it)
+		}
+		if !ok {
+			sock = os.Getenv("SSH_AUTH_SOCK")
+			if sock == "" {
+				return nil, fmt.Errorf("--ssh %s: SSH_AUTH_SOCK is not set; give %s=SOCKET", it, id)
+			}
+		}
+		if strings.Contains(sock, ",") {
+			return nil, fmt.Errorf("--ssh %s: one socket per id is supported", it)
+		}
+		out[id] = sock
 	}
 	return out, nil
 }

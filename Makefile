@@ -37,8 +37,10 @@ fuzz:
 
 # bench runs every benchmark on a 1 GiB tree (override with
 # IBUILD_BENCH_SIZE_MB=N), one package at a time so timings do not overlap,
-# for at least 20s each so the 1 GiB commits repeat. About 10 minutes on 2
-# cores. See docs/performance.md.
+# for at least 20s each so the 1 GiB commits repeat. About 11 minutes on 2
+# cores. The RUN benchmark needs root and /bin/busybox, and compares with
+# buildah when it is installed (make test-deps; IBUILD_BENCH_BUILDAH_RUNS,
+# IBUILD_BENCH_BUILDAH_DRIVER). See docs/performance.md.
 bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \
 	$(GO) test $(GOFLAGS) -p 1 -count=1 -run '^$$' -bench . -benchtime 20s -benchmem -timeout 60m ./...

@@ -12,6 +12,9 @@ declare -A need=(
   [bzip2]=bzip2
   [busybox]=busybox-static
   [gcc]=gcc
+  [podman]=podman
+  [crun]=crun
+  [buildah]=buildah
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -253,4 +256,219 @@ func BenchmarkBuildDemo(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// runStepTarget is the RUN issue's requirement on a `RUN true` step's
+// median overhead over a metadata-only step, and runVsBuildahTarget its
+// requirement on that overhead against buildah's time for one RUN step.
+const (
+	runStepTarget      = 50 * time.Millisecond
+	runVsBuildahTarget = 0.25
+)
+
+// runStepsK is how many RUN steps the many-steps Dockerfiles hold; the
+// difference from a one-step build, divided by runStepsK-1, is the time of
+// one step.
+const runStepsK = 5
+
+// buildahRunsEnv sets how many one-step/many-step build pairs
+// BenchmarkRunTrueOverhead times with buildah (default 5), and
+// buildahDriverEnv buildah's --storage-driver (default overlay, what our
+// store uses as root; vfs copies the whole root file system for every
+// step and makes buildah about three times slower).
+const (
+	buildahRunsEnv   = "IBUILD_BENCH_BUILDAH_RUNS"
+	buildahDriverEnv = "IBUILD_BENCH_BUILDAH_DRIVER"
+)
+
+// busyboxDockerfile builds busybox:1 from a context holding the host's
+// static busybox: the binary and its applets as /bin symlinks.
+const busyboxDockerfile = "FROM scratch\n" +
+	"COPY busybox /bin/busybox\n" +
+	`RUN ["/bin/busybox", "--install", "-s", "/bin"]` + "\n"
+
+// busyboxContext returns a temporary build context holding a copy of
+// /bin/busybox, or skips the benchmark when RUN cannot run here.
+func busyboxContext(b *testing.B) string {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("RUN needs root (namespaces, overlay, chroot)")
+	}
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		b.Skipf("RUN benchmarks need a static /bin/busybox (make test-deps): %v", err)
+	}
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "busybox"), data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+// runSteps is `RUN true # <id> <n>` n times: each line's text is new, so
+// no build cache could ever skip it.
+func runSteps(id string, n int) string {
+	var sb strings.Builder
+	for j := range n {
+		fmt.Fprintf(&sb, "RUN true # %s %d\n", id, j)
+	}
+	return sb.String()
+}
+
+// median returns the median of ds (sorted in place).
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	if n := len(ds); n%2 == 0 {
+		return (ds[n/2-1] + ds[n/2]) / 2
+	}
+	return ds[len(ds)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkRunTrueOverhead measures what a RUN step costs beyond a
+// metadata step: each iteration times a build of `FROM busybox:1` +
+// `RUN true # N` and one of `FROM busybox:1` + `LABEL x=N` (and, for the
+// same per-step figure buildah gets, one with runStepsK RUN steps),
+// rotating their order. It reports run_overhead_ms, the median over the
+// iterations of the RUN build's time minus the LABEL build's (target <=
+// 50 ms), and run_step_ms, the median of (K-step build - 1-step
+// build)/(K-1). ns/op is suppressed, being the sum of the builds.
+//
+// When buildah is installed, it then builds the same Dockerfiles
+// (IBUILD_BENCH_BUILDAH_RUNS pairs, default 5) with `buildah bud --layers
+// --isolation chroot --storage-driver overlay` (the driver is
+// IBUILD_BENCH_BUILDAH_DRIVER) in a private store, and reports
+// buildah_step_ms, the median of (K-step build - 1-step build)/(K-1), and
+// x_ours_vs_buildah = run_overhead_ms / buildah_step_ms (target <= 0.25).
+func BenchmarkRunTrueOverhead(b *testing.B) {
+	bbCtx := busyboxContext(b)
+	ctx := context.Background()
+	st, err := layers.OpenStore(ctx, filepath.Join(b.TempDir(), "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := builder.Build(ctx, builder.Options{
+		Store: st, ContextDir: bbCtx, DockerfileContent: []byte(busyboxDockerfile), Tags: []string{"busybox:1"},
+	}); err != nil {
+		b.Fatalf("build busybox:1: %v", err)
+	}
+	empty := b.TempDir()
+	build := func(dockerfile string) time.Duration {
+		start := time.Now()
+		_, err := builder.Build(ctx, builder.Options{
+			Store: st, ContextDir: empty, DockerfileContent: []byte(dockerfile), Tags: []string{"bench-run:1"},
+		})
+		if err != nil {
+			b.Fatalf("build %q: %v", dockerfile, err)
+		}
+		return time.Since(start)
+	}
+	// A warm-up build extracts the base's snapshots.
+	build("FROM busybox:1\n" + runSteps("warm-up", 1))
+
+	var overheads, steps []time.Duration
+	i := 0
+	for b.Loop() {
+		id := strconv.Itoa(i)
+		var run1, label, runK time.Duration
+		jobs := []func(){
+			func() { run1 = build("FROM busybox:1\n" + runSteps(id, 1)) },
+			func() { label = build("FROM busybox:1\nLABEL x=" + id + "\n") },
+			func() { runK = build("FROM busybox:1\n" + runSteps(id, runStepsK)) },
+		}
+		for j := range jobs {
+			jobs[(i+j)%len(jobs)]()
+		}
+		overheads = append(overheads, run1-label)
+		steps = append(steps, (runK-run1)/(runStepsK-1))
+		i++
+	}
+	overhead := median(overheads)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(ms(overhead), "run_overhead_ms")
+	b.ReportMetric(ms(median(steps)), "run_step_ms")
+	if overhead > runStepTarget {
+		b.Logf("TARGET NOT MET: run_overhead_ms = %.1f, want <= %.0f", ms(overhead), ms(runStepTarget))
+	}
+
+	if _, err := exec.LookPath("buildah"); err != nil {
+		b.Logf("buildah is not installed: no comparison (make test-deps installs it)")
+		return
+	}
+	b.StopTimer()
+	buildahStep, err := buildahRunStep(b, bbCtx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := ms(overhead) / ms(buildahStep)
+	b.ReportMetric(ms(buildahStep), "buildah_step_ms")
+	b.ReportMetric(x, "x_ours_vs_buildah")
+	if x > runVsBuildahTarget {
+		b.Logf("TARGET NOT MET: x_ours_vs_buildah = %.2f, want <= %.2f", x, runVsBuildahTarget)
+	}
+}
+
+// buildahRunStep builds busybox:1 with buildah in a private store, then
+// times IBUILD_BENCH_BUILDAH_RUNS pairs of builds FROM it, one with one
+// RUN step and one with runStepsK, and returns the median time of a step.
+func buildahRunStep(b *testing.B, bbCtx string) (time.Duration, error) {
+	b.Helper()
+	runs := 5
+	if v := os.Getenv(buildahRunsEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("%s=%q: want a positive number", buildahRunsEnv, v)
+		}
+		runs = n
+	}
+	driver := "overlay"
+	if v := os.Getenv(buildahDriverEnv); v != "" {
+		driver = v
+	}
+	// Short paths: buildah, like podman, refuses a long --runroot.
+	state, err := os.MkdirTemp("", "ibuild-buildah-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(state)
+	bud := func(dockerfile, tag string) (time.Duration, error) {
+		df := filepath.Join(state, "Dockerfile")
+		if err := os.WriteFile(df, []byte(dockerfile), 0o644); err != nil {
+			return 0, err
+		}
+		cmd := exec.Command("buildah", "--root", filepath.Join(state, "root"), "--runroot", filepath.Join(state, "run"),
+			"--storage-driver", driver, "bud", "--layers", "--isolation", "chroot", "-q", "-f", df, "-t", tag, bbCtx)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+		}
+		return time.Since(start), nil
+	}
+	if _, err := bud(busyboxDockerfile, "busybox:1"); err != nil {
+		return 0, err
+	}
+	if _, err := bud("FROM localhost/busybox:1\n"+runSteps("warm-up", 1), "bench-run:1"); err != nil {
+		return 0, err
+	}
+	var steps []time.Duration
+	for i := range runs {
+		id := "buildah-" + strconv.Itoa(i)
+		one, err := bud("FROM localhost/busybox:1\n"+runSteps(id, 1), "bench-run:1")
+		if err != nil {
+			return 0, err
+		}
+		k, err := bud("FROM localhost/busybox:1\n"+runSteps(id, runStepsK), "bench-run:1")
+		if err != nil {
+			return 0, err
+		}
+		steps = append(steps, (k-one)/(runStepsK-1))
+		b.Logf("buildah (%s): 1 RUN step %v, %d steps %v", driver, one.Round(time.Millisecond), runStepsK, k.Round(time.Millisecond))
+	}
+	return median(steps), nil
 }

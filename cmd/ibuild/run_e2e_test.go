@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ibuild/ibuild/layers/layertest"
+)
+
+// requireRoot skips the test (fails it under CI, which runs as root) when
+// it does not run as root: RUN needs namespaces, overlay and chroot.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		layertest.SkipOrFail(t, "RUN needs root (namespaces, overlay, chroot)")
+	}
+}
+
+// busyboxContext makes a build context holding a copy of the host's static
+// /bin/busybox and a Dockerfile that installs its applets as /bin symlinks
+// and then runs steps (one instruction a line).
+func busyboxContext(t *testing.T, steps string) string {
+	t.Helper()
+	bb := layertest.RequireTool(t, "/bin/busybox")
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM scratch\n" +
+			"COPY busybox /bin/busybox\n" +
+			`RUN ["/bin/busybox", "--install", "-s", "/bin"]` + "\n" +
+			steps,
+	})
+	if err := os.WriteFile(filepath.Join(dir, "busybox"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestPodmanRunsBuiltImage builds an image whose RUN steps write its
+// content, writes it as an OCI and as a docker archive, and runs each with
+// podman (crun runtime): the image is one a container engine runs as is.
+//
+// Podman gets a private store (--root, --runroot, vfs) in a temporary
+// directory of the test's own, no network and no cgroups, so the machine's
+// podman state is not touched. On hosts with hybrid cgroups (v1
+// controllers plus a cgroup2 hierarchy holding some controller, as in some
+// CI containers) crun refuses to start any container; there podman runs in
+// a private mount namespace in which /sys/fs/cgroup/unified is covered by
+// an empty tmpfs, so crun sees plain cgroup v1.
+func TestPodmanRunsBuiltImage(t *testing.T) {
+	requireRoot(t)
+	layertest.RequireTool(t, "podman")
+	layertest.RequireTool(t, "crun")
+	ctxDir := busyboxContext(t, "RUN echo built-by-ibuild > /msg\n"+`CMD ["cat", "/msg"]`+"\n")
+	out := t.TempDir()
+	archives := map[string]string{
+		"oci-archive":    filepath.Join(out, "image.oci.tar"),
+		"docker-archive": filepath.Join(out, "image.docker.tar"),
+	}
+	mustIbuild(t, t.TempDir(), "build", "-q", "-t", "podman-run:1",
+		"--output", "type=oci,dest="+archives["oci-archive"],
+		"--output", "type=docker,dest="+archives["docker-archive"],
+		ctxDir)
+
+	for _, transport := range []string{"oci-archive", "docker-archive"} {
+		t.Run(transport, func(t *testing.T) {
+			// Podman refuses a --runroot longer than 50 characters,
+			// which t.TempDir() names can exceed.
+			state, err := os.MkdirTemp("", "ibuild-podman-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(state) })
+			args := []string{
+				"--root", filepath.Join(state, "root"), "--runroot", filepath.Join(state, "runroot"),
+				"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+				"run", "--rm", "--runtime", "crun", "--network", "none", "--cgroups", "disabled",
+				// Podman raises these limits to values the test
+				// environment may not allow (EPERM from setrlimit).
+				"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+				transport + ":" + archives[transport],
+			}
+			cmd := podmanCommand(t, args)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			done := make(chan error, 1)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+				}
+			case <-time.After(2 * time.Minute):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("podman did not finish within 2 minutes\n%s", stderr.String())
+			}
+			if got := strings.TrimSpace(stdout.String()); got != "built-by-ibuild" {
+				t.Fatalf("podman run printed %q, want %q\nstderr:\n%s", got, "built-by-ibuild", stderr.String())
+			}
+		})
+	}
+}
+
+// podmanCommand is `podman args...`, run in a private mount namespace that
+// hides /sys/fs/cgroup/unified when crun would refuse the host's hybrid
+// cgroups.
+func podmanCommand(t *testing.T, args []string) *exec.Cmd {
+	t.Helper()
+	ctrls, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
+	if err != nil || len(bytes.TrimSpace(ctrls)) == 0 {
+		return exec.Command("podman", args...)
+	}
+	layertest.RequireTool(t, "unshare")
+	t.Logf("hybrid cgroups with cgroup2 controllers %q: hiding /sys/fs/cgroup/unified from crun", bytes.TrimSpace(ctrls))
+	script := `mount --make-rprivate / && mount -t tmpfs -o ro,size=4k ibuild-test /sys/fs/cgroup/unified && exec podman "$@"`
+	return exec.Command("unshare", append([]string{"--mount", "sh", "-c", script, "podman"}, args...)...)
+}
+
+// TestKilledRunLeavesNoMountsOrProcesses stops builds in the middle of a
+// RUN step that would sleep for decades, with SIGKILL and, separately, with
+// SIGTERM and SIGINT, and expects promptly: no process of the step left, no
+// mount under the store, no tag, a tmp/ that is empty or holds only what
+// prune handles, and a store the next build uses.
+func TestKilledRunLeavesNoMountsOrProcesses(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name string
+		sig  syscall.Signal
+		// graceful: ibuild handles the signal, cleans up and exits 1;
+		// otherwise the kernel kills it and cleans up for it.
+		graceful bool
+	}{
+		{"SIGKILL", syscall.SIGKILL, false},
+		{"SIGTERM", syscall.SIGTERM, true},
+		{"SIGINT", syscall.SIGINT, true},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// A number no other test or process sleeps for: under
+			// 2^31, so any sleep parses it.
+			nap := strconv.Itoa(1230000000 + os.Getpid()%100000*10 + i)
+			root := filepath.Join(t.TempDir(), "root")
+			ctxDir := busyboxContext(t, "RUN echo started && sleep "+nap+"\n")
+			b := startBuild(t, root, "sleepy:1", ctxDir)
+			if b.waitUntil(t, func() string {
+				if pids := procsWith(t, "sleep\x00"+nap+"\x00"); len(pids) > 0 {
+					return fmt.Sprintf("sleep %s runs as pid %v", nap, pids)
+				}
+				return ""
+			}) == "" {
+				t.Fatalf("the build finished instead of sleeping\n%s", b.out.String())
+			}
+			if err := b.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			select {
+			case <-b.done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("ibuild still runs 10s after %v\n%s", tc.sig, b.out.String())
+			}
+			t.Logf("ibuild exited %v after %v", b.cmd.ProcessState, time.Since(start).Round(time.Millisecond))
+			ws := b.cmd.ProcessState.Sys().(syscall.WaitStatus)
+			if tc.graceful {
+				if ws.Signaled() || ws.ExitStatus() == 0 {
+					t.Errorf("after %v ibuild ended with %v, want a non-zero exit of its own", tc.sig, b.cmd.ProcessState)
+				}
+			} else if !ws.Signaled() || ws.Signal() != tc.sig {
+				t.Errorf("ibuild ended with %v, want death by %v", b.cmd.ProcessState, tc.sig)
+			}
+
+			// Every process of the step goes, even the ones the kernel
+			// reaps a moment after ibuild.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				pids := procsWith(t, nap)
+				if len(pids) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					for _, pid := range pids {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+					t.Fatalf("10s after %v, processes of the step still run: %v", tc.sig, pids)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			mi, err := os.ReadFile("/proc/self/mountinfo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(mi), "\n") {
+				if strings.Contains(line, root) {
+					t.Errorf("mount left behind after %v: %s", tc.sig, line)
+				}
+			}
+			if _, _, code := ibuild(t, root, "", "inspect", "sleepy:1"); code == 0 {
+				t.Errorf("the build stopped by %v tagged sleepy:1", tc.sig)
+			}
+			leftovers := tmpLeftovers(t, root, "*")
+			if tc.graceful && len(leftovers) > 0 {
+				t.Errorf("ibuild handled %v but left tmp/ entries: %v", tc.sig, leftovers)
+			}
+			if len(leftovers) > 0 {
+				t.Logf("%v left tmp/ entries: %v", tc.sig, leftovers)
+			}
+
+			// The next build on the same root runs its RUN steps.
+			next := busyboxContext(t, "RUN echo done > /done\n")
+			mustIbuild(t, root, "build", "-q", "-t", "sleepy:1", next)
+			layertest.CheckBlobs(t, root)
+			pruneKeepsFreshLeftovers(t, root, leftovers, "sleepy:1")
+		})
+	}
+}
+
+// procsWith lists the pids of processes whose command line (arguments
+// joined by NULs) contains s.
+func procsWith(t *testing.T, s string) []int {
+	t.Helper()
+	files, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, f := range files {
+		cmd, err := os.ReadFile(f)
+		if err != nil {
+			continue // it exited
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if pid != self && bytes.Contains(append(cmd, 0), []byte(s)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -48,6 +48,11 @@ func setup(spec *Spec) error {
 		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	if inUserNamespace() {
+		// Only the user.overlay.* xattrs are writable here; the layers'
+		// opaque marks were stored in that form too.
+		opts += ",userxattr"
+	}
 	if len(opts) >= os.Getpagesize()-1 {
 		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
 	}
@@ -118,6 +123,9 @@ func mountOne(root string, m *Mount) error {
 		if m.Upper != "" {
 			opts += ",upperdir=" + m.Upper + ",workdir=" + m.Work
 		}
+		if inUserNamespace() {
+			opts += ",userxattr"
+		}
 		if len(opts) >= os.Getpagesize()-1 {
 			return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
 		}
@@ -175,7 +183,7 @@ func mountOne(root string, m *Mount) error {
 		return fmt.Errorf("bind: %w", err)
 	}
 	if m.ReadOnly || m.Type == MountFile {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		if err := remountReadOnly(target, unix.MS_NOSUID|unix.MS_NODEV); err != nil {
 			return fmt.Errorf("make read-only: %w", err)
 		}
 	}
@@ -197,7 +205,7 @@ func mountSpecial(root string, spec *Spec) error {
 		if err := unix.Mount("/sys", p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("mount /sys: %w", err)
 		}
-		if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		if err := remountReadOnly(p, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
 			return fmt.Errorf("make /sys read-only: %w", err)
 		}
 	}
@@ -237,6 +245,27 @@ func mountSpecial(root string, spec *Spec) error {
 		}
 	}
 	return nil
+}
+
+// remountReadOnly makes the bind mount at target read-only with the
+// flags extra. In a user namespace the kernel locks the flags a mount had
+// when the namespace was made (nosuid, nodev, noexec, the atime mode): a
+// remount dropping one fails with EPERM, so they are kept.
+func remountReadOnly(target string, extra uintptr) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		return err
+	}
+	flags := unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | extra
+	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
+		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if uintptr(st.Flags)&f.st != 0 {
+			flags |= f.ms
+		}
+	}
+	return unix.Mount("", target, "", flags, "")
 }
 
 // mountPoint returns the host path of the image path p inside root, making
@@ -305,7 +334,10 @@ func runStep(spec *Spec) (int, error) {
 	if groups == nil {
 		groups = []uint32{}
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups}}
+	// A user namespace mapping a single gid without newgidmap denies
+	// setgroups: the step then keeps the (empty) groups it has.
+	cred := &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups, NoSetGroups: setgroupsDenied()}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %s: %w", spec.Args[0], err)
 	}

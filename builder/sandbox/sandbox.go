@@ -13,8 +13,10 @@
 // left running and tears down every mount with the mount namespace, so a
 // killed build leaves no process and no mount behind.
 //
-// This version runs as root. Unprivileged builds need a user namespace,
-// which the sandbox does not create yet.
+// It needs to run as root: the real root, or the root of a user namespace
+// the caller entered (ibuild's command re-executes itself into one, as
+// buildah does). In a user namespace the overlays get the userxattr option
+// and read-only remounts keep the flags the kernel locked.
 package sandbox
 
 import (
@@ -135,7 +137,7 @@ const tailLines = 10
 // Supported reports why RUN cannot work here, or nil.
 func Supported() error {
 	if os.Geteuid() != 0 {
-		return errors.New("RUN as an unprivileged user needs the user-namespace sandbox, which this version of ibuild does not have yet: run ibuild as root")
+		return errors.New("RUN as an unprivileged user needs a user namespace: the ibuild command enters one when user namespaces are enabled, newuidmap and newgidmap are installed and /etc/subuid and /etc/subgid give the user a range (--isolation userns enters one even with a single id mapped); otherwise run ibuild as root")
 	}
 	return nil
 }

@@ -123,7 +123,11 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err != nil {
 		var ee *sandbox.ExitError
 		if errors.As(err, &ee) {
-			return fmt.Errorf("stage %s, step %d/%d: command %q failed: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), err)
+			hint := ""
+			if sandbox.SingleIDMapped() {
+				hint = " (this user namespace maps a single uid and gid, so chown to any other id fails: give the user a range in /etc/subuid and /etc/subgid)"
+			}
+			return fmt.Errorf("stage %s, step %d/%d: command %q failed%s: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), hint, err)
 		}
 		return err
 	}

@@ -64,8 +64,8 @@ type Options struct {
 	// Network is the RUN steps' network, "host" (the default) or "none";
 	// RUN --network overrides it for one step.
 	Network string
-	// Isolation is how RUN steps are isolated: "auto" (the default) or
-	// "chroot"; see ParseIsolation.
+	// Isolation is how RUN steps are isolated: "auto" (the default),
+	// "chroot" or "userns"; see ParseIsolation.
 	Isolation string
 }
 
@@ -85,10 +85,12 @@ const (
 	// IsolationChroot runs steps in a new mount namespace only, chrooted
 	// into the image: they share the host's pids, host name and IPC.
 	IsolationChroot = "chroot"
-	// IsolationUserns and IsolationNone are recognized but not
-	// implemented.
+	// IsolationUserns is IsolationAuto in a user namespace the caller
+	// entered (the ibuild command re-executes itself into one); the
+	// library does not enter it.
 	IsolationUserns = "userns"
-	IsolationNone   = "none"
+	// IsolationNone is recognized but not implemented.
+	IsolationNone = "none"
 )
 
 // ParseIsolation validates an isolation mode; "" means IsolationAuto. A
@@ -98,12 +100,10 @@ func ParseIsolation(s string) (string, error) {
 	switch s {
 	case "", IsolationAuto:
 		return IsolationAuto, nil
-	case IsolationChroot:
+	case IsolationChroot, IsolationUserns:
 		return s, nil
-	case IsolationUserns:
-		return "", errors.New("--isolation userns: unprivileged user namespaces are not implemented yet; use --isolation auto (or chroot) as root")
 	case IsolationNone:
-		return "", errors.New("--isolation none: running steps directly on the host is not implemented; use --isolation auto (or chroot) as root")
+		return "", errors.New("--isolation none: running steps directly on the host is not implemented; use --isolation auto (or chroot)")
 	}
 	return "", fmt.Errorf("--isolation %q: want auto, chroot, userns or none", s)
 }

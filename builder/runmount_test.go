@@ -238,10 +238,10 @@ var mountCases = []mountCase{{
 		wantNames(t, b.top(t), "hn", "ok")
 	},
 }, {
-	name:       "isolation-userns",
+	name:       "isolation-none",
 	dockerfile: "FROM busybox:1\nRUN true\n",
-	opts:       func(t *testing.T, o *Options) { o.Isolation = IsolationUserns },
-	wantErr:    []string{"--isolation userns", "not implemented", "--isolation auto"},
+	opts:       func(t *testing.T, o *Options) { o.Isolation = IsolationNone },
+	wantErr:    []string{"--isolation none", "not implemented", "--isolation auto"},
 }, {
 	name:       "cache-seed-unsupported",
 	dockerfile: "FROM busybox:1\nRUN --mount=type=cache,target=/c,from=busybox:1 true\n",

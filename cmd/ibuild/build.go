@@ -42,7 +42,7 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
 			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to RUN --mount=type=ssh: default (uses $SSH_AUTH_SOCK) or ID=SOCKET (repeatable)"},
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
-			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto or chroot (userns and none are not implemented yet)"},
+			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot or userns (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range; userns: enter one even with a single id mapped; none is not implemented)"},
 		},
 		Action: runBuild,
 	}
@@ -51,6 +51,13 @@ func buildCommand() *cli.Command {
 func runBuild(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
+	}
+	isolation, err := builder.ParseIsolation(c.String("isolation"))
+	if err != nil {
+		return err
+	}
+	if err := enterUserNamespace(c, isolation); err != nil {
+		return err
 	}
 	st, err := openStore(c)
 	if err != nil {
@@ -89,9 +96,7 @@ func runBuild(c *cli.Context) error {
 	if opts.Network, err = builder.ParseNetwork(c.String("network")); err != nil {
 		return fmt.Errorf("--network: %w", err)
 	}
-	if opts.Isolation, err = builder.ParseIsolation(c.String("isolation")); err != nil {
-		return err
-	}
+	opts.Isolation = isolation
 	if p := c.String("platform"); p != "" {
 		if opts.Platforms, err = builder.ParsePlatforms(p); err != nil {
 			return fmt.Errorf("--platform: %w", err)

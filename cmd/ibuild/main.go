@@ -87,15 +87,20 @@ func defaultRoot() (string, error) {
 	return filepath.Join(home, ".local", "share", "ibuild"), nil
 }
 
+// storeRoot is the storage root the global flags name.
+func storeRoot(c *cli.Context) (string, error) {
+	if root := c.String("root"); root != "" {
+		return root, nil
+	}
+	return defaultRoot()
+}
+
 // openStore opens the store named by the global flags. The caller closes
 // it.
 func openStore(c *cli.Context) (*layers.Store, error) {
-	root := c.String("root")
-	if root == "" {
-		var err error
-		if root, err = defaultRoot(); err != nil {
-			return nil, err
-		}
+	root, err := storeRoot(c)
+	if err != nil {
+		return nil, err
 	}
 	return layers.OpenStore(c.Context, root, layers.WithSnapshotter(c.String("storage-driver")))
 }

@@ -55,8 +55,9 @@ func WithSnapshotter(name string) StoreOption {
 
 // resolveSnapshotter turns a requested snapshotter into the one a store
 // uses: native, overlay, vfs, or auto (overlay, falling back to vfs), which
-// only remains for root. Unprivileged processes would need a user namespace
-// for containers/storage, which ibuild does not enter yet.
+// only remains for root (which includes the root of a user namespace: the
+// ibuild command re-executes an unprivileged build into one). Other
+// unprivileged processes get native snapshots.
 func resolveSnapshotter(name string) (string, error) {
 	switch name {
 	case "", SnapshotterAuto:

@@ -3,7 +3,9 @@ package builder
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -25,6 +27,12 @@ type Container struct {
 	// directories it is made of; both nil after a change.
 	rootfs *layers.RootFS
 	dirs   []string
+	// unpacked is the root file system unpacked into one directory for
+	// RUN with IsolationNone, and the layers (diffIDs) it holds.
+	unpacked struct {
+		dir     string
+		diffIDs []v1.Hash
+	}
 }
 
 type containerOptions struct {
@@ -134,4 +142,58 @@ func (c *Container) snapshotDirs(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	return c.dirs, nil
+}
+
+// unpackedRoot is the container's root file system unpacked into one
+// directory, made on first use and afterwards brought up to date by
+// extracting only the layers added since (with whiteouts applied). A RUN
+// that changes the directory itself calls syncedUnpacked after adding its
+// layer.
+func (c *Container) unpackedRoot(ctx context.Context) (string, error) {
+	u := &c.unpacked
+	ids := c.config.RootFS.DiffIDs
+	if u.dir != "" && (len(u.diffIDs) > len(ids) || !slices.Equal(u.diffIDs, ids[:len(u.diffIDs)])) {
+		c.removeUnpacked() // layers were replaced, not added: start over
+	}
+	if u.dir == "" {
+		dir, err := c.store.TempDir("rootfs-")
+		if err != nil {
+			return "", err
+		}
+		u.dir, u.diffIDs = dir, nil
+	}
+	for i := len(u.diffIDs); i < len(c.layers); i++ {
+		if err := extractInto(ctx, c.layers[i], u.dir, fmt.Sprintf("layer %d (%s)", i+1, ids[i])); err != nil {
+			c.removeUnpacked()
+			return "", err
+		}
+		u.diffIDs = append(u.diffIDs, ids[i])
+	}
+	return u.dir, nil
+}
+
+// syncedUnpacked records that the unpacked directory holds every layer.
+func (c *Container) syncedUnpacked() {
+	c.unpacked.diffIDs = slices.Clone(c.config.RootFS.DiffIDs)
+}
+
+// removeUnpacked removes the unpacked directory, if any.
+func (c *Container) removeUnpacked() {
+	if c.unpacked.dir != "" {
+		os.RemoveAll(c.unpacked.dir)
+	}
+	c.unpacked.dir, c.unpacked.diffIDs = "", nil
+}
+
+func extractInto(ctx context.Context, l v1.Layer, dir, src string) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return fmt.Errorf("unpack %s: %w", src, err)
+	}
+	defer rc.Close()
+	if err := layers.Extract(ctx, rc, dir, layers.ExtractOptions{Whiteouts: layers.ApplyWhiteouts, Source: src}); err != nil {
+		return fmt.Errorf("unpack: %w", err)
+	}
+	_, err = io.Copy(io.Discard, rc) // a verifying reader checks the whole layer
+	return err
 }

@@ -53,8 +53,15 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err != nil {
 		return err
 	}
+	isolation, why := chooseIsolation(isolation)
+	if why != "" {
+		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: "ibuild: isolation " + isolation + " (" + why + ")"})
+	}
 	if err := sandbox.Supported(); err != nil {
 		return err
+	}
+	if isolation == IsolationNone {
+		return s.runNone(ctx, c, network)
 	}
 	if s.b.opts.Store.Snapshotter() == layers.SnapshotterNative {
 		return errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: use --storage-driver auto as root")

@@ -239,9 +239,9 @@ var mountCases = []mountCase{{
 	},
 }, {
 	name:       "isolation-none",
-	dockerfile: "FROM busybox:1\nRUN true\n",
+	dockerfile: "FROM busybox:1\nRUN --mount=type=tmpfs,target=/t true\n",
 	opts:       func(t *testing.T, o *Options) { o.Isolation = IsolationNone },
-	wantErr:    []string{"--isolation none", "not implemented", "--isolation auto"},
+	wantErr:    []string{"RUN --mount", "--isolation none"},
 }, {
 	name:       "cache-seed-unsupported",
 	dockerfile: "FROM busybox:1\nRUN --mount=type=cache,target=/c,from=busybox:1 true\n",

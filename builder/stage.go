@@ -84,6 +84,7 @@ func (s *stageRun) build(ctx context.Context) error {
 		return b.df.ErrorAt(s.st.Location, err)
 	}
 	s.c = c
+	defer c.removeUnpacked()
 
 	cmds, err := s.onbuildTriggers()
 	if err != nil {

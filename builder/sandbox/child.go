@@ -39,6 +39,9 @@ func childMain() {
 
 // setup builds the step's root file system and enters it.
 func setup(spec *Spec) error {
+	if spec.Isolation == "none" {
+		return enter(spec.Merged, spec.Dir)
+	}
 	// Nothing mounted here may propagate back to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -90,13 +93,18 @@ func setup(spec *Spec) error {
 			return fmt.Errorf("set hostname: %w", err)
 		}
 	}
+	return enter(root, spec.Dir)
+}
+
+// enter chroots into root and changes to the working directory dir,
+// creating it when missing.
+func enter(root, dir string) error {
 	if err := unix.Chroot(root); err != nil {
 		return fmt.Errorf("chroot: %w", err)
 	}
 	if err := os.Chdir("/"); err != nil {
 		return err
 	}
-	dir := spec.Dir
 	if dir == "" {
 		dir = "/"
 	}
@@ -327,7 +335,8 @@ func runStep(spec *Spec) (int, error) {
 	cmd.Args = spec.Args
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if spec.Stdin != "" {
+	if spec.Stdin != "" || spec.Isolation == "none" {
+		// Without a /dev, exec could not open /dev/null: an empty pipe.
 		cmd.Stdin = strings.NewReader(spec.Stdin)
 	}
 	groups := spec.Groups

@@ -6,7 +6,11 @@
 // RUN --mount mounts (binds, read-only or throwaway overlays, tmpfs, and
 // files such as secrets written to a private tmpfs) are made in the same
 // mount namespace, so they never reach the upper directory. With the
-// "chroot" isolation only the mount namespace is new.
+// "chroot" isolation only the mount namespace is new. With the "none"
+// isolation nothing is new and nothing is mounted: the step runs chrooted
+// into Merged, a plain directory the caller unpacked, which needs only
+// CAP_SYS_CHROOT (for unprivileged CI pods that allow neither user
+// namespaces nor mounts).
 //
 // The step's processes are the children of a re-executed ibuild (pid 1 of
 // the new pid namespace); when it exits, the kernel kills whatever the step
@@ -68,9 +72,12 @@ type Spec struct {
 	Files map[string]string `json:"files"`
 	// Network is "host" or "none".
 	Network string `json:"network"`
-	// Isolation is "" (new mount, pid, uts and ipc namespaces) or
+	// Isolation is "" (new mount, pid, uts and ipc namespaces),
 	// "chroot" (a new mount namespace only: the step shares the host's
-	// pids, host name and IPC, and what it leaves running is not killed).
+	// pids, host name and IPC, and what it leaves running is not killed)
+	// or "none" (no namespace, no mount: a chroot into Merged, which holds
+	// the root file system itself; Lowers, Upper, Work, Files and Mounts
+	// must be empty, Network "host").
 	Isolation string `json:"isolation"`
 	// Mounts are RUN --mount mounts, made in order after the image's
 	// special mounts. Their targets are in-image paths whose symlinks the
@@ -152,7 +159,11 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	if len(spec.Args) == 0 {
 		return errors.New("empty command")
 	}
-	if len(spec.Lowers) == 0 {
+	if spec.Isolation == "none" {
+		if len(spec.Lowers) > 0 || len(spec.Files) > 0 || len(spec.Mounts) > 0 || spec.Network == "none" {
+			return errors.New("sandbox: isolation none makes no mount and no namespace")
+		}
+	} else if len(spec.Lowers) == 0 {
 		return errors.New("sandbox: no lower directory")
 	}
 	data, err := json.Marshal(spec)
@@ -189,6 +200,8 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	case "":
 		flags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
 	case "chroot":
+	case "none":
+		flags = 0
 	default:
 		return fmt.Errorf("sandbox: unknown isolation %q", spec.Isolation)
 	}

@@ -48,3 +48,24 @@ func setgroupsDenied() bool {
 	data, err := os.ReadFile("/proc/self/setgroups")
 	return err == nil && strings.TrimSpace(string(data)) == "deny"
 }
+
+// capSysAdmin is CAP_SYS_ADMIN's bit in the capability sets.
+const capSysAdmin = 21
+
+// CanMount reports whether the process holds CAP_SYS_ADMIN in its
+// effective set, which mounts and (for root outside a user namespace)
+// new namespaces need. Root in a CI pod that dropped it cannot run the
+// namespaced sandbox, only the "none" isolation.
+func CanMount() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return true // cannot tell: assume the usual
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || caps&(1<<capSysAdmin) != 0
+		}
+	}
+	return true
+}

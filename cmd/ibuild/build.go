@@ -42,7 +42,7 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
 			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to RUN --mount=type=ssh: default (uses $SSH_AUTH_SOCK) or ID=SOCKET (repeatable)"},
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
-			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot or userns (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range; userns: enter one even with a single id mapped; none is not implemented)"},
+			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: no namespace nor mount, a chroot into an unpacked root file system)"},
 		},
 		Action: runBuild,
 	}

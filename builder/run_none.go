@@ -1,0 +1,180 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"golang.org/x/sys/unix"
+
+	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/builder/sandbox"
+	"github.com/ibuild/ibuild/layers"
+)
+
+// chooseIsolation resolves IsolationAuto: root without CAP_SYS_ADMIN can
+// make neither mounts nor namespaces, so its steps run with
+// IsolationNone. The reason is "" when nothing was substituted.
+func chooseIsolation(isolation string) (string, string) {
+	if isolation == IsolationAuto && os.Geteuid() == 0 && !sandbox.CanMount() {
+		return IsolationNone, "no CAP_SYS_ADMIN: no mount nor namespace can be made"
+	}
+	return isolation, ""
+}
+
+// runNone runs a RUN step with IsolationNone: chrooted into the stage's
+// unpacked root file system, its changes found by comparing metadata
+// indexes taken before and after it.
+func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, network string) error {
+	if len(instructions.GetMounts(c)) > 0 {
+		return errors.New("RUN --mount needs mounts, which --isolation none does not make")
+	}
+	if network == "none" {
+		return errors.New("--network none needs a network namespace, which --isolation none does not make")
+	}
+	root, err := s.c.unpackedRoot(ctx)
+	if err != nil {
+		return err
+	}
+	spec := sandbox.Spec{
+		Merged: root, Env: s.runEnv(), Dir: s.c.Config().WorkingDir,
+		Network: network, Isolation: IsolationNone,
+	}
+	spec.Args, spec.Stdin = s.runArgs(c)
+	if u := s.c.Config().User; u != "" {
+		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, layers.NewRootFS([]string{root})); err != nil {
+			return fmt.Errorf("USER %s: %w", u, err)
+		}
+	}
+	gen, err := placeGeneratedFiles(root)
+	if err != nil {
+		return err
+	}
+	defer gen.remove()
+	before, err := layers.IndexTree(ctx, root)
+	if err != nil {
+		return err
+	}
+	err = sandbox.Run(ctx, spec, func(line string) {
+		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
+	})
+	if err != nil {
+		var ee *sandbox.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("stage %s, step %d/%d: command %q failed: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), err)
+		}
+		return err
+	}
+	changes, _, err := layers.DiffTree(ctx, before, gen.paths)
+	if err != nil {
+		return err
+	}
+	gen.keepTimes()
+	if changes.Empty() {
+		s.c.addHistory(cmdText(c))
+		return nil
+	}
+	tmp, err := s.b.opts.Store.TempDir("run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	upper := filepath.Join(tmp, "changes")
+	if err := layers.WriteChangesDir(ctx, root, changes, upper); err != nil {
+		return err
+	}
+	desc, err := s.c.addLayerDir(ctx, upper, cmdText(c))
+	if err != nil {
+		return err
+	}
+	// The directory already holds what the layer holds.
+	s.c.syncedUnpacked()
+	s.layerSize = desc.Size
+	return nil
+}
+
+// generated are the generated files a step with IsolationNone sees,
+// written as plain files where the image has none (nothing can be bound
+// over the image's own) and removed after the step; they never reach a
+// layer. Their directory's times are put back.
+type generated struct {
+	root  string
+	paths []string // slash paths relative to root
+	// etc is /etc's times before the files were made and right after.
+	etcBefore, etcMade [2]unix.Timespec
+	etcAfter           *[2]unix.Timespec
+}
+
+// placeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
+// /etc/hostname into root where absent. Nothing is made when /etc is
+// not a directory.
+func placeGeneratedFiles(root string) (*generated, error) {
+	g := &generated{root: root}
+	etc := filepath.Join(root, "etc")
+	var st unix.Stat_t
+	if err := unix.Lstat(etc, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return g, nil
+	}
+	g.etcBefore = [2]unix.Timespec{st.Atim, st.Mtim}
+	tmp := map[string]string{}
+	dir, err := os.MkdirTemp("", "ibuild-files-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := writeGeneratedFiles(dir, tmp); err != nil {
+		return nil, err
+	}
+	for _, p := range generatedFiles {
+		target := filepath.Join(root, filepath.FromSlash(p))
+		if _, err := os.Lstat(target); err == nil {
+			continue
+		}
+		data, err := os.ReadFile(tmp[p])
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(target, data, 0o644); err != nil {
+			g.remove()
+			return nil, err
+		}
+		g.paths = append(g.paths, strings.TrimPrefix(p, "/"))
+	}
+	if err := unix.Lstat(etc, &st); err == nil {
+		g.etcMade = [2]unix.Timespec{st.Atim, st.Mtim}
+	}
+	return g, nil
+}
+
+// keepTimes records /etc's times after the step: if the step changed
+// /etc, they are what remove puts back.
+func (g *generated) keepTimes() {
+	var st unix.Stat_t
+	if len(g.paths) == 0 || unix.Lstat(filepath.Join(g.root, "etc"), &st) != nil {
+		return
+	}
+	if st.Mtim != g.etcMade[1] {
+		g.etcAfter = &[2]unix.Timespec{st.Atim, st.Mtim}
+	}
+}
+
+// remove deletes the files placeGeneratedFiles made and restores /etc's
+// times.
+func (g *generated) remove() {
+	if len(g.paths) == 0 {
+		return
+	}
+	for _, p := range g.paths {
+		os.RemoveAll(filepath.Join(g.root, filepath.FromSlash(p)))
+	}
+	ts := g.etcBefore
+	if g.etcAfter != nil {
+		ts = *g.etcAfter
+	}
+	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(g.root, "etc"), ts[:], unix.AT_SYMLINK_NOFOLLOW)
+	g.paths = nil
+}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,4 +251,72 @@ func procsWith(t *testing.T, s string) []int {
 		}
 	}
 	return pids
+}
+
+// TestIsolationAutoWithoutSysAdmin runs ibuild as root with CAP_SYS_ADMIN
+// dropped from its bounding and inheritable sets (setpriv), as in a CI
+// pod that allows no mount: --isolation auto must choose none, say so,
+// and build the image a normal build makes (the same flattened tree).
+//
+// What it covers: no mount and no namespace needing CAP_SYS_ADMIN. It
+// does not deny user namespaces (that is a sysctl the test must not
+// change); auto chooses none from the missing capability alone.
+func TestIsolationAutoWithoutSysAdmin(t *testing.T) {
+	requireRoot(t)
+	layertest.RequireTool(t, "setpriv")
+	ctxDir := busyboxContext(t, "RUN echo hi > /f && mkdir -p /d/e && ln -s /f /d/l && chmod 700 /d/e && chown 1000:1000 /f\n"+
+		"RUN rm /d/l && echo more >> /f && ln /f /g\n")
+	normal := filepath.Join(t.TempDir(), "normal")
+	mustIbuild(t, t.TempDir(), "build", "-q", "-t", "caps:1", "--output", "type=local,dest="+normal, ctxDir)
+
+	dropped := filepath.Join(t.TempDir(), "dropped")
+	cmd := exec.Command("setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin",
+		ibuildBin, "--root", t.TempDir(), "build", "-t", "caps:1", "--output", "type=local,dest="+dropped, ctxDir)
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build without CAP_SYS_ADMIN: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "isolation none") {
+		t.Errorf("the build did not say it chose isolation none:\n%s", out)
+	}
+	a, b := listTree(t, normal), listTree(t, dropped)
+	if strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Errorf("trees differ\nnormal:\n%s\nwithout CAP_SYS_ADMIN:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
+	}
+}
+
+// listTree describes every path under root: mode, owner, link count and
+// symlink target or content.
+func listTree(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		rel, _ := filepath.Rel(root, p)
+		line := fmt.Sprintf("%s %v %d:%d %d", rel, fi.Mode(), st.Uid, st.Gid, st.Nlink)
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			line += " -> " + target
+		} else if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			line += fmt.Sprintf(" %x", sha256.Sum256(data))
+		}
+		out = append(out, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

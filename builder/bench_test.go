@@ -472,3 +472,65 @@ func buildahRunStep(b *testing.B, bbCtx string) (time.Duration, error) {
 	}
 	return median(steps), nil
 }
+
+// BenchmarkSnapshotNone measures what --isolation none adds to a RUN step
+// that changes one file: the metadata index of the unpacked root before
+// the step and the walk comparing it after, on a 1 MiB tree and on an
+// IBUILD_BENCH_SIZE_MB one (the files genFiles makes), alternating the two.
+// It reports small_ms and big_ms (index + diff, median) and
+// x_big_vs_small. Unlike the overlay sandbox's, this cost grows with the
+// number of files: it is the price of needing no mount.
+func BenchmarkSnapshotNone(b *testing.B) {
+	bigMB := 64
+	if v := os.Getenv(benchSizeEnv); v != "" {
+		mb, err := strconv.Atoi(v)
+		if err != nil || mb <= 0 {
+			b.Fatalf("%s=%q: want a positive number of MiB", benchSizeEnv, v)
+		}
+		bigMB = mb
+	}
+	small, big := b.TempDir(), b.TempDir()
+	if err := genFiles(small, 1<<20); err != nil {
+		b.Fatal(err)
+	}
+	if err := genFiles(big, int64(bigMB)<<20); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	step := func(root string, i int) (time.Duration, int) {
+		start := time.Now()
+		before, err := layers.IndexTree(ctx, root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		idx := time.Since(start)
+		if err := os.WriteFile(filepath.Join(root, "one.txt"), []byte(strconv.Itoa(i)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		ch, _, err := layers.DiffTree(ctx, before, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ch.Paths) != 1 {
+			b.Fatalf("one changed file gave %d changed paths", len(ch.Paths))
+		}
+		return idx + time.Since(start), before.Len()
+	}
+	var smalls, bigs []time.Duration
+	var smallN, bigN int
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d, n := step(small, i)
+		smalls, smallN = append(smalls, d), n
+		d, n = step(big, i)
+		bigs, bigN = append(bigs, d), n
+	}
+	b.StopTimer()
+	s, g := median(smalls), median(bigs)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(ms(s), "small_ms")
+	b.ReportMetric(ms(g), "big_ms")
+	b.ReportMetric(float64(g)/float64(s), "x_big_vs_small")
+	b.Logf("small: %d paths, %.2f ms; big (%d MiB): %d paths, %.2f ms", smallN, ms(s), bigMB, bigN, ms(g))
+}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -49,6 +50,11 @@ func rmiCommand() *cli.Command {
 			if c.NArg() < 1 {
 				return cli.Exit("rmi needs at least one image name or ID", 2)
 			}
+			// Layers stored from inside a user namespace can only be
+			// removed from inside it: enter it as build does.
+			if err := enterUserNamespace(c, builder.IsolationAuto); err != nil {
+				return err
+			}
 			st, err := openStore(c)
 			if err != nil {
 				return err
@@ -76,6 +82,9 @@ func pruneCommand() *cli.Command {
 		Name:  "prune",
 		Usage: "remove blobs and snapshots no image references",
 		Action: func(c *cli.Context) error {
+			if err := enterUserNamespace(c, builder.IsolationAuto); err != nil {
+				return err
+			}
 			st, err := openStore(c)
 			if err != nil {
 				return err

@@ -160,6 +160,12 @@ func (c *Container) unpackedRoot(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		// It is a step's /: as a temporary directory it is 0700, which
+		// locks out every USER but root.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
 		u.dir, u.diffIDs = dir, nil
 	}
 	for i := len(u.diffIDs); i < len(c.layers); i++ {

@@ -63,8 +63,16 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if isolation == IsolationNone {
 		return s.runNone(ctx, c, network)
 	}
-	if s.b.opts.Store.Snapshotter() == layers.SnapshotterNative {
+	snapshotter, err := s.b.opts.Store.ResolvedSnapshotter()
+	if err != nil {
+		return err
+	}
+	if snapshotter == layers.SnapshotterNative {
 		return errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: use --storage-driver auto as root")
+	}
+	if snapshotter == layers.SnapshotterVFS {
+		// No overlay can be mounted: the step runs over the unpacked root.
+		return s.runInPlace(ctx, c, network, isolation)
 	}
 	rootfs, err := s.c.RootFS(ctx)
 	if err != nil {

@@ -89,6 +89,19 @@ func (s *Store) Snapshotter() string {
 	return s.snapshotter
 }
 
+// ResolvedSnapshotter is the snapshotter the store uses, "native",
+// "overlay" or "vfs": while auto is unresolved it opens containers/storage
+// (creating it), which settles on overlay or falls back to vfs.
+func (s *Store) ResolvedSnapshotter() (string, error) {
+	if s.snapshotter == SnapshotterNative {
+		return SnapshotterNative, nil
+	}
+	if _, err := s.containerStorage(true); err != nil {
+		return "", err
+	}
+	return s.Snapshotter(), nil
+}
+
 // Close releases the containers/storage backend if Snapshots, Prune or
 // Remove opened it. The Store remains usable; a later call reopens it.
 func (s *Store) Close() error {

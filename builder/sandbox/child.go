@@ -46,22 +46,13 @@ func setup(spec *Spec) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
-	lowers := make([]string, len(spec.Lowers))
-	for i, l := range spec.Lowers {
-		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
+	if len(spec.Lowers) > 0 {
+		if err := mountRootOverlay(spec); err != nil {
+			return err
+		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
-	if inUserNamespace() {
-		// Only the user.overlay.* xattrs are writable here; the layers'
-		// opaque marks were stored in that form too.
-		opts += ",userxattr"
-	}
-	if len(opts) >= os.Getpagesize()-1 {
-		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
-	}
-	if err := unix.Mount("overlay", spec.Merged, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay: %w", err)
-	}
+	// Without lowers Merged is the root itself: a chroot needs no mount
+	// point, and the mounts below go on its directories.
 	root := spec.Merged
 	if err := mountSpecial(root, spec); err != nil {
 		return err
@@ -94,6 +85,27 @@ func setup(spec *Spec) error {
 		}
 	}
 	return enter(root, spec.Dir)
+}
+
+// mountRootOverlay mounts the overlay of spec's layers at Merged.
+func mountRootOverlay(spec *Spec) error {
+	lowers := make([]string, len(spec.Lowers))
+	for i, l := range spec.Lowers {
+		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	if inUserNamespace() {
+		// Only the user.overlay.* xattrs are writable here; the layers'
+		// opaque marks were stored in that form too.
+		opts += ",userxattr"
+	}
+	if len(opts) >= os.Getpagesize()-1 {
+		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
+	}
+	if err := unix.Mount("overlay", spec.Merged, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay: %w", err)
+	}
+	return nil
 }
 
 // enter chroots into root and changes to the working directory dir,

@@ -1,6 +1,7 @@
 // Package sandbox runs one RUN step: a process in new mount, pid, uts and
 // ipc namespaces (and a network namespace with only lo for --network=none),
-// chrooted into an overlay of the image's layers, with /proc, a minimal
+// chrooted into an overlay of the image's layers (or into a directory
+// holding the unpacked root file system, changed in place), with /proc, a minimal
 // /dev, a read-only /sys and generated /etc/hosts, /etc/resolv.conf and
 // /etc/hostname. The overlay's upper directory is what the step changed.
 // RUN --mount mounts (binds, read-only or throwaway overlays, tmpfs, and
@@ -52,6 +53,11 @@ type Spec struct {
 	Lowers []string `json:"lowers"`
 	// Upper and Work are the overlay's upper and work directories; Merged
 	// is where the overlay is mounted. All three exist and are empty.
+	// When Lowers, Upper and Work are all empty, no overlay is mounted:
+	// Merged holds the root file system itself and the step changes it in
+	// place (the vfs fallback, where overlay cannot be mounted); the
+	// mounts are made as usual, on mount points the caller should have
+	// made, since whatever the sandbox creates stays in Merged.
 	Upper  string `json:"upper"`
 	Work   string `json:"work"`
 	Merged string `json:"merged"`
@@ -163,8 +169,10 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 		if len(spec.Lowers) > 0 || len(spec.Files) > 0 || len(spec.Mounts) > 0 || spec.Network == "none" {
 			return errors.New("sandbox: isolation none makes no mount and no namespace")
 		}
-	} else if len(spec.Lowers) == 0 {
+	} else if len(spec.Lowers) == 0 && (spec.Upper != "" || spec.Work != "") {
 		return errors.New("sandbox: no lower directory")
+	} else if len(spec.Lowers) == 0 && spec.Merged == "" {
+		return errors.New("sandbox: no root directory")
 	}
 	data, err := json.Marshal(spec)
 	if err != nil {

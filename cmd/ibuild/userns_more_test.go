@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ibuild/ibuild/layers"
 )
@@ -148,5 +150,82 @@ func TestUnprivilegedRunBehaviours(t *testing.T) {
 	}
 	if out, err := asUser(t, uid, gid, work, nil, "inspect", "broken:1"); err == nil {
 		t.Fatalf("a failed build tagged broken:1:\n%s", out)
+	}
+}
+
+// TestUnprivilegedKilledRunLeavesNothing kills an unprivileged build (the
+// outer ibuild, whose re-executed copy runs in the user namespace) while a
+// RUN step sleeps: no process of the build survives, nothing stays mounted,
+// nothing is tagged, and the next build on the same store works.
+func TestUnprivilegedKilledRunLeavesNothing(t *testing.T) {
+	requireRoot(t)
+	uid, gid := unprivilegedUser(t, usernsTestUser, true)
+	nap := strconv.Itoa(1240000000 + os.Getpid()%100000*10)
+	work, out, err := buildAsUser(t, uid, gid, busyboxContext(t, "RUN echo ready > /ready\n"), "-t", "base:1")
+	if err != nil {
+		t.Fatalf("unprivileged build: %v\n%s", err, out)
+	}
+	sleepy := filepath.Join(work, "sleepy")
+	if err := os.MkdirAll(sleepy, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sleepy, "Dockerfile"), []byte("FROM base:1\nRUN sleep "+nap+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("setpriv", "--reuid="+strconv.Itoa(uid), "--regid="+strconv.Itoa(gid), "--clear-groups",
+		filepath.Join(work, "ibuild"), "build", "--progress", "plain", "-t", "sleepy:1", sleepy)
+	cmd.Dir = work
+	cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "HOME=" + filepath.Join(work, "home")}
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(procsWith(t, "sleep\x00"+nap+"\x00")) == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("the build ended (%v) before its step slept\n%s", err, buf.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the step never started sleeping\n%s", buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Kill() // setpriv exec'd ibuild: this is the outer ibuild
+	<-done
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		pids := procsWith(t, nap)
+		if len(pids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			t.Fatalf("10s after SIGKILL, processes of the build still run: %v", pids)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mi), work) {
+		t.Errorf("a mount under %s is left behind", work)
+	}
+	if out, err := asUser(t, uid, gid, work, nil, "inspect", "sleepy:1"); err == nil {
+		t.Fatalf("the killed build tagged sleepy:1:\n%s", out)
+	}
+	if err := os.WriteFile(filepath.Join(sleepy, "Dockerfile"), []byte("FROM base:1\nRUN echo again > /again\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := asUser(t, uid, gid, work, nil, "build", "-q", "-t", "sleepy:1", sleepy); err != nil {
+		t.Fatalf("the next build: %v\n%s", err, out)
 	}
 }

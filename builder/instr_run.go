@@ -88,7 +88,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	defer os.RemoveAll(tmp)
 	dirs := map[string]string{}
-	for _, d := range []string{"upper", "work", "merged", "files", "empty"} {
+	for _, d := range []string{"upper", "work", "merged", "empty"} {
 		dirs[d] = filepath.Join(tmp, d)
 		if err := os.Mkdir(dirs[d], 0o755); err != nil {
 			return err
@@ -105,45 +105,16 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if isolation == IsolationChroot {
 		spec.Isolation = "chroot"
 	}
-	spec.Args, spec.Stdin = s.runArgs(c)
-	if u := s.c.Config().User; u != "" {
-		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, rootfs); err != nil {
-			return fmt.Errorf("USER %s: %w", u, err)
-		}
-	}
-	if err := writeGeneratedFiles(dirs["files"], spec.Files); err != nil {
+	if err := s.setCommand(c, &spec, rootfs); err != nil {
 		return err
 	}
-	points := []mountPointSpec{}
-	for _, p := range generatedFiles {
-		points = append(points, mountPointSpec{path: p})
-	}
-	for _, p := range mountDirs {
-		points = append(points, mountPointSpec{path: p, dir: true})
-	}
-	if ms := instructions.GetMounts(c); len(ms) > 0 {
-		rm, err := s.prepareMounts(ctx, ms, rootfs, tmp)
-		if err != nil {
-			return err
-		}
-		defer rm.close()
-		spec.Mounts = rm.mounts
-		spec.Env = append(spec.Env, rm.env...)
-		points = append(points, rm.points...)
+	points, release, err := s.planMounts(ctx, c, &spec, rootfs, tmp)
+	defer release()
+	if err != nil {
+		return err
 	}
 	created, parents := planMountPoints(rootfs, points)
-	err = sandbox.Run(ctx, spec, func(line string) {
-		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
-	})
-	if err != nil {
-		var ee *sandbox.ExitError
-		if errors.As(err, &ee) {
-			hint := ""
-			if sandbox.SingleIDMapped() {
-				hint = " (this user namespace maps a single uid and gid, so chown to any other id fails: give the user a range in /etc/subuid and /etc/subgid)"
-			}
-			return fmt.Errorf("stage %s, step %d/%d: command %q failed%s: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), hint, err)
-		}
+	if err := s.runSandbox(ctx, c, spec); err != nil {
 		return err
 	}
 	if err := cleanMountPoints(dirs["upper"], created, parents, rootfs); err != nil {

@@ -3,7 +3,6 @@ package builder
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 
-	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -39,10 +37,6 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	files := filepath.Join(tmp, "files")
-	if err := os.Mkdir(files, 0o755); err != nil {
-		return err
-	}
 	spec := sandbox.Spec{
 		Merged: root, Env: s.runEnv(), Dir: s.c.Config().WorkingDir, Hostname: sandboxHostname,
 		Network: network, Files: map[string]string{},
@@ -50,31 +44,13 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	if isolation == IsolationChroot {
 		spec.Isolation = "chroot"
 	}
-	spec.Args, spec.Stdin = s.runArgs(c)
-	if u := s.c.Config().User; u != "" {
-		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, layers.NewRootFS([]string{root})); err != nil {
-			return fmt.Errorf("USER %s: %w", u, err)
-		}
-	}
-	if err := writeGeneratedFiles(files, spec.Files); err != nil {
+	if err := s.setCommand(c, &spec, layers.NewRootFS([]string{root})); err != nil {
 		return err
 	}
-	points := []mountPointSpec{}
-	for _, p := range generatedFiles {
-		points = append(points, mountPointSpec{path: p})
-	}
-	for _, p := range mountDirs {
-		points = append(points, mountPointSpec{path: p, dir: true})
-	}
-	if ms := instructions.GetMounts(c); len(ms) > 0 {
-		rm, err := s.prepareMounts(ctx, ms, rootfs, tmp)
-		if err != nil {
-			return err
-		}
-		defer rm.close()
-		spec.Mounts = rm.mounts
-		spec.Env = append(spec.Env, rm.env...)
-		points = append(points, rm.points...)
+	points, release, err := s.planMounts(ctx, c, &spec, rootfs, tmp)
+	defer release()
+	if err != nil {
+		return err
 	}
 	made, err := makeMountPoints(root, points)
 	defer made.remove(nil)
@@ -86,18 +62,7 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 		return err
 	}
 	made.snapshotTimes()
-	err = sandbox.Run(ctx, spec, func(line string) {
-		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
-	})
-	if err != nil {
-		var ee *sandbox.ExitError
-		if errors.As(err, &ee) {
-			hint := ""
-			if sandbox.SingleIDMapped() {
-				hint = " (this user namespace maps a single uid and gid, so chown to any other id fails: give the user a range in /etc/subuid and /etc/subgid)"
-			}
-			return fmt.Errorf("stage %s, step %d/%d: command %q failed%s: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), hint, err)
-		}
+	if err := s.runSandbox(ctx, c, spec); err != nil {
 		return err
 	}
 	changes, _, err := layers.DiffTree(ctx, before, nil)
@@ -106,22 +71,7 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	}
 	// The mount points the step left alone go; what the layer holds stays.
 	made.remove(changes.Paths)
-	if changes.Empty() {
-		s.c.addHistory(cmdText(c))
-		return nil
-	}
-	upper := filepath.Join(tmp, "changes")
-	if err := layers.WriteChangesDir(ctx, root, changes, upper); err != nil {
-		return err
-	}
-	desc, err := s.c.addLayerDir(ctx, upper, cmdText(c))
-	if err != nil {
-		return err
-	}
-	// The directory already holds what the layer holds.
-	s.c.syncedUnpacked()
-	s.layerSize = desc.Size
-	return nil
+	return s.commitChanges(ctx, c, root, changes, tmp)
 }
 
 // madePoints are the mount points makeMountPoints created in an unpacked

@@ -3,7 +3,6 @@ package builder
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 
-	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -44,11 +42,8 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 		Merged: root, Env: s.runEnv(), Dir: s.c.Config().WorkingDir,
 		Network: network, Isolation: IsolationNone,
 	}
-	spec.Args, spec.Stdin = s.runArgs(c)
-	if u := s.c.Config().User; u != "" {
-		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, layers.NewRootFS([]string{root})); err != nil {
-			return fmt.Errorf("USER %s: %w", u, err)
-		}
+	if err := s.setCommand(c, &spec, layers.NewRootFS([]string{root})); err != nil {
+		return err
 	}
 	gen, err := placeGeneratedFiles(root)
 	if err != nil {
@@ -59,14 +54,7 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 	if err != nil {
 		return err
 	}
-	err = sandbox.Run(ctx, spec, func(line string) {
-		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: line})
-	})
-	if err != nil {
-		var ee *sandbox.ExitError
-		if errors.As(err, &ee) {
-			return fmt.Errorf("stage %s, step %d/%d: command %q failed: %w", s.name, s.step, s.steps, strings.Join(spec.Args, " "), err)
-		}
+	if err := s.runSandbox(ctx, c, spec); err != nil {
 		return err
 	}
 	changes, _, err := layers.DiffTree(ctx, before, gen.paths)
@@ -74,27 +62,12 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 		return err
 	}
 	gen.keepTimes()
-	if changes.Empty() {
-		s.c.addHistory(cmdText(c))
-		return nil
-	}
 	tmp, err := s.b.opts.Store.TempDir("run-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	upper := filepath.Join(tmp, "changes")
-	if err := layers.WriteChangesDir(ctx, root, changes, upper); err != nil {
-		return err
-	}
-	desc, err := s.c.addLayerDir(ctx, upper, cmdText(c))
-	if err != nil {
-		return err
-	}
-	// The directory already holds what the layer holds.
-	s.c.syncedUnpacked()
-	s.layerSize = desc.Size
-	return nil
+	return s.commitChanges(ctx, c, root, changes, tmp)
 }
 
 // generated are the generated files a step with IsolationNone sees,

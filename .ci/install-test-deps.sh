@@ -18,6 +18,7 @@ declare -A need=(
   [podman]=podman
   [crun]=crun
   [buildah]=buildah
+  [docker-registry]=docker-registry
 )
 missing=()
 for cmd in "${!need[@]}"; do

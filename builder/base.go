@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
 )
 
 // resolveImage finds the image ref names for platform: "scratch" (nil),
@@ -27,11 +29,14 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 	}
 	st := b.opts.Store
 	desc, err := st.Lookup(ctx, ref)
-	if err != nil {
-		if errors.Is(err, layers.ErrNotFound) {
-			return nil, fmt.Errorf("base image %q is not in the local store (%s), and this version of ibuild does not pull from registries yet: store it first (ibuild build -t), or use oci-layout://PATH", ref, st.Root())
-		}
+	local := err == nil
+	if err != nil && !errors.Is(err, layers.ErrNotFound) {
 		return nil, err
+	}
+	if !local || (b.opts.Pull == registry.PullAlways && !localOnlyName(ref)) || !b.servesPlatform(ctx, desc, platform) {
+		if desc, err = b.pull(ctx, ref, platform); err != nil {
+			return nil, err
+		}
 	}
 	if isIndex(desc.MediaType) {
 		idx, err := st.ImageIndex(ctx, desc.Digest)
@@ -48,6 +53,70 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 		return nil, err
 	}
 	return img, nil
+}
+
+// pull fetches ref for platform from its registry under the build's pull
+// policy, once per build for each ref and platform.
+func (b *build) pull(ctx context.Context, ref string, platform v1.Platform) (v1.Descriptor, error) {
+	key := ref + "|" + PlatformString(platform)
+	b.mu.Lock()
+	p, ok := b.pulls[key]
+	if !ok {
+		p = &pulled{}
+		b.pulls[key] = p
+	}
+	b.mu.Unlock()
+	p.once.Do(func() {
+		p.desc, p.err = registry.Pull(ctx, b.opts.Store, ref, registry.PullOptions{
+			Platform: platform,
+			Policy:   b.opts.Pull,
+			Insecure: b.opts.InsecureRegistries,
+			Progress: b.opts.pullProgress(),
+		})
+	})
+	return p.desc, p.err
+}
+
+// pulled is the outcome of one pull of a build.
+type pulled struct {
+	once sync.Once
+	desc v1.Descriptor
+	err  error
+}
+
+// servesPlatform reports whether the stored desc is an image, or an index
+// whose manifest for platform is stored; a pulled index holds only the
+// platforms pulled so far.
+func (b *build) servesPlatform(ctx context.Context, desc v1.Descriptor, platform v1.Platform) bool {
+	if !isIndex(desc.MediaType) {
+		return true
+	}
+	idx, err := b.opts.Store.ImageIndex(ctx, desc.Digest)
+	if err != nil {
+		return true // let the caller report it
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return true
+	}
+	for _, d := range im.Manifests {
+		if d.Platform != nil && !isIndex(d.MediaType) && matchPlatform(platform, *d.Platform) {
+			_, err := idx.Image(d.Digest)
+			return err == nil
+		}
+	}
+	return true
+}
+
+// localOnlyName reports whether ref is a short name ("app", "a/b:1") or a
+// "localhost/" name: names no registry serves, which PullAlways leaves to
+// the local store.
+func localOnlyName(ref string) bool {
+	if strings.HasPrefix(ref, "localhost/") {
+		return true
+	}
+	n, err := layers.NormalizeName(ref)
+	return err != nil || strings.HasPrefix(n, "localhost/")
 }
 
 func isIndex(mt types.MediaType) bool {

@@ -194,6 +194,7 @@ type build struct {
 	mu       sync.Mutex
 	usedArgs map[string]bool
 	images   map[string]*imageSource
+	pulls    map[string]*pulled
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
@@ -207,7 +208,7 @@ func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platfor
 	b := &build{
 		opts: opts, df: df, exp: dockerfile.NewExpander(df.EscapeToken), ctx: cfs,
 		platform: platform, showPlat: showPlat, warn: warn,
-		byName: map[string]int{}, usedArgs: map[string]bool{}, images: map[string]*imageSource{},
+		byName: map[string]int{}, usedArgs: map[string]bool{}, images: map[string]*imageSource{}, pulls: map[string]*pulled{},
 		metaNames: map[string]bool{},
 	}
 	b.created = opts.Now().UTC()

@@ -66,6 +66,23 @@ type Options struct {
 	// Isolation is how RUN steps are isolated: "auto" (the default),
 	// "chroot", "userns" or "none"; see ParseIsolation.
 	Isolation string
+	// Pull is the base images' pull policy: registry.PullMissing (the
+	// default, ""), PullAlways or PullNever. Images not in the store are
+	// pulled from their registry (see registry.Pull).
+	Pull string
+	// InsecureRegistries are registry hosts (host[:port]) reached over
+	// plain HTTP; localhost and 127.0.0.1 always are.
+	InsecureRegistries []string
+}
+
+// pullProgress reports pull steps to Progress as log events.
+func (o *Options) pullProgress() func(string) {
+	if o.Progress == nil {
+		return nil
+	}
+	return func(msg string) {
+		o.Progress.Emit(progress.Event{Kind: progress.Log, Time: time.Now(), Message: msg})
+	}
 }
 
 // SecretSource is where a secret's bytes come from: Value when non-nil,

@@ -41,6 +41,8 @@ func buildCommand() *cli.Command {
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image ID"},
 			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
 			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to RUN --mount=type=ssh: default (uses $SSH_AUTH_SOCK) or ID=SOCKET (repeatable)"},
+			&cli.StringFlag{Name: "pull", Value: "missing", Usage: "pull base images: always (re-resolve in the registry), missing (only when not stored) or never"},
+			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
 			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: no namespace nor mount, a chroot into an unpacked root file system)"},
 		},
@@ -93,6 +95,10 @@ func runBuild(c *cli.Context) error {
 	if opts.SSH, err = parseSSH(c.StringSlice("ssh")); err != nil {
 		return err
 	}
+	if opts.Pull, err = registry.ParsePullPolicy(c.String("pull")); err != nil {
+		return err
+	}
+	opts.InsecureRegistries = c.StringSlice("insecure-registry")
 	if opts.Network, err = builder.ParseNetwork(c.String("network")); err != nil {
 		return fmt.Errorf("--network: %w", err)
 	}

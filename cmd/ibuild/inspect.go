@@ -4,20 +4,35 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
+
+	"github.com/ibuild/ibuild/registry"
 )
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
 		Usage:     "show an image's manifest and config as JSON",
-		ArgsUsage: "NAME|ID",
+		ArgsUsage: "NAME|ID|docker://REF",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (docker:// only; repeatable)"},
+		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("inspect needs one image name or ID", 2)
+			}
+			if ref, ok := strings.CutPrefix(c.Args().First(), "docker://"); ok {
+				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Insecure: c.StringSlice("insecure-registry")})
+				if err != nil {
+					return err
+				}
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(info)
 			}
 			st, err := openStore(c)
 			if err != nil {
@@ -46,6 +61,11 @@ func inspectCommand() *cli.Command {
 					return err
 				}
 				for _, d := range im.Manifests {
+					if !st.Blobs().Has(d.Digest) {
+						// a pulled index holds only the platforms pulled
+						images = append(images, map[string]any{"digest": d.Digest.String(), "platform": d.Platform, "stored": false})
+						continue
+					}
 					img, err := idx.Image(d.Digest)
 					if err != nil {
 						return err

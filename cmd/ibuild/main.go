@@ -65,6 +65,7 @@ func newApp() *cli.App {
 			buildCommand(),
 			imagesCommand(),
 			inspectCommand(),
+			pullCommand(),
 			tagCommand(),
 			rmiCommand(),
 			pruneCommand(),

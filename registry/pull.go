@@ -1,0 +1,385 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	specs "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// Pull policies, as buildah's and docker's --pull name them.
+const (
+	// PullAlways resolves the reference in the registry every time; blobs
+	// already stored are not downloaded again.
+	PullAlways = "always"
+	// PullMissing uses the stored image when the name (and the requested
+	// platform) is complete in the store, and pulls otherwise.
+	PullMissing = "missing"
+	// PullNever never contacts a registry.
+	PullNever = "never"
+)
+
+// pullJobs bounds how many blobs of one image download at once.
+const pullJobs = 3
+
+// ParsePullPolicy validates a --pull value; "" means PullMissing, and the
+// boolean forms docker accepts map to always (true) and missing (false).
+func ParsePullPolicy(s string) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", PullMissing, "false", "ifmissing", "if-missing":
+		return PullMissing, nil
+	case PullAlways, "true":
+		return PullAlways, nil
+	case PullNever:
+		return PullNever, nil
+	}
+	return "", fmt.Errorf("--pull %q: want always, missing or never", s)
+}
+
+// PullOptions configure Pull.
+type PullOptions struct {
+	// Platform selects the manifest of an index; the zero value means the
+	// host's platform.
+	Platform v1.Platform
+	// Policy is PullAlways, PullMissing ("" means this) or PullNever.
+	Policy string
+	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
+	// (or HTTPS without verification). localhost and 127.0.0.1 always are.
+	Insecure []string
+	// TLSVerify, when false, skips TLS certificate verification for every
+	// registry; nil means verify.
+	TLSVerify *bool
+	// Progress receives one line per step; nil discards them.
+	Progress func(string)
+	// Transport is the HTTP transport; nil means http.DefaultTransport
+	// (adjusted by TLSVerify).
+	Transport http.RoundTripper
+}
+
+func (o PullOptions) progress(format string, args ...any) {
+	if o.Progress != nil {
+		o.Progress(fmt.Sprintf(format, args...))
+	}
+}
+
+func (o PullOptions) platform() v1.Platform {
+	if o.Platform.OS == "" && o.Platform.Architecture == "" {
+		p := platforms.Normalize(platforms.DefaultSpec())
+		return v1.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
+	}
+	return o.Platform
+}
+
+// ParseReference parses an image reference the way docker does: a name
+// without a registry is on docker.io, and a one-component docker.io name
+// is under library/. Registries in insecure (host[:port]) are reached over
+// plain HTTP; localhost and loopback addresses are anyway.
+func ParseReference(ref string, insecure []string) (name.Reference, error) {
+	r, err := name.ParseReference(ref, name.WeakValidation)
+	if err != nil {
+		return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
+	}
+	if slices.Contains(insecure, r.Context().RegistryStr()) || slices.Contains(insecure, registryHost(r)) {
+		r, err = name.ParseReference(ref, name.WeakValidation, name.Insecure)
+		if err != nil {
+			return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
+		}
+	}
+	return r, nil
+}
+
+// registryHost is r's registry as the user writes it: docker.io rather
+// than index.docker.io.
+func registryHost(r name.Reference) string {
+	h := r.Context().RegistryStr()
+	if h == name.DefaultRegistry {
+		return "docker.io"
+	}
+	return h
+}
+
+// CanonicalName is the full name a pulled image is stored under:
+// "docker.io/library/alpine:3", "127.0.0.1:5000/app:1",
+// "reg.io/a/b@sha256:...".
+func CanonicalName(r name.Reference) string {
+	s := registryHost(r) + "/" + r.Context().RepositoryStr()
+	switch t := r.(type) {
+	case name.Tag:
+		return s + ":" + t.TagStr()
+	case name.Digest:
+		return s + "@" + t.DigestStr()
+	}
+	return s + ":" + r.Identifier()
+}
+
+// remoteOptions are the go-containerregistry options shared by Pull and
+// Inspect.
+func (o PullOptions) remoteOptions(ctx context.Context) []remote.Option {
+	tr := o.Transport
+	if tr == nil {
+		tr = http.DefaultTransport
+		if o.TLSVerify != nil && !*o.TLSVerify {
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+			tr = t
+		}
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithTransport(tr),
+		remote.WithJobs(pullJobs),
+	}
+}
+
+// Pull stores the image ref names (for opts.Platform, when it is an index)
+// in store under its full name (CanonicalName) and returns the descriptor
+// of the stored manifest or index. Layers download in parallel and each is
+// checked against its digest while it streams into the blob store, where
+// it appears only once complete, so an interrupted pull leaves nothing
+// half-written and a new pull starts cleanly. Manifests and configs are
+// stored as blobs; an index is stored with the manifests of the platforms
+// pulled so far. Errors name the reference.
+func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions) (v1.Descriptor, error) {
+	policy, err := ParsePullPolicy(opts.Policy)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	r, err := ParseReference(ref, opts.Insecure)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	full := CanonicalName(r)
+	want := opts.platform()
+	if policy != PullAlways {
+		if d, ok := localImage(ctx, store, full, want); ok {
+			return d, nil
+		}
+		if policy == PullNever {
+			return v1.Descriptor{}, fmt.Errorf("pull %s: not in the local store for %s, and the pull policy is never", full, platforms.Format(toSpec(want)))
+		}
+	}
+	fail := func(err error) (v1.Descriptor, error) {
+		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, err)
+	}
+	ropts := opts.remoteOptions(ctx)
+	opts.progress("resolving %s", full)
+	desc, err := remote.Get(r, ropts...)
+	if err != nil {
+		return fail(err)
+	}
+	var top v1.Descriptor
+	if desc.MediaType.IsIndex() {
+		im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+		if err != nil {
+			return fail(err)
+		}
+		child, err := pickPlatform(im, want)
+		if err != nil {
+			return fail(err)
+		}
+		cdesc, err := remote.Get(r.Context().Digest(child.Digest.String()), ropts...)
+		if err != nil {
+			return fail(err)
+		}
+		img, err := cdesc.Image()
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := storeImage(ctx, store, img, opts); err != nil {
+			return fail(err)
+		}
+		top = v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest}
+		if _, _, err := store.Blobs().Put(ctx, bytes.NewReader(desc.Manifest), &top.Digest); err != nil {
+			return fail(fmt.Errorf("index %s: %w", top.Digest, err))
+		}
+	} else {
+		img, err := desc.Image()
+		if err != nil {
+			return fail(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return fail(fmt.Errorf("config: %w", err))
+		}
+		if have := cf.Platform(); have != nil && have.OS != "" && !MatchPlatform(want, *have) {
+			return fail(fmt.Errorf("the image is for %s, not the requested platform %s", platforms.Format(toSpec(*have)), platforms.Format(toSpec(want))))
+		}
+		if top, err = storeImage(ctx, store, img, opts); err != nil {
+			return fail(err)
+		}
+	}
+	if err := store.Tag(ctx, full, top); err != nil {
+		return fail(err)
+	}
+	opts.progress("pulled %s: %s", full, top.Digest)
+	return top, nil
+}
+
+// storeImage downloads img's missing blobs into store: layers (in
+// parallel), then the config, then the manifest, so a stored manifest
+// means a complete image.
+func storeImage(ctx context.Context, store *layers.Store, img v1.Image, opts PullOptions) (v1.Descriptor, error) {
+	unlock, err := store.Lock(ctx, false)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	defer unlock()
+	ls, err := img.Layers()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pullJobs)
+	for _, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		if mt, err := l.MediaType(); err == nil && !mt.IsDistributable() {
+			continue // foreign layers are fetched from their URLs
+		}
+		if store.Blobs().Has(d) {
+			continue
+		}
+		g.Go(func() error {
+			rc, err := l.Compressed()
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", d, err)
+			}
+			defer rc.Close()
+			_, n, err := store.Blobs().Put(gctx, rc, &d)
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", d, err)
+			}
+			opts.progress("layer %s: %d bytes", d, n)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return v1.Descriptor{}, err
+	}
+	cfgName, err := img.ConfigName()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("config: %w", err)
+	}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("config %s: %w", cfgName, err)
+	}
+	if _, _, err := store.Blobs().Put(ctx, bytes.NewReader(rawCfg), &cfgName); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("config %s: %w", cfgName, err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	if _, _, err := store.Blobs().Put(ctx, bytes.NewReader(raw), &dg); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest %s: %w", dg, err)
+	}
+	desc := v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: dg}
+	if cf, err := v1.ParseConfigFile(bytes.NewReader(rawCfg)); err == nil {
+		desc.Platform = cf.Platform()
+	}
+	return desc, nil
+}
+
+// localImage reports whether the store holds name, complete for platform
+// want (every blob of the platform's image is stored), and returns its
+// descriptor.
+func localImage(ctx context.Context, store *layers.Store, name string, want v1.Platform) (v1.Descriptor, bool) {
+	d, err := store.Lookup(ctx, name)
+	if err != nil {
+		return v1.Descriptor{}, false
+	}
+	img := d
+	if d.MediaType.IsIndex() {
+		b, err := store.Blobs().ReadAll(d.Digest)
+		if err != nil {
+			return v1.Descriptor{}, false
+		}
+		im, err := v1.ParseIndexManifest(bytes.NewReader(b))
+		if err != nil {
+			return v1.Descriptor{}, false
+		}
+		c, err := pickPlatform(im, want)
+		if err != nil {
+			return v1.Descriptor{}, false
+		}
+		img = c
+	}
+	i, err := store.Image(ctx, img.Digest)
+	if err != nil {
+		return v1.Descriptor{}, false
+	}
+	if !d.MediaType.IsIndex() {
+		if cf, err := i.ConfigFile(); err == nil {
+			if have := cf.Platform(); have != nil && have.OS != "" && !MatchPlatform(want, *have) {
+				return v1.Descriptor{}, false
+			}
+		}
+	}
+	m, err := i.Manifest()
+	if err != nil {
+		return v1.Descriptor{}, false
+	}
+	for _, l := range m.Layers {
+		if l.MediaType.IsDistributable() && !store.Blobs().Has(l.Digest) {
+			return v1.Descriptor{}, false
+		}
+	}
+	return d, true
+}
+
+// pickPlatform returns the manifest of im that serves want; the error
+// names want and the platforms im has.
+func pickPlatform(im *v1.IndexManifest, want v1.Platform) (v1.Descriptor, error) {
+	var have []string
+	for _, d := range im.Manifests {
+		if d.Platform == nil || !d.MediaType.IsImage() {
+			continue
+		}
+		have = append(have, platforms.Format(toSpec(*d.Platform)))
+		if MatchPlatform(want, *d.Platform) {
+			return d, nil
+		}
+	}
+	if len(have) == 0 {
+		return v1.Descriptor{}, errors.New("the index lists no image with a platform")
+	}
+	return v1.Descriptor{}, fmt.Errorf("no manifest for platform %s (the index has: %s)", platforms.Format(toSpec(want)), strings.Join(have, ", "))
+}
+
+// MatchPlatform reports whether an image for have runs on want, with
+// containerd/platforms normalization (arm64 = arm64/v8, x86_64 = amd64).
+func MatchPlatform(want, have v1.Platform) bool {
+	w := platforms.Normalize(toSpec(want))
+	h := platforms.Normalize(toSpec(have))
+	return platforms.NewMatcher(w).Match(h)
+}
+
+func toSpec(p v1.Platform) specs.Platform {
+	return specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
+}

@@ -1,0 +1,177 @@
+// Package registrytest starts registries for tests: Debian's
+// docker-registry (distribution v2) on a free 127.0.0.1 port, and a
+// reverse proxy in front of one that counts requests and can corrupt
+// blobs. It is for tests only.
+package registrytest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ibuild/ibuild/layers/layertest"
+)
+
+// Registry is a running docker-registry.
+type Registry struct {
+	// Host is "127.0.0.1:PORT", for image references.
+	Host string
+	// Log is the registry's log file.
+	Log string
+}
+
+// Start runs docker-registry with its storage in a temporary directory,
+// waits (at most 15s) until /v2/ answers and stops it when the test ends.
+// A missing docker-registry skips the test, or fails it under CI=true.
+func Start(t testing.TB) *Registry {
+	t.Helper()
+	bin := layertest.RequireTool(t, "docker-registry")
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n",
+		filepath.Join(dir, "data"), host)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "registry.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-done:
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("docker-registry exited: %s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("docker-registry on %s did not answer /v2/ within 15s: %v\n%s", host, err, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &Registry{Host: host, Log: logPath}
+}
+
+// Proxy is a reverse proxy in front of a registry.
+type Proxy struct {
+	// Host is the proxy's "127.0.0.1:PORT".
+	Host string
+
+	mu       sync.Mutex
+	requests []string
+	corrupt  map[string]bool
+}
+
+// NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
+// until the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p := &Proxy{corrupt: map[string]bool{}}
+	u := &url.URL{Scheme: "http", Host: target}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method != http.MethodGet || resp.StatusCode != http.StatusOK {
+			return nil
+		}
+		p.mu.Lock()
+		bad := false
+		for d := range p.corrupt {
+			if strings.HasSuffix(resp.Request.URL.Path, "/blobs/"+d) {
+				bad = true
+			}
+		}
+		p.mu.Unlock()
+		if !bad {
+			return nil
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if len(b) > 0 {
+			b[len(b)/2] ^= 0xff
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(b))
+		return nil
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.requests = append(p.requests, r.Method+" "+r.URL.Path)
+		p.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p.Host = strings.TrimPrefix(srv.URL, "http://")
+	return p
+}
+
+// Corrupt makes the proxy flip a byte of blob digest ("sha256:...") in
+// every GET of it.
+func (p *Proxy) Corrupt(digest string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.corrupt[digest] = true
+}
+
+// Requests returns "METHOD /path" of every request so far, and forgets
+// them.
+func (p *Proxy) Requests() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.requests
+	p.requests = nil
+	return r
+}
+
+// BlobGets counts the GET requests for blobs in reqs.
+func BlobGets(reqs []string) int {
+	n := 0
+	for _, r := range reqs {
+		if strings.HasPrefix(r, "GET ") && strings.Contains(r, "/blobs/") {
+			n++
+		}
+	}
+	return n
+}

@@ -125,7 +125,8 @@ func TestBuildFixtures(t *testing.T) {
 			opts := Options{
 				Store: st, ContextDir: dir, Tags: []string{tag},
 				BuildArgs: co.BuildArgs, Target: co.Target, Labels: co.Labels,
-				Now: func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
+				Pull: registry.PullNever, // fixtures never reach a registry
+				Now:  func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
 			}
 			if co.Platform != "" {
 				p, err := ParsePlatforms(co.Platform)

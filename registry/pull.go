@@ -170,7 +170,10 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 			return d, nil
 		}
 		if policy == PullNever {
-			return v1.Descriptor{}, fmt.Errorf("pull %s: not in the local store for %s, and the pull policy is never", full, platforms.Format(toSpec(want)))
+			if _, err := store.Lookup(ctx, full); err == nil {
+				return v1.Descriptor{}, fmt.Errorf("pull %s: the local store has no complete image for %s, and the pull policy is never", full, platforms.Format(toSpec(want)))
+			}
+			return v1.Descriptor{}, fmt.Errorf("pull %s: not in the local store, and the pull policy is never", full)
 		}
 	}
 	fail := func(err error) (v1.Descriptor, error) {

@@ -1,9 +1,12 @@
 // Package registry moves built images out of ibuild: to registries (pull
 // and push) and to the other destinations docker build's --output knows.
 //
-// This part provides the outputs only: an OCI image layout as a directory
-// or a tar archive, a `docker load` archive, and the final root filesystem
-// as a directory or a tar stream. Images and indexes arrive as
+// Pull stores a registry image (the manifest for one platform of an
+// index) in a layers.Store, verifying each blob while it streams in, under
+// a pull policy; InspectRemote reads manifests and configs without layers.
+// Push is not provided yet. The outputs are an OCI image layout as a
+// directory or a tar archive, a `docker load` archive, and the final root
+// filesystem as a directory or a tar stream. Images and indexes arrive as
 // go-containerregistry v1.Image / v1.ImageIndex values, typically read
 // lazily from the layers store, and their blobs are streamed, never held in
 // memory. Storing an image in the local store (type=image) is the caller's

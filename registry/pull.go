@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/containerd/platforms"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -126,24 +124,9 @@ func CanonicalName(r name.Reference) string {
 	return s + ":" + r.Identifier()
 }
 
-// remoteOptions are the go-containerregistry options shared by Pull and
-// Inspect.
+// remoteOptions are the go-containerregistry options of Pull and Inspect.
 func (o PullOptions) remoteOptions(ctx context.Context) []remote.Option {
-	tr := o.Transport
-	if tr == nil {
-		tr = http.DefaultTransport
-		if o.TLSVerify != nil && !*o.TLSVerify {
-			t := http.DefaultTransport.(*http.Transport).Clone()
-			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
-			tr = t
-		}
-	}
-	return []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithTransport(tr),
-		remote.WithJobs(pullJobs),
-	}
+	return remoteOptions(ctx, o.Transport, o.TLSVerify, pullJobs)
 }
 
 // Pull stores the image ref names (for opts.Platform, when it is an index)

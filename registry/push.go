@@ -1,0 +1,344 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ibuild/ibuild/layers"
+)
+
+// pushJobs is how many blobs of one image upload at once by default.
+const pushJobs = 3
+
+// PushOptions configure Push.
+type PushOptions struct {
+	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
+	// (or HTTPS without verification). localhost and 127.0.0.1 always are.
+	Insecure []string
+	// TLSVerify, when false, skips TLS certificate verification for every
+	// registry; nil means verify.
+	TLSVerify *bool
+	// Format is "oci" or "docker" to push the image (or index) with that
+	// format's media types, over the same blobs; "" pushes it as stored.
+	// A conversion changes the manifest digest.
+	Format string
+	// Jobs bounds how many blobs upload at once; 0 means 3.
+	Jobs int
+	// Progress receives one line per step; nil discards them.
+	Progress func(string)
+	// Transport is the HTTP transport; nil means http.DefaultTransport
+	// (adjusted by TLSVerify).
+	Transport http.RoundTripper
+}
+
+// LocalOnly reports whether a stored name has no registry: it was
+// normalized under "localhost/" (see layers.NormalizeName), so it cannot
+// be pushed as is.
+func LocalOnly(storedName string) bool {
+	return strings.HasPrefix(storedName, "localhost/")
+}
+
+// Push uploads the image or index src (a stored name, digest or ID
+// prefix, as layers.Store.Lookup takes) to the registry reference dest,
+// or to src's own name when dest is "", and returns the digest of the
+// pushed manifest or index. Layers are sent compressed as stored, never
+// recompressed; blobs the registry has are not uploaded again (HEAD first,
+// or a cross-repository mount from src's repository on the same
+// registry), and the manifest goes last, so the tag never names an
+// incomplete image. 5xx and 429 answers are retried with backoff. Errors
+// name the destination and its registry.
+func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushOptions) (v1.Hash, error) {
+	desc, err := store.Lookup(ctx, src)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", src, err)
+	}
+	if dest == "" {
+		n, err := layers.NormalizeName(src)
+		if err != nil || strings.HasPrefix(src, "sha256:") || isHexPrefix(src) {
+			return v1.Hash{}, fmt.Errorf("push %s: an image ID has no name to push to; give a destination reference", src)
+		}
+		if LocalOnly(n) {
+			return v1.Hash{}, fmt.Errorf("push %s: %s names no registry; give a destination such as registry.example.com/%s", src, n, strings.TrimPrefix(n, "localhost/"))
+		}
+		dest = n
+	}
+	var format types.MediaType
+	switch opts.Format {
+	case "":
+	case "oci":
+		format = types.OCIManifestSchema1
+	case "docker":
+		format = types.DockerManifestSchema2
+	default:
+		return v1.Hash{}, fmt.Errorf("push %s: unknown format %q (want oci or docker)", dest, opts.Format)
+	}
+	r, err := ParseReference(dest, opts.Insecure)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push: %w", err)
+	}
+	full := CanonicalName(r)
+	fail := func(err error) (v1.Hash, error) {
+		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), err)
+	}
+	jobs := opts.Jobs
+	if jobs <= 0 {
+		jobs = pushJobs
+	}
+	ropts := append(remoteOptions(ctx, opts.Transport, opts.TLSVerify, jobs),
+		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 5}),
+		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable,
+			http.StatusGatewayTimeout, http.StatusTooManyRequests),
+	)
+	progress := func(format string, args ...any) {
+		if opts.Progress != nil {
+			opts.Progress(fmt.Sprintf(format, args...))
+		}
+	}
+	// Hold a shared lock so nothing is garbage-collected under the upload.
+	unlock, err := store.Lock(ctx, false)
+	if err != nil {
+		return fail(err)
+	}
+	defer unlock()
+	var pushed v1.Hash
+	switch {
+	case desc.MediaType.IsIndex():
+		var idx v1.ImageIndex
+		if idx, err = store.ImageIndex(ctx, desc.Digest); err != nil {
+			return fail(err)
+		}
+		if format != "" {
+			if idx, err = convertIndex(idx, format); err != nil {
+				return fail(err)
+			}
+		}
+		if pushed, err = idx.Digest(); err != nil {
+			return fail(err)
+		}
+		progress("pushing index %s to %s", pushed, full)
+		if err := remote.WriteIndex(r, idx, ropts...); err != nil {
+			return fail(err)
+		}
+	case desc.MediaType.IsImage():
+		var img v1.Image
+		if img, err = store.Image(ctx, desc.Digest); err != nil {
+			return fail(err)
+		}
+		if format != "" {
+			if img, err = convertImage(img, format); err != nil {
+				return fail(err)
+			}
+		}
+		if pushed, err = img.Digest(); err != nil {
+			return fail(err)
+		}
+		progress("pushing image %s to %s", pushed, full)
+		if err := remote.Write(r, img, ropts...); err != nil {
+			return fail(err)
+		}
+	default:
+		return fail(fmt.Errorf("%s is a %s, neither an image nor an index", desc.Digest, desc.MediaType))
+	}
+	progress("pushed %s: %s", full, pushed)
+	return pushed, nil
+}
+
+func isHexPrefix(s string) bool {
+	return len(s) >= 12 && len(s) <= 64 && strings.Trim(s, "0123456789abcdef") == ""
+}
+
+// convertedImage is an image whose manifest was rewritten with another
+// format's media types; config and layer bytes are the base's.
+type convertedImage struct {
+	v1.Image
+	raw      []byte
+	manifest *v1.Manifest
+	digest   v1.Hash
+}
+
+func (c *convertedImage) MediaType() (types.MediaType, error) { return c.manifest.MediaType, nil }
+func (c *convertedImage) RawManifest() ([]byte, error)        { return c.raw, nil }
+func (c *convertedImage) Manifest() (*v1.Manifest, error)     { return c.manifest.DeepCopy(), nil }
+func (c *convertedImage) Digest() (v1.Hash, error)            { return c.digest, nil }
+func (c *convertedImage) Size() (int64, error)                { return int64(len(c.raw)), nil }
+
+var _ v1.Image = (*convertedImage)(nil)
+
+// convertImage returns img with manifest media type mt (OCI or Docker
+// schema 2) and the matching config and layer media types; img itself
+// when it already has them.
+func convertImage(img v1.Image, mt types.MediaType) (v1.Image, error) {
+	have, err := img.MediaType()
+	if err != nil {
+		return nil, err
+	}
+	if have == mt {
+		return img, nil
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	docker := mt == types.DockerManifestSchema2
+	m.MediaType = mt
+	m.Config.MediaType = types.OCIConfigJSON
+	if docker {
+		m.Config.MediaType = types.DockerConfigJSON
+	}
+	for i, l := range m.Layers {
+		nt, err := layerType(l.MediaType, docker)
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+		m.Layers[i].MediaType = nt
+	}
+	if docker {
+		// Docker schema 2 has no manifest annotations, subject or artifact type.
+		m.Annotations, m.Subject = nil, nil
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	d, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	return &convertedImage{Image: img, raw: raw, manifest: m, digest: d}, nil
+}
+
+// layerType maps a layer media type to the docker (docker) or OCI
+// equivalent naming the same bytes.
+func layerType(mt types.MediaType, docker bool) (types.MediaType, error) {
+	pairs := [][2]types.MediaType{
+		{types.DockerLayer, types.OCILayer},
+		{types.DockerUncompressedLayer, types.OCIUncompressedLayer},
+		{types.DockerForeignLayer, types.OCIRestrictedLayer},
+	}
+	for _, p := range pairs {
+		if mt == p[0] || mt == p[1] {
+			if docker {
+				return p[0], nil
+			}
+			return p[1], nil
+		}
+	}
+	if docker && mt == types.OCILayerZStd {
+		return "", errors.New("a zstd layer has no docker media type; push it in oci format")
+	}
+	return mt, nil
+}
+
+// convertedIndex is an index whose manifests were converted.
+type convertedIndex struct {
+	raw      []byte
+	manifest *v1.IndexManifest
+	digest   v1.Hash
+	children map[v1.Hash]v1.Image
+}
+
+func (c *convertedIndex) MediaType() (types.MediaType, error) { return c.manifest.MediaType, nil }
+func (c *convertedIndex) RawManifest() ([]byte, error)        { return c.raw, nil }
+func (c *convertedIndex) Digest() (v1.Hash, error)            { return c.digest, nil }
+func (c *convertedIndex) Size() (int64, error)                { return int64(len(c.raw)), nil }
+func (c *convertedIndex) IndexManifest() (*v1.IndexManifest, error) {
+	return c.manifest.DeepCopy(), nil
+}
+
+func (c *convertedIndex) Image(h v1.Hash) (v1.Image, error) {
+	if img, ok := c.children[h]; ok {
+		return img, nil
+	}
+	return nil, fmt.Errorf("image %s: not in the index", h)
+}
+
+func (c *convertedIndex) ImageIndex(h v1.Hash) (v1.ImageIndex, error) {
+	return nil, fmt.Errorf("index %s: nested indexes are not converted", h)
+}
+
+var _ v1.ImageIndex = (*convertedIndex)(nil)
+
+// convertIndex converts idx and each of its images to manifest media type
+// mt (an image type; the index gets the matching index type).
+func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) {
+	want := types.OCIImageIndex
+	if mt == types.DockerManifestSchema2 {
+		want = types.DockerManifestList
+	}
+	have, err := idx.MediaType()
+	if err != nil {
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	c := &convertedIndex{ manifest: im, children: map[v1.Hash]v1.Image{}}
+	same := have == want
+	for i, d := range im.Manifests {
+		if !d.MediaType.IsImage() {
+			return nil, fmt.Errorf("%s: only indexes of images are converted", d.Digest)
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			return nil, err
+		}
+		if img, err = convertImage(img, mt); err != nil {
+			return nil, fmt.Errorf("image %s: %w", d.Digest, err)
+		}
+		if im.Manifests[i].Digest, err = img.Digest(); err != nil {
+			return nil, err
+		}
+		if im.Manifests[i].Size, err = img.Size(); err != nil {
+			return nil, err
+		}
+		im.Manifests[i].MediaType = mt
+		same = same && im.Manifests[i].Digest == d.Digest
+		c.children[im.Manifests[i].Digest] = img
+	}
+	if same {
+		return idx, nil
+	}
+	im.MediaType = want
+	if want == types.DockerManifestList {
+		im.Annotations, im.Subject = nil, nil
+	}
+	if c.raw, err = json.Marshal(im); err != nil {
+		return nil, err
+	}
+	if c.digest, _, err = v1.SHA256(bytes.NewReader(c.raw)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// remoteOptions are the go-containerregistry options shared by Pull,
+// Inspect and Push.
+func remoteOptions(ctx context.Context, tr http.RoundTripper, tlsVerify *bool, jobs int) []remote.Option {
+	if tr == nil {
+		tr = http.DefaultTransport
+		if tlsVerify != nil && !*tlsVerify {
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+			tr = t
+		}
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithTransport(tr),
+		remote.WithJobs(jobs),
+	}
+}

@@ -285,7 +285,7 @@ func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) 
 	if err != nil {
 		return nil, err
 	}
-	c := &convertedIndex{ manifest: im, children: map[v1.Hash]v1.Image{}}
+	c := &convertedIndex{manifest: im, children: map[v1.Hash]v1.Image{}}
 	same := have == want
 	for i, d := range im.Manifests {
 		if !d.MediaType.IsImage() {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -112,6 +113,7 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		return fail(err)
 	}
 	defer unlock()
+	from := mountSource(src, r, opts.Insecure)
 	var pushed v1.Hash
 	switch {
 	case desc.MediaType.IsIndex():
@@ -126,6 +128,9 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		}
 		if pushed, err = idx.Digest(); err != nil {
 			return fail(err)
+		}
+		if from != nil {
+			idx = &mountIndex{idx: idx, from: from}
 		}
 		progress("pushing index %s to %s", pushed, full)
 		if err := remote.WriteIndex(r, idx, ropts...); err != nil {
@@ -143,6 +148,9 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		}
 		if pushed, err = img.Digest(); err != nil {
 			return fail(err)
+		}
+		if from != nil {
+			img = &mountImage{Image: img, from: from}
 		}
 		progress("pushing image %s to %s", pushed, full)
 		if err := remote.Write(r, img, ropts...); err != nil {
@@ -341,4 +349,70 @@ func remoteOptions(ctx context.Context, tr http.RoundTripper, tlsVerify *bool, j
 		remote.WithTransport(tr),
 		remote.WithJobs(jobs),
 	}
+}
+
+// mountSource is the repository blobs of src may be mounted from when
+// pushing to dest: src's own name, when it is in another repository of
+// dest's registry. nil otherwise.
+func mountSource(src string, dest name.Reference, insecure []string) name.Reference {
+	n, err := layers.NormalizeName(src)
+	if err != nil || LocalOnly(n) {
+		return nil
+	}
+	r, err := ParseReference(n, insecure)
+	if err != nil || r.Context().RegistryStr() != dest.Context().RegistryStr() || r.Context().RepositoryStr() == dest.Context().RepositoryStr() {
+		return nil
+	}
+	return r
+}
+
+// mountImage offers its layers to remote.Write as mountable from another
+// repository of the same registry: the registry links them instead of
+// receiving their bytes again (and falls back to an upload if it cannot).
+type mountImage struct {
+	v1.Image
+	from name.Reference
+}
+
+func (m *mountImage) Layers() ([]v1.Layer, error) {
+	ls, err := m.Image.Layers()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Layer, len(ls))
+	for i, l := range ls {
+		out[i] = &remote.MountableLayer{Layer: l, Reference: m.from}
+	}
+	return out, nil
+}
+
+func (m *mountImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	l, err := m.Image.LayerByDigest(h)
+	if err != nil {
+		return nil, err
+	}
+	return &remote.MountableLayer{Layer: l, Reference: m.from}, nil
+}
+
+// mountIndex is an index whose images are mountImages.
+type mountIndex struct {
+	idx  v1.ImageIndex
+	from name.Reference
+}
+
+func (m *mountIndex) MediaType() (types.MediaType, error)       { return m.idx.MediaType() }
+func (m *mountIndex) Digest() (v1.Hash, error)                  { return m.idx.Digest() }
+func (m *mountIndex) Size() (int64, error)                      { return m.idx.Size() }
+func (m *mountIndex) IndexManifest() (*v1.IndexManifest, error) { return m.idx.IndexManifest() }
+func (m *mountIndex) RawManifest() ([]byte, error)              { return m.idx.RawManifest() }
+func (m *mountIndex) ImageIndex(h v1.Hash) (v1.ImageIndex, error) {
+	return m.idx.ImageIndex(h)
+}
+
+func (m *mountIndex) Image(h v1.Hash) (v1.Image, error) {
+	img, err := m.idx.Image(h)
+	if err != nil {
+		return nil, err
+	}
+	return &mountImage{Image: img, from: m.from}, nil
 }

@@ -98,9 +98,14 @@ type Proxy struct {
 	// Host is the proxy's "127.0.0.1:PORT".
 	Host string
 
-	mu       sync.Mutex
-	requests []string
-	corrupt  map[string]bool
+	mu        sync.Mutex
+	requests  []string
+	corrupt   map[string]bool
+	uploaded  int64
+	failEvery int
+	failMax   int
+	blobReqs  int
+	failed    int
 }
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
@@ -137,14 +142,70 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		return nil
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		line := r.Method + " " + r.URL.Path
+		if r.URL.RawQuery != "" {
+			line += "?" + r.URL.RawQuery
+		}
+		upload := (r.Method == http.MethodPatch || r.Method == http.MethodPut) && strings.Contains(r.URL.Path, "/blobs/uploads/")
 		p.mu.Lock()
-		p.requests = append(p.requests, r.Method+" "+r.URL.Path)
+		p.requests = append(p.requests, line)
+		fail := false
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			p.blobReqs++
+			fail = p.failEvery > 0 && p.blobReqs%p.failEvery == 0 && p.failed < p.failMax
+			if fail {
+				p.failed++
+			}
+		}
 		p.mu.Unlock()
+		if fail {
+			io.Copy(io.Discard, r.Body)
+			http.Error(w, "injected failure", http.StatusInternalServerError)
+			return
+		}
+		if upload && r.Body != nil {
+			r.Body = &countingBody{ReadCloser: r.Body, p: p}
+		}
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
 	return p
+}
+
+type countingBody struct {
+	io.ReadCloser
+	p *Proxy
+}
+
+func (b *countingBody) Read(q []byte) (int, error) {
+	n, err := b.ReadCloser.Read(q)
+	b.p.mu.Lock()
+	b.p.uploaded += int64(n)
+	b.p.mu.Unlock()
+	return n, err
+}
+
+// Uploaded returns how many request body bytes were sent to blob upload
+// URLs (PATCH and PUT of /blobs/uploads/) so far, and resets the count.
+func (p *Proxy) Uploaded() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.uploaded
+	p.uploaded = 0
+	return n
+}
+
+// FailEvery makes the proxy answer every nth blob request (HEAD, GET,
+// POST, PATCH or PUT under /blobs/) with a 500 instead of forwarding it,
+// until max requests have failed; n = 0 stops it. It returns how many
+// requests failed since the previous call.
+func (p *Proxy) FailEvery(n, max int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	failed := p.failed
+	p.failEvery, p.failMax, p.blobReqs, p.failed = n, max, 0, 0
+	return failed
 }
 
 // Corrupt makes the proxy flip a byte of blob digest ("sha256:...") in

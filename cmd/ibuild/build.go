@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibuild/ibuild/builder"
@@ -43,6 +44,9 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to RUN --mount=type=ssh: default (uses $SSH_AUTH_SOCK) or ID=SOCKET (repeatable)"},
 			&cli.StringFlag{Name: "pull", Value: "missing", Usage: "pull base images: always (re-resolve in the registry), missing (only when not stored) or never"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
+			&cli.BoolFlag{Name: "push", Usage: "push the result to every -t name that has a registry (not localhost/...)"},
+			&cli.StringFlag{Name: "digestfile", Usage: "with --push, write the pushed manifest (or index) digest to this file"},
+			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates when pushing (--push)"},
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
 			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: no namespace nor mount, a chroot into an unpacked root file system)"},
 		},
@@ -133,6 +137,23 @@ func runBuild(c *cli.Context) error {
 		}
 		opts.Outputs = append(opts.Outputs, out)
 	}
+	var pushTo []string
+	if c.Bool("push") {
+		for _, tag := range opts.Tags {
+			n, err := layers.NormalizeName(tag)
+			if err != nil {
+				return fmt.Errorf("--tag %s: %w", tag, err)
+			}
+			if !registry.LocalOnly(n) {
+				pushTo = append(pushTo, n)
+			}
+		}
+		if len(pushTo) == 0 {
+			return cli.Exit("--push needs a -t name with a registry (e.g. -t registry.example.com/app:1); localhost/... names stay local", 2)
+		}
+	} else if c.IsSet("digestfile") {
+		return cli.Exit("--digestfile needs --push", 2)
+	}
 	mode := c.String("progress")
 	var sink progress.Sink
 	if c.Bool("quiet") {
@@ -152,6 +173,27 @@ func runBuild(c *cli.Context) error {
 	if f := c.String("iidfile"); f != "" {
 		if err := os.WriteFile(f, []byte(res.ID.String()), 0o644); err != nil {
 			return fmt.Errorf("--iidfile: %w", err)
+		}
+	}
+	if len(pushTo) > 0 {
+		popts := registry.PushOptions{Insecure: opts.InsecureRegistries}
+		if c.IsSet("tls-verify") {
+			v := c.Bool("tls-verify")
+			popts.TLSVerify = &v
+		}
+		var pushed v1.Hash
+		for _, dest := range pushTo {
+			if pushed, err = registry.Push(c.Context, st, res.Digest.String(), dest, popts); err != nil {
+				return err
+			}
+			if !c.Bool("quiet") && mode != "json" {
+				fmt.Fprintf(os.Stderr, "pushed %s: %s\n", dest, pushed)
+			}
+		}
+		if f := c.String("digestfile"); f != "" {
+			if err := os.WriteFile(f, []byte(pushed.String()), 0o644); err != nil {
+				return fmt.Errorf("--digestfile: %w", err)
+			}
 		}
 	}
 	if c.Bool("quiet") {

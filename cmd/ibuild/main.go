@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			imagesCommand(),
 			inspectCommand(),
 			pullCommand(),
+			pushCommand(),
 			tagCommand(),
 			rmiCommand(),
 			pruneCommand(),

@@ -4,7 +4,9 @@
 // Pull stores a registry image (the manifest for one platform of an
 // index) in a layers.Store, verifying each blob while it streams in, under
 // a pull policy; InspectRemote reads manifests and configs without layers.
-// Push is not provided yet. The outputs are an OCI image layout as a
+// Push uploads a stored image or index to a registry: blobs as stored
+// (never recompressed) and before the manifest, optionally converted to OCI
+// or Docker media types. The outputs are an OCI image layout as a
 // directory or a tar archive, a `docker load` archive, and the final root
 // filesystem as a directory or a tar stream. Images and indexes arrive as
 // go-containerregistry v1.Image / v1.ImageIndex values, typically read

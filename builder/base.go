@@ -70,7 +70,7 @@ func (b *build) pull(ctx context.Context, ref string, platform v1.Platform) (v1.
 		p.desc, p.err = registry.Pull(ctx, b.opts.Store, ref, registry.PullOptions{
 			Platform: platform,
 			Policy:   b.opts.Pull,
-			Insecure: b.opts.InsecureRegistries,
+			Conn:     b.opts.registryConn(),
 			Progress: b.opts.pullProgress(),
 		})
 	})

@@ -73,6 +73,16 @@ type Options struct {
 	// InsecureRegistries are registry hosts (host[:port]) reached over
 	// plain HTTP; localhost and 127.0.0.1 always are.
 	InsecureRegistries []string
+	// Registry is how base images' registries are reached (credentials,
+	// TLS); InsecureRegistries is added to its Insecure list.
+	Registry registry.Conn
+}
+
+// registryConn is Registry with InsecureRegistries added.
+func (o *Options) registryConn() registry.Conn {
+	c := o.Registry
+	c.Insecure = append(append([]string(nil), c.Insecure...), o.InsecureRegistries...)
+	return c
 }
 
 // pullProgress reports pull steps to Progress as log events.

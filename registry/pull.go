@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"strings"
 
@@ -55,17 +54,11 @@ type PullOptions struct {
 	Platform v1.Platform
 	// Policy is PullAlways, PullMissing ("" means this) or PullNever.
 	Policy string
-	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
-	// (or HTTPS without verification). localhost and 127.0.0.1 always are.
-	Insecure []string
-	// TLSVerify, when false, skips TLS certificate verification for every
-	// registry; nil means verify.
-	TLSVerify *bool
+	// Conn is how the registry is reached: insecure hosts, TLS,
+	// credentials, transport.
+	Conn
 	// Progress receives one line per step; nil discards them.
 	Progress func(string)
-	// Transport is the HTTP transport; nil means http.DefaultTransport
-	// (adjusted by TLSVerify).
-	Transport http.RoundTripper
 }
 
 func (o PullOptions) progress(format string, args ...any) {
@@ -126,7 +119,7 @@ func CanonicalName(r name.Reference) string {
 
 // remoteOptions are the go-containerregistry options of Pull and Inspect.
 func (o PullOptions) remoteOptions(ctx context.Context) []remote.Option {
-	return remoteOptions(ctx, o.Transport, o.TLSVerify, pullJobs)
+	return o.Conn.remoteOptions(ctx, pullJobs)
 }
 
 // Pull stores the image ref names (for opts.Platform, when it is an index)

@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -26,12 +24,9 @@ const pushJobs = 3
 
 // PushOptions configure Push.
 type PushOptions struct {
-	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
-	// (or HTTPS without verification). localhost and 127.0.0.1 always are.
-	Insecure []string
-	// TLSVerify, when false, skips TLS certificate verification for every
-	// registry; nil means verify.
-	TLSVerify *bool
+	// Conn is how the registry is reached: insecure hosts, TLS,
+	// credentials, transport.
+	Conn
 	// Format is "oci" or "docker" to push the image (or index) with that
 	// format's media types, over the same blobs; "" pushes it as stored.
 	// A conversion changes the manifest digest.
@@ -40,9 +35,6 @@ type PushOptions struct {
 	Jobs int
 	// Progress receives one line per step; nil discards them.
 	Progress func(string)
-	// Transport is the HTTP transport; nil means http.DefaultTransport
-	// (adjusted by TLSVerify).
-	Transport http.RoundTripper
 }
 
 // LocalOnly reports whether a stored name has no registry: it was
@@ -98,7 +90,7 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 	if jobs <= 0 {
 		jobs = pushJobs
 	}
-	ropts := append(remoteOptions(ctx, opts.Transport, opts.TLSVerify, jobs),
+	ropts := append(opts.Conn.remoteOptions(ctx, jobs),
 		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 5}),
 		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable,
 			http.StatusGatewayTimeout, http.StatusTooManyRequests),
@@ -335,19 +327,11 @@ func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) 
 
 // remoteOptions are the go-containerregistry options shared by Pull,
 // Inspect and Push.
-func remoteOptions(ctx context.Context, tr http.RoundTripper, tlsVerify *bool, jobs int) []remote.Option {
-	if tr == nil {
-		tr = http.DefaultTransport
-		if tlsVerify != nil && !*tlsVerify {
-			t := http.DefaultTransport.(*http.Transport).Clone()
-			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
-			tr = t
-		}
-	}
+func (c Conn) remoteOptions(ctx context.Context, jobs int) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithTransport(tr),
+		remote.WithAuthFromKeychain(c.Auth.Keychain()),
+		remote.WithTransport(c.roundTripper()),
 		remote.WithJobs(jobs),
 	}
 }

@@ -47,6 +47,7 @@ func buildCommand() *cli.Command {
 			&cli.BoolFlag{Name: "push", Usage: "push the result to every -t name that has a registry (not localhost/...)"},
 			&cli.StringFlag{Name: "digestfile", Usage: "with --push, write the pushed manifest (or index) digest to this file"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates when pushing (--push)"},
+			authfileFlag, certDirFlag,
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
 			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: no namespace nor mount, a chroot into an unpacked root file system)"},
 		},
@@ -103,6 +104,8 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	opts.InsecureRegistries = c.StringSlice("insecure-registry")
+	opts.Registry = connOptions(c)
+	opts.Registry.Insecure, opts.Registry.TLSVerify = nil, nil
 	if opts.Network, err = builder.ParseNetwork(c.String("network")); err != nil {
 		return fmt.Errorf("--network: %w", err)
 	}
@@ -176,11 +179,7 @@ func runBuild(c *cli.Context) error {
 		}
 	}
 	if len(pushTo) > 0 {
-		popts := registry.PushOptions{Insecure: opts.InsecureRegistries}
-		if c.IsSet("tls-verify") {
-			v := c.Bool("tls-verify")
-			popts.TLSVerify = &v
-		}
+		popts := registry.PushOptions{Conn: connOptions(c)}
 		var pushed v1.Hash
 		for _, dest := range pushTo {
 			if pushed, err = registry.Push(c.Context, st, res.Digest.String(), dest, popts); err != nil {

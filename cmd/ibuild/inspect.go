@@ -26,7 +26,7 @@ func inspectCommand() *cli.Command {
 				return cli.Exit("inspect needs one image name or ID", 2)
 			}
 			if ref, ok := strings.CutPrefix(c.Args().First(), "docker://"); ok {
-				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Insecure: c.StringSlice("insecure-registry")})
+				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Conn: registry.Conn{Insecure: c.StringSlice("insecure-registry"), Auth: authConfig()}})
 				if err != nil {
 					return err
 				}

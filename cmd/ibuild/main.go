@@ -67,6 +67,8 @@ func newApp() *cli.App {
 			inspectCommand(),
 			pullCommand(),
 			pushCommand(),
+			loginCommand(),
+			logoutCommand(),
 			tagCommand(),
 			rmiCommand(),
 			pruneCommand(),

@@ -19,6 +19,7 @@ func pullCommand() *cli.Command {
 			&cli.StringFlag{Name: "platform", Usage: "platform to pull from an index: os/arch[/variant] (default: the host's)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates"},
+			authfileFlag, certDirFlag,
 			&cli.StringFlag{Name: "policy", Value: registry.PullAlways, Usage: "always (re-resolve in the registry), missing or never"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
 		},
@@ -38,11 +39,7 @@ func pullCommand() *cli.Command {
 			opts := registry.PullOptions{
 				Platform: platform,
 				Policy:   c.String("policy"),
-				Insecure: c.StringSlice("insecure-registry"),
-			}
-			if c.IsSet("tls-verify") {
-				v := c.Bool("tls-verify")
-				opts.TLSVerify = &v
+				Conn:     connOptions(c),
 			}
 			if !c.Bool("quiet") {
 				opts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }

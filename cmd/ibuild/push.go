@@ -19,6 +19,7 @@ func pushCommand() *cli.Command {
 			&cli.StringFlag{Name: "digestfile", Usage: "write the pushed manifest digest to this file"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates"},
+			authfileFlag, certDirFlag,
 			&cli.IntFlag{Name: "jobs", Value: 3, Usage: "blobs uploaded at once"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
 		},
@@ -51,12 +52,8 @@ func pushCommand() *cli.Command {
 // pushOptions reads the registry flags push and build --push share.
 func pushOptions(c *cli.Context) registry.PushOptions {
 	opts := registry.PushOptions{
-		Format:   c.String("format"),
-		Insecure: c.StringSlice("insecure-registry"),
-	}
-	if c.IsSet("tls-verify") {
-		v := c.Bool("tls-verify")
-		opts.TLSVerify = &v
+		Format: c.String("format"),
+		Conn:   connOptions(c),
 	}
 	if !c.Bool("quiet") {
 		opts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }

@@ -13,6 +13,7 @@ require (
 	github.com/ulikunitz/xz v0.5.17
 	github.com/urfave/cli/v2 v2.27.7
 	go.podman.io/storage v1.64.2
+	golang.org/x/crypto v0.58.0
 	golang.org/x/sync v0.23.0
 	golang.org/x/sys v0.49.0
 )

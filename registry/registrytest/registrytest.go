@@ -6,8 +6,16 @@ package registrytest
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +29,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/ibuild/ibuild/layers/layertest"
 )
 
@@ -30,12 +40,33 @@ type Registry struct {
 	Host string
 	// Log is the registry's log file.
 	Log string
+	// CACert is the PEM file of the CA that signed the server
+	// certificate (TLS mode only).
+	CACert string
+}
+
+// Config selects StartWith's optional modes.
+type Config struct {
+	// TLS serves HTTPS with a certificate for 127.0.0.1, localhost and
+	// TLSNames, signed by a fresh CA (Registry.CACert).
+	TLS bool
+	// TLSNames are extra DNS names in the server certificate.
+	TLSNames []string
+	// Users, when not empty, turns on htpasswd (bcrypt) authentication
+	// with these user: password pairs.
+	Users map[string]string
 }
 
 // Start runs docker-registry with its storage in a temporary directory,
 // waits (at most 15s) until /v2/ answers and stops it when the test ends.
 // A missing docker-registry skips the test, or fails it under CI=true.
 func Start(t testing.TB) *Registry {
+	t.Helper()
+	return StartWith(t, Config{})
+}
+
+// StartWith is Start with TLS and/or htpasswd authentication.
+func StartWith(t testing.TB, c Config) *Registry {
 	t.Helper()
 	bin := layertest.RequireTool(t, "docker-registry")
 	dir := t.TempDir()
@@ -47,6 +78,32 @@ func Start(t testing.TB) *Registry {
 	l.Close()
 	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n",
 		filepath.Join(dir, "data"), host)
+	client := http.DefaultClient
+	scheme := "http"
+	var caPath string
+	if c.TLS {
+		var pool *x509.CertPool
+		var certPath, keyPath string
+		caPath, certPath, keyPath, pool = makeCerts(t, dir, c.TLSNames)
+		cfg += fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", certPath, keyPath)
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		scheme = "https"
+	}
+	if len(c.Users) > 0 {
+		var hp strings.Builder
+		for u, p := range c.Users {
+			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&hp, "%s:%s\n", u, h)
+		}
+		hpPath := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(hpPath, []byte(hp.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: ibuild-test\n    path: %s\n", hpPath)
+	}
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -71,10 +128,10 @@ func Start(t testing.TB) *Registry {
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		resp, err := http.Get("http://" + host + "/v2/")
+		resp, err := client.Get(scheme + "://" + host + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || (len(c.Users) > 0 && resp.StatusCode == http.StatusUnauthorized) {
 				break
 			}
 		}
@@ -90,7 +147,50 @@ func Start(t testing.TB) *Registry {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return &Registry{Host: host, Log: logPath}
+	return &Registry{Host: host, Log: logPath, CACert: caPath}
+}
+
+// makeCerts writes a CA and a server certificate for 127.0.0.1,
+// localhost and names into dir.
+func makeCerts(t testing.TB, dir string, names []string) (caPath, certPath, keyPath string, pool *x509.CertPool) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ibuild test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	must(err)
+	ca, err := x509.ParseCertificate(caDER)
+	must(err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: append([]string{"localhost"}, names...),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	must(err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	must(err)
+	caPath, certPath, keyPath = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	must(os.WriteFile(caPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644))
+	must(os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	must(os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	pool = x509.NewCertPool()
+	pool.AddCert(ca)
+	return caPath, certPath, keyPath, pool
 }
 
 // Proxy is a reverse proxy in front of a registry.

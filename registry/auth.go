@@ -25,13 +25,15 @@ import (
 //
 // Lookup order, first match wins:
 //  1. the containers auth.json: AuthFile, else
-//     RuntimeDir/containers/auth.json;
+//     RuntimeDir/containers/auth.json, else (no RuntimeDir)
+//     Home/.config/containers/auth.json, where `ibuild login` writes then;
 //  2. the docker config.json in DockerConfigDir, else Home/.docker: its
 //     credHelpers entry for the registry, else its auths entry, else its
 //     credsStore helper.
 type AuthConfig struct {
 	// AuthFile is the containers auth.json ("" means
-	// RuntimeDir/containers/auth.json).
+	// RuntimeDir/containers/auth.json, or Home/.config/containers/auth.json
+	// without a RuntimeDir).
 	AuthFile string
 	// DockerConfigDir holds config.json ("" means Home/.docker).
 	DockerConfigDir string
@@ -55,6 +57,9 @@ func (a AuthConfig) containersAuthFile() string {
 	}
 	if a.RuntimeDir != "" {
 		return filepath.Join(a.RuntimeDir, "containers", "auth.json")
+	}
+	if a.Home != "" {
+		return filepath.Join(a.Home, ".config", "containers", "auth.json")
 	}
 	return ""
 }

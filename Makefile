@@ -40,9 +40,12 @@ fuzz:
 # for at least 20s each so the 1 GiB commits repeat. About 11 minutes on 2
 # cores. The RUN benchmark needs root and /bin/busybox, and compares with
 # buildah when it is installed (make test-deps; IBUILD_BENCH_BUILDAH_RUNS,
-# IBUILD_BENCH_BUILDAH_DRIVER). See docs/performance.md.
+# IBUILD_BENCH_BUILDAH_DRIVER). The registry push/pull benchmarks use a
+# 500 MB image (IBUILD_BENCH_PUSH_MB) and need docker-registry and skopeo.
+# See docs/performance.md.
 bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \
+	IBUILD_BENCH_PUSH_MB=$${IBUILD_BENCH_PUSH_MB:-500} \
 	$(GO) test $(GOFLAGS) -p 1 -count=1 -run '^$$' -bench . -benchtime 20s -benchmem -timeout 60m ./...
 
 lint:

@@ -11,5 +11,7 @@ func TestMain(m *testing.M) {
 	if reexec.Init() {
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	cleanupBenchImage()
+	os.Exit(code)
 }

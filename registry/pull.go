@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/containerd/platforms"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -236,17 +240,19 @@ func storeImage(ctx context.Context, store *layers.Store, img v1.Image, opts Pul
 			continue
 		}
 		g.Go(func() error {
-			rc, err := l.Compressed()
-			if err != nil {
-				return fmt.Errorf("layer %s: %w", d, err)
-			}
-			defer rc.Close()
-			_, n, err := store.Blobs().Put(gctx, rc, &d)
-			if err != nil {
-				return fmt.Errorf("layer %s: %w", d, err)
-			}
-			opts.progress("layer %s: %d bytes", d, n)
-			return nil
+			return retryBroken(gctx, func() error {
+				rc, err := l.Compressed()
+				if err != nil {
+					return fmt.Errorf("layer %s: %w", d, err)
+				}
+				defer rc.Close()
+				_, n, err := store.Blobs().Put(gctx, rc, &d)
+				if err != nil {
+					return fmt.Errorf("layer %s: %w", d, err)
+				}
+				opts.progress("layer %s: %d bytes", d, n)
+				return nil
+			})
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -256,8 +262,11 @@ func storeImage(ctx context.Context, store *layers.Store, img v1.Image, opts Pul
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("config: %w", err)
 	}
-	rawCfg, err := img.RawConfigFile()
-	if err != nil {
+	var rawCfg []byte
+	if err := retryBroken(ctx, func() (err error) {
+		rawCfg, err = img.RawConfigFile()
+		return err
+	}); err != nil {
 		return v1.Descriptor{}, fmt.Errorf("config %s: %w", cfgName, err)
 	}
 	if _, _, err := store.Blobs().Put(ctx, bytes.NewReader(rawCfg), &cfgName); err != nil {
@@ -283,6 +292,41 @@ func storeImage(ctx context.Context, store *layers.Store, img v1.Image, opts Pul
 		desc.Platform = cf.Platform()
 	}
 	return desc, nil
+}
+
+// pullAttempts bounds how often retryBroken tries.
+const pullAttempts = 5
+
+// retryBroken runs f until it succeeds, fails other than by a broken
+// connection (a body cut short, a reset, a closed connection) or has run
+// pullAttempts times, waiting 250ms, 500ms, 1s... between tries. The
+// transport already retries 5xx and 429 answers; this covers a
+// connection that breaks while a blob's body streams, which a whole new
+// request repairs.
+func retryBroken(ctx context.Context, f func() error) error {
+	wait := 250 * time.Millisecond
+	for i := 1; ; i++ {
+		err := f()
+		if err == nil || i >= pullAttempts || !brokenConn(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// brokenConn reports whether err is a connection that broke.
+func brokenConn(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne)
 }
 
 // localImage reports whether the store holds name, complete for platform

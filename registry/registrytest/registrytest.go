@@ -206,6 +206,10 @@ type Proxy struct {
 	failMax   int
 	blobReqs  int
 	failed    int
+	dropEvery int
+	dropMax   int
+	dropReqs  int
+	dropped   int
 }
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
@@ -257,7 +261,19 @@ func NewProxy(t testing.TB, target string) *Proxy {
 				p.failed++
 			}
 		}
+		drop := false
+		if (r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/")) || upload {
+			p.dropReqs++
+			drop = p.dropEvery > 0 && p.dropReqs%p.dropEvery == 0 && p.dropped < p.dropMax
+			if drop {
+				p.dropped++
+			}
+		}
 		p.mu.Unlock()
+		if drop && !fail {
+			dropConn(w, r, u)
+			return
+		}
 		if fail {
 			io.Copy(io.Discard, r.Body)
 			http.Error(w, "injected failure", http.StatusInternalServerError)
@@ -271,6 +287,57 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	t.Cleanup(srv.Close)
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
 	return p
+}
+
+// dropConn serves r by breaking its connection: a GET is forwarded to
+// target and half of the answer's body (at least one byte) is sent after
+// the full headers; of an upload, up to half of the body is read. Then
+// the connection is closed.
+func dropConn(w http.ResponseWriter, r *http.Request, target *url.URL) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "cannot hijack", http.StatusInternalServerError)
+		return
+	}
+	if r.Method == http.MethodGet {
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
+		resp, err := http.DefaultTransport.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.ContentLength < 2 {
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(resp.StatusCode)
+			io.Copy(w, resp.Body)
+			return
+		}
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(http.StatusOK)
+		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		w.(http.Flusher).Flush()
+	} else if r.Body != nil {
+		n := r.ContentLength / 2
+		if n <= 0 {
+			n = 32 << 10
+		}
+		io.CopyN(io.Discard, r.Body, n)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0) // reset, not a clean close
+	}
+	conn.Close()
 }
 
 type countingBody struct {
@@ -306,6 +373,19 @@ func (p *Proxy) FailEvery(n, max int) int {
 	failed := p.failed
 	p.failEvery, p.failMax, p.blobReqs, p.failed = n, max, 0, 0
 	return failed
+}
+
+// DropEvery makes the proxy break the connection of every nth blob GET
+// (after sending half of the blob) and blob upload PATCH or PUT (after
+// reading up to half of its body), until max connections were dropped;
+// n = 0 stops it. It returns how many connections were dropped since the
+// previous call.
+func (p *Proxy) DropEvery(n, max int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	dropped := p.dropped
+	p.dropEvery, p.dropMax, p.dropReqs, p.dropped = n, max, 0, 0
+	return dropped
 }
 
 // Corrupt makes the proxy flip a byte of blob digest ("sha256:...") in

@@ -1,14 +1,11 @@
 package registry_test
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/layers/layertest"
@@ -49,61 +46,10 @@ func TestPodmanPullsPushedImage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Podman refuses a --runroot longer than 50 characters, which
-	// t.TempDir() names can exceed.
-	state, err := os.MkdirTemp("", "ibuild-podman-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	global := []string{
-		"--root", filepath.Join(state, "root"), "--runroot", filepath.Join(state, "runroot"),
-		"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-	}
-	podman := func(args ...string) string {
-		t.Helper()
-		args = append(append([]string{}, global...), args...)
-		cmd := podmanCmd(t, args)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-			}
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("podman %s did not finish within 2 minutes\n%s", strings.Join(args, " "), stderr.String())
-		}
-		return stdout.String()
-	}
+	podman := registrytest.Podman(t)
 	podman("pull", "--tls-verify=false", ref)
-	got := podman("run", "--rm", "--runtime", "crun", "--network", "none", "--cgroups", "disabled",
-		// Podman raises these limits to values the test environment may
-		// not allow (EPERM from setrlimit).
-		"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-		ref)
+	got := podman(registrytest.PodmanRun(ref)...)
 	if strings.TrimSpace(got) != "pulled-by-podman" {
 		t.Fatalf("podman run printed %q, want %q", got, "pulled-by-podman")
 	}
-}
-
-// podmanCmd is `podman args...`, run in a private mount namespace that
-// hides /sys/fs/cgroup/unified when crun would refuse the host's hybrid
-// cgroups (a copy of cmd/ibuild's podmanCommand).
-func podmanCmd(t *testing.T, args []string) *exec.Cmd {
-	t.Helper()
-	ctrls, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
-	if err != nil || len(bytes.TrimSpace(ctrls)) == 0 {
-		return exec.Command("podman", args...)
-	}
-	layertest.RequireTool(t, "unshare")
-	script := `mount --make-rprivate / && mount -t tmpfs -o ro,size=4k ibuild-test /sys/fs/cgroup/unified && exec podman "$@"`
-	return exec.Command("unshare", append([]string{"--mount", "sh", "-c", script, "podman"}, args...)...)
 }

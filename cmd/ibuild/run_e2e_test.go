@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ibuild/ibuild/layers/layertest"
+	"github.com/ibuild/ibuild/registry/registrytest"
 )
 
 // requireRoot skips the test (fails it under CI, which runs as root) when
@@ -76,60 +77,13 @@ func TestPodmanRunsBuiltImage(t *testing.T) {
 
 	for _, transport := range []string{"oci-archive", "docker-archive"} {
 		t.Run(transport, func(t *testing.T) {
-			// Podman refuses a --runroot longer than 50 characters,
-			// which t.TempDir() names can exceed.
-			state, err := os.MkdirTemp("", "ibuild-podman-")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(state) })
-			args := []string{
-				"--root", filepath.Join(state, "root"), "--runroot", filepath.Join(state, "runroot"),
-				"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-				"run", "--rm", "--runtime", "crun", "--network", "none", "--cgroups", "disabled",
-				// Podman raises these limits to values the test
-				// environment may not allow (EPERM from setrlimit).
-				"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-				transport + ":" + archives[transport],
-			}
-			cmd := podmanCommand(t, args)
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			done := make(chan error, 1)
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-				}
-			case <-time.After(2 * time.Minute):
-				cmd.Process.Kill()
-				<-done
-				t.Fatalf("podman did not finish within 2 minutes\n%s", stderr.String())
-			}
-			if got := strings.TrimSpace(stdout.String()); got != "built-by-ibuild" {
-				t.Fatalf("podman run printed %q, want %q\nstderr:\n%s", got, "built-by-ibuild", stderr.String())
+			podman := registrytest.Podman(t)
+			got := strings.TrimSpace(podman(registrytest.PodmanRun(transport + ":" + archives[transport])...))
+			if got != "built-by-ibuild" {
+				t.Fatalf("podman run printed %q, want %q", got, "built-by-ibuild")
 			}
 		})
 	}
-}
-
-// podmanCommand is `podman args...`, run in a private mount namespace that
-// hides /sys/fs/cgroup/unified when crun would refuse the host's hybrid
-// cgroups.
-func podmanCommand(t *testing.T, args []string) *exec.Cmd {
-	t.Helper()
-	ctrls, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
-	if err != nil || len(bytes.TrimSpace(ctrls)) == 0 {
-		return exec.Command("podman", args...)
-	}
-	layertest.RequireTool(t, "unshare")
-	t.Logf("hybrid cgroups with cgroup2 controllers %q: hiding /sys/fs/cgroup/unified from crun", bytes.TrimSpace(ctrls))
-	script := `mount --make-rprivate / && mount -t tmpfs -o ro,size=4k ibuild-test /sys/fs/cgroup/unified && exec podman "$@"`
-	return exec.Command("unshare", append([]string{"--mount", "sh", "-c", script, "podman"}, args...)...)
 }
 
 // TestKilledRunLeavesNoMountsOrProcesses stops builds in the middle of a

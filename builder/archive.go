@@ -164,12 +164,33 @@ type fetched struct {
 	name     string
 	modTime  time.Time
 	checksum string
+	// etag and lastModified are the server's validators; notModified is
+	// set when a conditional request found the content unchanged.
+	etag, lastModified string
+	notModified        bool
 }
 
 // fetchURL downloads rawURL into dir, verifying checksum ("sha256:<hex>")
 // when given. The file name is taken from Content-Disposition when present,
 // else from the URL's last path element, as docker does.
 func fetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir string) (*fetched, error) {
+	return fetchURLIf(ctx, client, rawURL, checksum, dir, nil)
+}
+
+// urlValidators are what a server said about a URL's content last time:
+// its validators (ETag, Last-Modified) and what the content was.
+type urlValidators struct {
+	ETag         string `json:"etag,omitempty"`
+	LastModified string `json:"last_modified,omitempty"`
+	Digest       string `json:"digest"`
+	Name         string `json:"name"`
+	ModTime      int64  `json:"mtime"`
+}
+
+// fetchURLIf is fetchURL with a conditional request when prev has
+// validators: a 304 answer gives a fetched with notModified set and no
+// file.
+func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir string, prev *urlValidators) (*fetched, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid URL %q: %w", rawURL, err)
@@ -177,6 +198,14 @@ func fetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir st
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return nil, err
+	}
+	if prev != nil {
+		if prev.ETag != "" {
+			req.Header.Set("If-None-Match", prev.ETag)
+		}
+		if prev.LastModified != "" {
+			req.Header.Set("If-Modified-Since", prev.LastModified)
+		}
 	}
 	if client == nil {
 		client = http.DefaultClient
@@ -186,6 +215,9 @@ func fetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir st
 		return nil, fmt.Errorf("download %s: %w", redactURL(u), err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified && prev != nil {
+		return &fetched{notModified: true, etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}, nil
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, fmt.Errorf("download %s: server answered %s", redactURL(u), resp.Status)
 	}
@@ -207,7 +239,8 @@ func fetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir st
 		os.Remove(f.Name())
 		return nil, fmt.Errorf("checksum mismatch for %s: want %s, got %s", redactURL(u), checksum, sum)
 	}
-	out := &fetched{path: f.Name(), checksum: sum, modTime: time.Now()}
+	out := &fetched{path: f.Name(), checksum: sum, modTime: time.Now(),
+		etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
 	if lm := resp.Header.Get("Last-Modified"); lm != "" {
 		if t, err := http.ParseTime(lm); err == nil {
 			out.modTime = t

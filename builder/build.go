@@ -76,6 +76,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	cache, err := newCacheSession(&opts, cfs.root)
+	if err != nil {
+		return nil, err
+	}
 	platforms := opts.Platforms
 	if len(platforms) == 0 {
 		platforms = []v1.Platform{HostPlatform()}
@@ -95,6 +99,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 
 	images := make([]v1.Image, len(platforms))
+	finals := make([]*stageRun, len(platforms))
 	errs := make([]error, len(platforms))
 	var wg sync.WaitGroup
 	for i, p := range platforms {
@@ -106,10 +111,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				errs[i] = err
 				return
 			}
-			images[i], errs[i] = b.run(ctx)
+			b.cache = cache
+			finals[i], errs[i] = b.run(ctx)
+			if errs[i] == nil {
+				images[i] = finals[i].result
+			}
 		}(i, p)
 	}
 	wg.Wait()
+	if err := cache.close(); err != nil {
+		warn("build cache: saving the context index: " + err.Error())
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -146,6 +158,18 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
 		return nil, err
+	}
+	if len(opts.CacheTo) > 0 {
+		isFinal := map[*stageRun]bool{}
+		for _, f := range finals {
+			isFinal[f] = true
+		}
+		entries := cache.exportEntries(isFinal)
+		for _, exp := range opts.CacheTo {
+			if err := exp.ExportCache(ctx, entries); err != nil {
+				return nil, fmt.Errorf("--cache-to: %w", err)
+			}
+		}
 	}
 	res.Warnings = warnings
 	return res, nil
@@ -195,6 +219,7 @@ type build struct {
 	usedArgs map[string]bool
 	images   map[string]*imageSource
 	pulls    map[string]*pulled
+	cache    *cacheSession
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
@@ -354,8 +379,8 @@ func stageRefsOf(cmd instructions.Command) []string {
 	return nil
 }
 
-// run builds the target stage and what it needs.
-func (b *build) run(ctx context.Context) (v1.Image, error) {
+// run builds the target stage and what it needs, and returns the target.
+func (b *build) run(ctx context.Context) (*stageRun, error) {
 	target := len(b.stages) - 1
 	if b.opts.Target != "" {
 		i, ok := b.byName[strings.ToLower(b.opts.Target)]
@@ -393,7 +418,7 @@ func (b *build) run(ctx context.Context) (v1.Image, error) {
 		return nil, err
 	}
 	b.reportUnusedArgs()
-	return b.stages[target].result, nil
+	return b.stages[target], nil
 }
 
 // reportUnusedArgs warns about --build-arg values no ARG consumed, as

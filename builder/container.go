@@ -2,6 +2,8 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,6 +25,8 @@ type Container struct {
 	layers   []v1.Layer
 	config   v1.ConfigFile
 	opts     containerOptions
+	// lastLayer is the layer the current step added, for its cache record.
+	lastLayer *layers.Descriptor
 	// rootfs caches the merged view of layers and dirs the snapshot
 	// directories it is made of; both nil after a change.
 	rootfs *layers.RootFS
@@ -51,6 +55,7 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 			OS:           platform.OS,
 			Variant:      platform.Variant,
 			RootFS:       v1.RootFS{Type: "layers"},
+			Created:      v1.Time{Time: opts.created},
 		}
 		return c, nil
 	}
@@ -72,6 +77,7 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 	c.config.DockerVersion = ""
 	c.config.Config.Image = ""
 	c.config.Config.Hostname = ""
+	c.config.Created = v1.Time{Time: opts.created}
 	return c, nil
 }
 
@@ -84,6 +90,7 @@ func (c *Container) Platform() v1.Platform { return c.platform }
 
 // addHistory records a step that made no layer.
 func (c *Container) addHistory(createdBy string) {
+	c.config.Created = v1.Time{Time: c.opts.created}
 	c.config.History = append(c.config.History, v1.History{
 		Created:    v1.Time{Time: c.opts.created},
 		CreatedBy:  createdBy,
@@ -100,6 +107,8 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
 	}
 	c.layers = append(c.layers, c.store.Blobs().Layer(desc))
+	c.lastLayer = &desc
+	c.config.Created = v1.Time{Time: c.opts.created}
 	c.config.RootFS.DiffIDs = append(c.config.RootFS.DiffIDs, desc.DiffID)
 	c.config.History = append(c.config.History, v1.History{
 		Created:   v1.Time{Time: c.opts.created},
@@ -109,12 +118,56 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 	return desc, nil
 }
 
-// Image assembles the container's current state as an image.
+// Image assembles the container's current state as an image. Its
+// creation time is that of its last step (which, for steps taken from the
+// build cache, is when they first ran: a fully cached build reproduces
+// the image ID of the build that filled the cache, as docker's does).
 func (c *Container) Image() (v1.Image, error) {
 	cfg := c.config.DeepCopy()
-	cfg.Created = v1.Time{Time: c.opts.created}
 	cfg.RootFS.DiffIDs = append([]v1.Hash(nil), c.config.RootFS.DiffIDs...)
 	return assemble(cfg, append([]v1.Layer(nil), c.layers...), c.opts.format, nil)
+}
+
+// cacheRecord is the cache record of the step that just ran: the config
+// now, and the layer it added.
+func (c *Container) cacheRecord() (*layers.CacheRecord, v1.Layer, error) {
+	b, err := json.Marshal(&c.config)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cache record: %w", err)
+	}
+	rec := &layers.CacheRecord{Config: b}
+	var l v1.Layer
+	if c.lastLayer != nil {
+		d := *c.lastLayer
+		rec.Layer = &d
+		l = c.layers[len(c.layers)-1]
+	}
+	return rec, l, nil
+}
+
+// applyCached takes a step's result from the cache: the recorded config
+// and layer. A record whose layers do not continue this container's is
+// refused.
+func (c *Container) applyCached(rec *layers.CacheRecord, layer v1.Layer) error {
+	var cfg v1.ConfigFile
+	if err := json.Unmarshal(rec.Config, &cfg); err != nil {
+		return fmt.Errorf("cache record: %w", err)
+	}
+	have := c.config.RootFS.DiffIDs
+	want := len(have)
+	if rec.Layer != nil {
+		want++
+	}
+	if len(cfg.RootFS.DiffIDs) != want || !slices.Equal(cfg.RootFS.DiffIDs[:len(have)], have) ||
+		(rec.Layer != nil && cfg.RootFS.DiffIDs[len(have)] != rec.Layer.DiffID) {
+		return errors.New("cache record does not continue this image")
+	}
+	c.config = cfg
+	if layer != nil {
+		c.layers = append(c.layers, layer)
+		c.rootfs, c.dirs = nil, nil
+	}
+	return nil
 }
 
 // RootFS is a read-only merged view of the container's layers, extracted

@@ -7,18 +7,10 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
 
-// dispatch expands one instruction and runs its implementation. This is
-// the only place that maps instruction types to code; each instruction
-// lives in its own instr_*.go file.
+// dispatch runs one expanded instruction (see prepare). This is the only
+// place that maps instruction types to code; each instruction lives in its
+// own instr_*.go file.
 func (s *stageRun) dispatch(ctx context.Context, cmd instructions.Command) error {
-	if oc, ok := cmd.(onbuildCommand); ok {
-		cmd = oc.Command
-	}
-	if !expandsItself(cmd) {
-		if err := s.expand(cmd); err != nil {
-			return err
-		}
-	}
 	switch c := cmd.(type) {
 	case *instructions.EnvCommand:
 		return s.envCmd(c)
@@ -69,4 +61,26 @@ func expandsItself(cmd instructions.Command) bool {
 		return true
 	}
 	return false
+}
+
+// prepare expands an instruction's words in place, unless it expands
+// itself as it runs. RUN's flags (--mount) are expanded here too; RUN
+// expanding them again is harmless, as they are re-read from the flag
+// text.
+func (s *stageRun) prepare(cmd instructions.Command) error {
+	if _, ok := cmd.(*instructions.RunCommand); ok || !expandsItself(cmd) {
+		return s.expand(cmd)
+	}
+	return nil
+}
+
+// configOnly reports whether an instruction only edits the image config
+// (or the stage's own state), so it needs no file system and is cheap to
+// run even when its result is cached.
+func configOnly(cmd instructions.Command) bool {
+	switch cmd.(type) {
+	case *instructions.RunCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.WorkdirCommand:
+		return false
+	}
+	return true
 }

@@ -49,9 +49,11 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	defer os.RemoveAll(dir)
 	dl := &downloadFS{files: map[string]string{}}
 	for _, u := range urls {
-		f, err := fetchURL(ctx, s.b.opts.HTTPClient, u, c.Checksum, dir)
-		if err != nil {
-			return err
+		f := s.prefetched[u]
+		if f == nil {
+			if f, err = fetchURL(ctx, s.b.opts.HTTPClient, u, c.Checksum, dir); err != nil {
+				return err
+			}
 		}
 		if err := os.Chmod(f.path, 0o600); err != nil {
 			return err

@@ -37,8 +37,18 @@ type Options struct {
 	Labels map[string]string
 	// Jobs bounds how many stages build at once; 0 means the CPU count.
 	Jobs int
-	// NoCache disables the build cache.
+	// NoCache makes every step run: the build cache is not read (it is
+	// still written).
 	NoCache bool
+	// NoCacheFilter names stages (by name or index) whose steps always
+	// run (--no-cache-filter).
+	NoCacheFilter []string
+	// CacheFrom are caches to take steps from besides the store's own
+	// (--cache-from), in order.
+	CacheFrom []CacheSource
+	// CacheTo receive the cache records of the build when it succeeded
+	// (--cache-to).
+	CacheTo []CacheExporter
 	// Format of manifests and configs; "" means OCI.
 	Format Format
 	// Compression and CompressionLevel of new layers.

@@ -38,6 +38,16 @@ type stageRun struct {
 	// layerSize is set by a step that made a layer, for progress.
 	layerSize int64
 
+	// key is the cache key of the last step (of FROM at first); empty
+	// when the stage is not cached from there on.
+	key v1.Hash
+	// fromReason says why the stage's start differs from its last build.
+	fromReason string
+	// stepTmp and prefetched hold ADD URL downloads made while computing
+	// the current step's key, for the step to use.
+	stepTmp    string
+	prefetched map[string]*fetched
+
 	result     v1.Image
 	rootfsOnce sync.Once
 	rootfs     *layers.RootFS
@@ -85,6 +95,7 @@ func (s *stageRun) build(ctx context.Context) error {
 	}
 	s.c = c
 	defer c.removeUnpacked()
+	s.startKey(base)
 
 	cmds, err := s.onbuildTriggers()
 	if err != nil {
@@ -164,7 +175,7 @@ func (s *stageRun) runStep(ctx context.Context, cmd instructions.Command) error 
 	loc := s.location(cmd)
 	s.layerSize = 0
 	s.emit(progress.Event{Kind: progress.StepStart, Instruction: text, Location: loc})
-	err := s.dispatch(ctx, cmd)
+	cached, reason, err := s.cachedStep(ctx, cmd)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return err
@@ -176,7 +187,8 @@ func (s *stageRun) runStep(ctx context.Context, cmd instructions.Command) error 
 		s.emit(progress.Event{Kind: progress.StepError, Instruction: text, Location: loc, Duration: time.Since(start), Error: err.Error()})
 		return err
 	}
-	s.emit(progress.Event{Kind: progress.StepDone, Instruction: text, Location: loc, Duration: time.Since(start), LayerSize: s.layerSize})
+	s.emit(progress.Event{Kind: progress.StepDone, Instruction: text, Location: loc, Duration: time.Since(start),
+		LayerSize: s.layerSize, Cached: cached, MissReason: reason})
 	return nil
 }
 

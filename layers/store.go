@@ -41,6 +41,8 @@ const PruneGrace = 10 * time.Minute
 //	snapshots/<hex>.lock        per-snapshot lock; its mtime is the last use
 //	storage/, storage-run/      containers/storage roots (overlay or vfs Snapshots)
 //	roots/<name>.json           extra garbage-collection roots (SetRoot)
+//	cache/records/<key>.json    build cache records; their layers are roots (CacheGet)
+//	cache/<name>/               other cache data (context indexes, step histories)
 //	tmp/                        temporary files and directories
 //	store.lock, index.lock      flock(2) files
 //
@@ -518,6 +520,13 @@ func (s *Store) reachable() (*marks, error) {
 		if err := s.mark(m, v1.Descriptor{Digest: h, MediaType: s.sniffMediaType(h)}); err != nil {
 			return nil, err
 		}
+	}
+	cached, err := s.cacheLayers()
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range cached {
+		m.blobs[h] = true
 	}
 	return m, nil
 }

@@ -1,0 +1,206 @@
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ibuild/ibuild/builder/ctxhash"
+	"github.com/ibuild/ibuild/layers"
+)
+
+// cacheSession is the build cache as one Build call sees it: the store's
+// records, the imported (--cache-from) caches, the build context's digest
+// index, and the steps of this build that --cache-to exports. Every
+// platform's build of the Build call shares it, so a step whose key two
+// platforms compute at once (a stage on $BUILDPLATFORM) runs once and the
+// other platform takes the result.
+type cacheSession struct {
+	store *layers.Store
+	// lookup is false with NoCache: steps run and records are written, but
+	// none is reused.
+	lookup bool
+	// skipStages are stage names and indexes (--no-cache-filter) whose
+	// steps are not looked up.
+	skipStages map[string]bool
+	imported   []CacheSource
+
+	idx     *ctxhash.Index
+	idxPath string
+
+	mu      sync.Mutex
+	flights map[v1.Hash]chan struct{}
+	entries []CacheEntry
+	seen    map[v1.Hash]bool
+}
+
+// CacheSource is a cache imported with --cache-from: it answers a step's
+// key with a record and the layer the record names, which may be fetched
+// lazily (a registry's blob is downloaded only when its bytes are read).
+type CacheSource interface {
+	// Lookup returns the record of key, if the source has one.
+	Lookup(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool)
+}
+
+// CacheExporter receives the cache records of a successful build: every
+// step it ran or took from a cache, in order (--cache-to).
+type CacheExporter interface {
+	ExportCache(ctx context.Context, entries []CacheEntry) error
+}
+
+// CacheEntry is one step's cache record as this build used or made it, for
+// exporting the cache (--cache-to).
+type CacheEntry struct {
+	Key    v1.Hash
+	Record *layers.CacheRecord
+	// Layer is the record's layer (nil for a step that made none).
+	Layer v1.Layer
+	// Final is set for steps of the stage that produced the result (what
+	// mode=min exports).
+	Final bool
+	stage *stageRun
+}
+
+func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
+	cs := &cacheSession{
+		store:      opts.Store,
+		lookup:     !opts.NoCache,
+		skipStages: map[string]bool{},
+		imported:   opts.CacheFrom,
+		flights:    map[v1.Hash]chan struct{}{},
+		seen:       map[v1.Hash]bool{},
+	}
+	for _, s := range opts.NoCacheFilter {
+		cs.skipStages[strings.ToLower(s)] = true
+	}
+	dir, err := opts.Store.CacheDir("context")
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(ctxDir))
+	cs.idxPath = filepath.Join(dir, hex.EncodeToString(sum[:16]))
+	cs.idx = ctxhash.Load(cs.idxPath)
+	cs.idx.Jobs = opts.Jobs
+	return cs, nil
+}
+
+// close saves the context digest index.
+func (cs *cacheSession) close() error {
+	return cs.idx.Save(cs.idxPath, cs.store.WriteFileAtomic)
+}
+
+// acquire waits until no other build of this session is working on key,
+// then claims it until release is called.
+func (cs *cacheSession) acquire(ctx context.Context, key v1.Hash) (release func(), err error) {
+	for {
+		cs.mu.Lock()
+		ch, busy := cs.flights[key]
+		if !busy {
+			ch = make(chan struct{})
+			cs.flights[key] = ch
+			cs.mu.Unlock()
+			return func() {
+				cs.mu.Lock()
+				delete(cs.flights, key)
+				cs.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		cs.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// get finds key's record locally, then in the imported caches.
+func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, error) {
+	rec, ok, err := cs.store.CacheGet(key)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if ok {
+		var l v1.Layer
+		if rec.Layer != nil {
+			l = cs.store.Blobs().Layer(*rec.Layer)
+		}
+		return rec, l, true, nil
+	}
+	for _, src := range cs.imported {
+		if rec, l, ok := src.Lookup(key); ok {
+			if (rec.Layer == nil) != (l == nil) {
+				continue
+			}
+			return rec, l, true, nil
+		}
+	}
+	return nil, nil, false, nil
+}
+
+// record notes a step of this build for export.
+func (cs *cacheSession) record(e CacheEntry) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.seen[e.Key] {
+		return
+	}
+	cs.seen[e.Key] = true
+	cs.entries = append(cs.entries, e)
+}
+
+// exportEntries lists the steps of this build, marking those of the
+// stages that produced the results as Final.
+func (cs *cacheSession) exportEntries(finals map[*stageRun]bool) []CacheEntry {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	out := make([]CacheEntry, len(cs.entries))
+	for i, e := range cs.entries {
+		e.Final = finals[e.stage]
+		out[i] = e
+	}
+	return out
+}
+
+// keyBuilder accumulates the inputs of a cache key. Each input is named,
+// so a miss can say which one changed (see stepInputs).
+type keyBuilder struct {
+	inputs map[string]string
+}
+
+func newKey() *keyBuilder { return &keyBuilder{inputs: map[string]string{}} }
+
+func (k *keyBuilder) add(name, value string) { k.inputs[name] = value }
+
+func (k *keyBuilder) addJSON(name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("cache key: %w", err)
+	}
+	k.inputs[name] = string(b)
+	return nil
+}
+
+// sum is the key: SHA-256 over the sorted, length-prefixed inputs.
+func (k *keyBuilder) sum() v1.Hash {
+	names := make([]string, 0, len(k.inputs))
+	for n := range k.inputs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	fmt.Fprintf(h, "ibuild-cache-v1\n")
+	for _, n := range names {
+		fmt.Fprintf(h, "%d:%s=%d:%s\n", len(n), n, len(k.inputs[n]), k.inputs[n])
+	}
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
+}

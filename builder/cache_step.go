@@ -1,0 +1,144 @@
+package builder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+)
+
+// startKey sets the stage's first cache key from its base, and works out
+// why it differs from the last build's, for the first step's miss reason.
+func (s *stageRun) startKey(base v1.Image) {
+	s.key = v1.Hash{}
+	if s.b.cache == nil {
+		return
+	}
+	k, err := s.fromKey(base)
+	if err != nil {
+		return
+	}
+	s.key = k.sum()
+	s.step = 1
+	defer func() { s.step = 1 }()
+	p, err := s.historyPath()
+	if err != nil {
+		return
+	}
+	cur := digestInputs(k)
+	var old stepHistory
+	if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &old) == nil {
+		desc := k.inputs["base"]
+		s.fromReason = fromMissReason(old.Inputs, cur, strings.TrimPrefix(desc, "image "))
+	}
+	_ = s.saveHistory(k)
+}
+
+// useCache reports whether this stage's steps may be taken from the cache.
+func (s *stageRun) useCache() bool {
+	cs := s.b.cache
+	if !cs.lookup {
+		return false
+	}
+	return !cs.skipStages[strings.ToLower(s.name)] && !cs.skipStages[strings.ToLower(s.st.Name)] &&
+		!cs.skipStages[strconv.Itoa(s.index)]
+}
+
+// cachedStep runs one instruction through the cache: it computes the
+// step's key and, on a hit, applies the recorded result without running
+// anything (config-only steps are run anyway, for their effect on the
+// stage, then take the recorded config); on a miss it runs the step,
+// records the result and says why it missed.
+func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (cached bool, reason string, err error) {
+	if oc, ok := cmd.(onbuildCommand); ok {
+		cmd = oc.Command
+	}
+	if err := s.prepare(cmd); err != nil {
+		return false, "", err
+	}
+	defer s.clearStepTmp()
+	s.c.lastLayer = nil
+	cs := s.b.cache
+	if _, isArg := cmd.(*instructions.ArgCommand); isArg || cs == nil || s.key.Hex == "" {
+		// ARG changes no image: the steps that read it key its value.
+		return false, "", s.dispatch(ctx, cmd)
+	}
+	k, kerr := s.stepKey(ctx, cmd)
+	if kerr != nil {
+		if errors.Is(kerr, context.Canceled) {
+			return false, "", kerr
+		}
+		// The step reports the problem itself (a missing source, an
+		// unreachable URL); without a key the rest of the stage runs
+		// uncached.
+		s.key = v1.Hash{}
+		return false, "", s.dispatch(ctx, cmd)
+	}
+	key := k.sum()
+	lookup := s.useCache()
+	if lookup {
+		release, err := cs.acquire(ctx, key)
+		if err != nil {
+			return false, "", err
+		}
+		defer release()
+		rec, layer, ok, err := cs.get(key)
+		if err != nil {
+			return false, "", err
+		}
+		if ok {
+			if configOnly(cmd) {
+				if err := s.dispatch(ctx, cmd); err != nil {
+					return false, "", err
+				}
+			}
+			if err := s.c.applyCached(rec, layer); err == nil {
+				s.key = key
+				cs.record(CacheEntry{Key: key, Record: rec, Layer: layer, stage: s})
+				return true, "", nil
+			}
+			// A record that does not fit this chain is ignored. A config-only
+			// step already ran, and its result stands.
+			if configOnly(cmd) {
+				return s.finishMiss(ctx, k, key, "the cache record did not match the image; rebuilt")
+			}
+		}
+		reason = s.missReason(k)
+	} else if !cs.lookup {
+		reason = "--no-cache"
+	} else {
+		reason = "--no-cache-filter " + s.name
+	}
+	if err := s.dispatch(ctx, cmd); err != nil {
+		return false, "", err
+	}
+	return s.finishMiss(ctx, k, key, reason)
+}
+
+// finishMiss records the result of a step that ran.
+func (s *stageRun) finishMiss(ctx context.Context, k *keyBuilder, key v1.Hash, reason string) (bool, string, error) {
+	cs := s.b.cache
+	rec, layer, err := s.c.cacheRecord()
+	if err != nil {
+		return false, "", err
+	}
+	if err := cs.store.CachePut(ctx, key, rec); err != nil {
+		s.b.warn("build cache: " + err.Error())
+	}
+	_ = s.saveHistory(k)
+	cs.record(CacheEntry{Key: key, Record: rec, Layer: layer, stage: s})
+	s.key = key
+	return false, reason, nil
+}
+
+func (s *stageRun) clearStepTmp() {
+	if s.stepTmp != "" {
+		os.RemoveAll(s.stepTmp)
+	}
+	s.stepTmp, s.prefetched = "", nil
+}

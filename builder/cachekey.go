@@ -1,0 +1,557 @@
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/patternmatcher"
+
+	"github.com/ibuild/ibuild/builder/ctxhash"
+)
+
+// fromKey is the key a stage's chain starts from: the base (image digest,
+// scratch, or the key of the stage it is built on), the platform, and the
+// build options that shape every layer (compression, format,
+// SOURCE_DATE_EPOCH). A stage on another stage is marked as a new stage,
+// since per-stage state (whether CMD was set) starts over.
+func (s *stageRun) fromKey(base v1.Image) (*keyBuilder, error) {
+	b := s.b
+	k := newKey()
+	switch {
+	case s.baseStage >= 0:
+		dep := b.stages[s.baseStage]
+		if dep.key.Hex == "" {
+			return nil, errors.New("base stage was not cached")
+		}
+		k.add("base", "stage "+dep.key.String())
+	case base == nil:
+		k.add("base", "scratch")
+	default:
+		d, err := base.Digest()
+		if err != nil {
+			return nil, err
+		}
+		k.add("base", "image "+d.String())
+	}
+	k.add("platform", s.platform.OS+"/"+s.platform.Architecture+"/"+s.platform.Variant)
+	epoch := "none"
+	if e := b.opts.SourceDateEpoch; e != nil {
+		epoch = fmt.Sprint(e.Unix())
+	}
+	k.add("options", fmt.Sprintf("compression=%s level=%d format=%s epoch=%s",
+		b.opts.Compression, b.opts.CompressionLevel, b.opts.Format, epoch))
+	return k, nil
+}
+
+// stepKey collects the inputs of an expanded instruction's cache key: the
+// parent's key, the instruction with its flags, and what the instruction
+// reads besides the image: build args in scope (RUN, which sees them in
+// its environment, and EXPOSE, which expands them), the files COPY and ADD
+// copy and RUN --mount=type=bind binds, the output of --from stages
+// (their layers' diffIDs) and images (digests), and downloaded URLs.
+// Secret contents, mtimes of context files and unused build args are not
+// inputs.
+func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyBuilder, error) {
+	k := newKey()
+	k.add("parent", s.key.String())
+	if err := k.addJSON("instruction", struct {
+		Name string
+		Cmd  instructions.Command
+	}{cmd.Name(), cmd}); err != nil {
+		return nil, err
+	}
+	switch c := cmd.(type) {
+	case *instructions.RunCommand:
+		s.argInputs(k)
+		mounts := instructions.GetMounts(c)
+		if err := k.addJSON("run-flags", struct {
+			Mounts   []*instructions.Mount
+			Network  string
+			Security string
+		}{mounts, instructions.GetNetwork(c), instructions.GetSecurity(c)}); err != nil {
+			return nil, err
+		}
+		for i, m := range mounts {
+			if m.Type != instructions.MountTypeBind {
+				continue
+			}
+			prefix := fmt.Sprintf("mount%d:", i)
+			if m.From != "" {
+				id, err := s.fromIdentity(ctx, m.From)
+				if err != nil {
+					return nil, err
+				}
+				k.add(prefix+"from", id)
+				continue
+			}
+			if err := s.sourceInputs(ctx, k, prefix, s.b.ctx, []string{m.Source}, false, nil); err != nil {
+				return nil, err
+			}
+		}
+	case *instructions.ExposeCommand:
+		s.argInputs(k)
+	case *instructions.CopyCommand:
+		exclude, err := excludeMatcher(c.ExcludePatterns)
+		if err != nil {
+			return nil, err
+		}
+		if c.From != "" {
+			from, err := s.b.exp.Word(c.From, s.scope())
+			if err != nil {
+				return nil, err
+			}
+			id, err := s.fromIdentity(ctx, from)
+			if err != nil {
+				return nil, err
+			}
+			k.add("from", id)
+			return k, nil
+		}
+		if err := s.sourceInputs(ctx, k, "src:", s.b.ctx, c.SourcePaths, c.Parents, exclude); err != nil {
+			return nil, err
+		}
+	case *instructions.AddCommand:
+		exclude, err := excludeMatcher(c.ExcludePatterns)
+		if err != nil {
+			return nil, err
+		}
+		var local []string
+		for _, src := range c.SourcePaths {
+			if !isURL(src) {
+				local = append(local, src)
+				continue
+			}
+			v, err := s.urlInput(ctx, src, c.Checksum)
+			if err != nil {
+				return nil, err
+			}
+			k.add("url:"+src, v)
+		}
+		if err := s.sourceInputs(ctx, k, "src:", s.b.ctx, local, false, exclude); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// argInputs adds the stage's ARGs in scope, one input each. Predefined
+// proxy args given only with --build-arg are left out, as docker does.
+func (s *stageRun) argInputs(k *keyBuilder) {
+	for _, name := range s.args.Keys() {
+		v, _ := s.args.Get(name)
+		k.add("arg:"+name, v)
+	}
+}
+
+func excludeMatcher(patterns []string) (*patternmatcher.PatternMatcher, error) {
+	if len(patterns) == 0 {
+		return nil, nil
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, fmt.Errorf("--exclude: %w", err)
+	}
+	return pm, nil
+}
+
+// fromIdentity names the content of a --from source: a stage's layers
+// (so a rebuilt stage with the same output still hits) or an image's
+// digest.
+func (s *stageRun) fromIdentity(ctx context.Context, from string) (string, error) {
+	if i, ok := s.b.stageRef(from); ok {
+		if i == s.index {
+			return "", fmt.Errorf("--from=%s refers to the stage itself", from)
+		}
+		dep := s.b.stages[i]
+		if dep.c == nil {
+			return "", fmt.Errorf("stage %s has not been built", dep.name)
+		}
+		ids := make([]string, len(dep.c.config.RootFS.DiffIDs))
+		for j, h := range dep.c.config.RootFS.DiffIDs {
+			ids[j] = h.String()
+		}
+		return "stage " + strings.Join(ids, ","), nil
+	}
+	img, err := s.b.resolveImage(ctx, from, s.platform)
+	if err != nil {
+		return "", err
+	}
+	if img == nil {
+		return "scratch", nil
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return "", err
+	}
+	return "image " + d.String(), nil
+}
+
+// srcEntry is one path a COPY, ADD or bind mount reads.
+type srcEntry struct {
+	name  string
+	value string
+	file  int // index into the files to digest, or -1
+}
+
+// sourceInputs adds one input per path the sources (patterns as in COPY)
+// cover in from: its type, the mode bits that land in the image, a
+// symlink's target, a regular file's content digest (from the context's
+// digest index), hard links, and, with SOURCE_DATE_EPOCH, the clamped
+// mtime. A missing source adds a marker; the step reports the error.
+func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix string, from sourceFS, srcs []string, parents bool, exclude *patternmatcher.PatternMatcher) error {
+	w := &srcWalk{from: from, exclude: exclude, links: map[[2]uint64]string{}, epoch: s.b.opts.SourceDateEpoch != nil}
+	if w.epoch {
+		w.epochNs = s.b.opts.SourceDateEpoch.UnixNano()
+	}
+	var matches []string
+	for _, src := range srcs {
+		pattern, _ := splitParents(src, parents)
+		if !hasGlob(pattern) {
+			matches = append(matches, pattern)
+			continue
+		}
+		m, err := globSources(from, pattern)
+		if err != nil {
+			return err
+		}
+		if len(m) == 0 {
+			w.add(pattern, "no match", nil)
+		}
+		matches = append(matches, m...)
+	}
+	for _, m := range matches {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rp, err := from.Resolve(m)
+		if err != nil {
+			w.add(m, "unresolvable", nil)
+			continue
+		}
+		fi, host, err := from.Lstat(rp)
+		if err != nil {
+			w.add(m, "missing", nil)
+			continue
+		}
+		if err := w.walk(m, rp, "", fi, host); err != nil {
+			return err
+		}
+	}
+	digests, err := s.b.cache.idx.Digests(ctx, w.files)
+	if err != nil {
+		return fmt.Errorf("hash sources: %w", err)
+	}
+	for _, e := range w.entries {
+		v := e.value
+		if e.file >= 0 {
+			v += " " + hex.EncodeToString(digests[e.file][:])
+		}
+		k.add(prefix+e.name, v)
+	}
+	return nil
+}
+
+type srcWalk struct {
+	from    sourceFS
+	exclude *patternmatcher.PatternMatcher
+	links   map[[2]uint64]string
+	epoch   bool
+	epochNs int64
+	entries []srcEntry
+	files   []ctxhash.File
+}
+
+func (w *srcWalk) add(name, value string, f *ctxhash.File) {
+	e := srcEntry{name: name, value: value, file: -1}
+	if f != nil {
+		e.file = len(w.files)
+		w.files = append(w.files, *f)
+	}
+	w.entries = append(w.entries, e)
+}
+
+// imageBits are the mode bits a copy keeps.
+const imageBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+// walk adds name (shown as name, found at p in the tree) and, for a
+// directory, everything below it that the step copies. rel is the path
+// below the copied root, for --exclude.
+func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
+	meta := fmt.Sprintf("%o", fi.Mode()&imageBits)
+	if w.epoch {
+		meta += fmt.Sprintf(" t%d", min(fi.ModTime().UnixNano(), w.epochNs)/1e9)
+	}
+	switch {
+	case fi.IsDir():
+		w.add(name, "d "+meta, nil)
+		ents, err := w.from.ReadDir(p)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			childRel := path.Join(rel, e.Name())
+			if w.exclude != nil {
+				if ex, _ := w.exclude.MatchesOrParentMatches(childRel); ex {
+					continue
+				}
+			}
+			cp := path.Join(p, e.Name())
+			cfi, chost, err := w.from.Lstat(cp)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := w.walk(path.Join(name, e.Name()), cp, childRel, cfi, chost); err != nil {
+				return err
+			}
+		}
+	case fi.Mode()&fs.ModeSymlink != 0:
+		target, err := os.Readlink(host)
+		if err != nil {
+			return err
+		}
+		w.add(name, "l "+target, nil)
+	case fi.Mode().IsRegular():
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			id := [2]uint64{uint64(st.Dev), st.Ino}
+			if first, ok := w.links[id]; ok {
+				w.add(name, "h "+first, nil)
+				return nil
+			}
+			w.links[id] = name
+		}
+		w.add(name, "f "+meta, &ctxhash.File{Rel: strings.TrimPrefix(p, "/"), Host: host, Info: fi})
+	default:
+		rdev := uint64(0)
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			rdev = uint64(st.Rdev)
+		}
+		w.add(name, fmt.Sprintf("o %v %d", fi.Mode(), rdev), nil)
+	}
+	return nil
+}
+
+// stepHistory is what the last build of a step (identified by Dockerfile,
+// platform, stage and position) had as key inputs, as digests, so that a
+// miss can say which input changed. Values are hashed: build args may hold
+// things that should not sit in plain text in the store.
+type stepHistory struct {
+	Inputs map[string]string `json:"inputs"`
+}
+
+func (s *stageRun) historyPath() (string, error) {
+	dir, err := s.b.opts.Store.CacheDir("steps")
+	if err != nil {
+		return "", err
+	}
+	abs, _ := filepath.Abs(s.b.df.Path)
+	id := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d", s.b.ctx.root, abs,
+		PlatformString(s.platform), s.index, s.step)))
+	return filepath.Join(dir, hex.EncodeToString(id[:16])+".json"), nil
+}
+
+func digestInputs(k *keyBuilder) map[string]string {
+	out := make(map[string]string, len(k.inputs))
+	for n, v := range k.inputs {
+		sum := sha256.Sum256([]byte(v))
+		out[n] = hex.EncodeToString(sum[:12])
+	}
+	return out
+}
+
+// saveHistory records k's inputs as this step's latest.
+func (s *stageRun) saveHistory(k *keyBuilder) error {
+	p, err := s.historyPath()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(stepHistory{Inputs: digestInputs(k)})
+	if err != nil {
+		return err
+	}
+	return s.b.opts.Store.WriteFileAtomic(p, b)
+}
+
+// missReason compares k with the step's previous inputs and says what
+// changed, in words.
+func (s *stageRun) missReason(k *keyBuilder) string {
+	p, err := s.historyPath()
+	if err != nil {
+		return "no cache record"
+	}
+	b, err := os.ReadFile(p)
+	var old stepHistory
+	if err != nil || json.Unmarshal(b, &old) != nil {
+		return "no earlier build of this step in this store"
+	}
+	return explainMiss(old.Inputs, digestInputs(k), s.step == 2, s.fromReason)
+}
+
+// explainMiss names the inputs that differ between two builds of a step.
+// The first step's parent is the stage's start (base image and options),
+// whose own change fromReason describes.
+func explainMiss(old, cur map[string]string, first bool, fromReason string) string {
+	if old["parent"] != cur["parent"] {
+		if first {
+			if fromReason != "" {
+				return fromReason
+			}
+			return "the base image or build options changed"
+		}
+		return "an earlier step changed"
+	}
+	if old["instruction"] != cur["instruction"] || old["run-flags"] != cur["run-flags"] {
+		return "the instruction changed"
+	}
+	var args, changed, added, removed, other []string
+	for n, v := range cur {
+		ov, ok := old[n]
+		switch {
+		case ok && ov == v:
+			continue
+		case strings.HasPrefix(n, "arg:"):
+			args = append(args, strings.TrimPrefix(n, "arg:"))
+		case !ok && isSourceInput(n):
+			added = append(added, sourceName(n))
+		case isSourceInput(n):
+			changed = append(changed, sourceName(n))
+		default:
+			other = append(other, n)
+		}
+	}
+	for n := range old {
+		if _, ok := cur[n]; !ok {
+			if strings.HasPrefix(n, "arg:") {
+				args = append(args, strings.TrimPrefix(n, "arg:"))
+			} else if isSourceInput(n) {
+				removed = append(removed, sourceName(n))
+			}
+		}
+	}
+	var parts []string
+	if len(args) > 0 {
+		sort.Strings(args)
+		parts = append(parts, "build arg "+strings.Join(args, ", ")+" changed")
+	}
+	for _, g := range []struct {
+		what  string
+		names []string
+	}{{"changed", changed}, {"added", added}, {"removed", removed}} {
+		if len(g.names) > 0 {
+			parts = append(parts, "source "+g.what+": "+listSome(g.names))
+		}
+	}
+	for _, n := range other {
+		switch {
+		case n == "from" || strings.HasSuffix(n, ":from"):
+			parts = append(parts, "the --from source changed")
+		case strings.HasPrefix(n, "url:"):
+			parts = append(parts, "the download "+strings.TrimPrefix(n, "url:")+" changed")
+		}
+	}
+	if len(parts) == 0 {
+		return "no cache record for these inputs (pruned, or the last build of this step failed)"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func isSourceInput(n string) bool {
+	return strings.HasPrefix(n, "src:") || (strings.HasPrefix(n, "mount") && !strings.HasSuffix(n, ":from"))
+}
+
+func sourceName(n string) string {
+	_, after, _ := strings.Cut(n, ":")
+	return strings.TrimPrefix(after, "/")
+}
+
+// listSome lists up to three names and how many more there are.
+func listSome(names []string) string {
+	sort.Strings(names)
+	if len(names) <= 3 {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s (and %d more)", strings.Join(names[:3], ", "), len(names)-3)
+}
+
+// fromMissReason explains why a stage's start key differs from the last
+// build's (the base image digest, or the build options).
+func fromMissReason(old, cur map[string]string, baseDesc string) string {
+	switch {
+	case old == nil:
+		return ""
+	case old["base"] != cur["base"]:
+		return "the base image changed (now " + baseDesc + ")"
+	case old["platform"] != cur["platform"]:
+		return "the platform changed"
+	case old["options"] != cur["options"]:
+		return "the build options changed (compression, format or SOURCE_DATE_EPOCH)"
+	}
+	return ""
+}
+
+// urlInput is the key input of an ADD URL: its --checksum when given (no
+// request is made), else the content digest, name and Last-Modified time,
+// revalidated with the server (If-None-Match / If-Modified-Since against
+// what it answered last time). A download made here is handed to the step
+// if it runs.
+func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (string, error) {
+	if checksum != "" {
+		return "checksum " + checksum, nil
+	}
+	dir, err := s.b.opts.Store.CacheDir("urls")
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(rawURL))
+	vpath := filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
+	var prev *urlValidators
+	if b, err := os.ReadFile(vpath); err == nil {
+		var v urlValidators
+		if json.Unmarshal(b, &v) == nil && v.Digest != "" && (v.ETag != "" || v.LastModified != "") {
+			prev = &v
+		}
+	}
+	if s.stepTmp == "" {
+		if s.stepTmp, err = s.b.opts.Store.TempDir("add-"); err != nil {
+			return "", err
+		}
+	}
+	f, err := fetchURLIf(ctx, s.b.opts.HTTPClient, rawURL, "", s.stepTmp, prev)
+	if err != nil {
+		return "", err
+	}
+	v := urlValidators{}
+	if f.notModified {
+		v = *prev
+	} else {
+		v = urlValidators{ETag: f.etag, LastModified: f.lastModified, Digest: f.checksum, Name: f.name}
+		if f.lastModified != "" {
+			v.ModTime = f.modTime.Unix()
+		}
+		if s.prefetched == nil {
+			s.prefetched = map[string]*fetched{}
+		}
+		s.prefetched[rawURL] = f
+		if v.ETag != "" || v.LastModified != "" {
+			if b, err := json.Marshal(v); err == nil {
+				_ = s.b.opts.Store.WriteFileAtomic(vpath, b)
+			}
+		}
+	}
+	return fmt.Sprintf("content %s name %s mtime %d", v.Digest, v.Name, v.ModTime), nil
+}

@@ -1,0 +1,175 @@
+package layers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// CacheRecord is what one build step produced, found again by the step's
+// cache key: the image config after the step and the layer it added, if
+// any. Records live in Root/cache/records/<key hex>.json; every layer a
+// record names is a garbage-collection root until the record is removed
+// (PruneCache), so Prune never leaves a record pointing at nothing.
+type CacheRecord struct {
+	// Config is the image config (a v1.ConfigFile) after the step.
+	Config json.RawMessage `json:"config"`
+	// Layer is the layer the step added; nil for a step that made none.
+	Layer *Descriptor `json:"layer,omitempty"`
+}
+
+// CacheGet returns the record stored under key, or ok false when there is
+// none or the layer it names is no longer in the blob store. A hit
+// refreshes the record's mtime, which PruneCache reads as its last use.
+func (s *Store) CacheGet(key v1.Hash) (rec *CacheRecord, ok bool, err error) {
+	if !validHash(key) {
+		return nil, false, fmt.Errorf("cache: invalid key %q", key)
+	}
+	p := s.cachePath(key)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("cache: %w", err)
+	}
+	rec = &CacheRecord{}
+	if err := json.Unmarshal(b, rec); err != nil || len(rec.Config) == 0 {
+		// A record is written atomically, so this is damage from outside:
+		// treat it as absent; the step runs and rewrites it.
+		return nil, false, nil
+	}
+	if rec.Layer != nil {
+		if !validHash(rec.Layer.Digest) || !validHash(rec.Layer.DiffID) {
+			return nil, false, nil
+		}
+		if _, err := os.Lstat(s.blobs.Path(rec.Layer.Digest)); err != nil {
+			return nil, false, nil
+		}
+	}
+	_ = touchNow(p)
+	return rec, true, nil
+}
+
+// CachePut stores rec under key, replacing any record of that key. Its
+// layer must already be in the blob store.
+func (s *Store) CachePut(ctx context.Context, key v1.Hash, rec *CacheRecord) error {
+	if !validHash(key) {
+		return fmt.Errorf("cache: invalid key %q", key)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(s.cachePath(key)), 0o755); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := s.writeAtomic(s.cachePath(key), b); err != nil {
+		return fmt.Errorf("cache: store record %s: %w", key.Hex[:12], err)
+	}
+	return nil
+}
+
+// CacheDir is the directory for cache data beside the records (context
+// indexes, step histories); it is created on first use.
+func (s *Store) CacheDir(name string) (string, error) {
+	d := filepath.Join(s.root, "cache", name)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return "", fmt.Errorf("cache: %w", err)
+	}
+	return d, nil
+}
+
+// WriteFileAtomic replaces path (inside the store) with b: a temporary
+// file, fsync, rename.
+func (s *Store) WriteFileAtomic(path string, b []byte) error {
+	return s.writeAtomic(path, b)
+}
+
+func (s *Store) cachePath(key v1.Hash) string {
+	return filepath.Join(s.root, "cache", "records", key.Hex+".json")
+}
+
+// CachePruneReport says what PruneCache removed.
+type CachePruneReport struct {
+	Records int
+}
+
+// PruneCache removes cache records not used within keep (every record when
+// keep is 0). The layers only those records kept alive are then collected
+// by the next Prune.
+func (s *Store) PruneCache(ctx context.Context, keep time.Duration) (CachePruneReport, error) {
+	var rep CachePruneReport
+	unlock, err := s.Lock(ctx, true)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	dir := filepath.Join(s.root, "cache", "records")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return rep, nil
+	}
+	if err != nil {
+		return rep, fmt.Errorf("prune cache: %w", err)
+	}
+	cutoff := time.Now().Add(-keep)
+	for _, e := range ents {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		if keep > 0 {
+			fi, err := e.Info()
+			if err != nil || !fi.ModTime().Before(cutoff) {
+				continue
+			}
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return rep, fmt.Errorf("prune cache: %w", err)
+		}
+		rep.Records++
+	}
+	return rep, nil
+}
+
+// cacheLayers lists the layer digests cache records name, for Prune.
+func (s *Store) cacheLayers() ([]v1.Hash, error) {
+	dir := filepath.Join(s.root, "cache", "records")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read cache records: %w", err)
+	}
+	var out []v1.Hash
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read cache records: %w", err)
+		}
+		var rec CacheRecord
+		if json.Unmarshal(b, &rec) != nil || rec.Layer == nil || !validHash(rec.Layer.Digest) {
+			continue
+		}
+		out = append(out, rec.Layer.Digest)
+	}
+	return out, nil
+}

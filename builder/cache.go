@@ -38,7 +38,7 @@ type cacheSession struct {
 
 	mu      sync.Mutex
 	flights map[v1.Hash]chan struct{}
-	entries []CacheEntry
+	entries []cacheUse
 	seen    map[v1.Hash]bool
 }
 
@@ -53,19 +53,12 @@ type CacheSource interface {
 // CacheExporter receives the cache records of a successful build: every
 // step it ran or took from a cache, in order (--cache-to).
 type CacheExporter interface {
-	ExportCache(ctx context.Context, entries []CacheEntry) error
+	ExportCache(ctx context.Context, entries []layers.CacheEntry) error
 }
 
-// CacheEntry is one step's cache record as this build used or made it, for
-// exporting the cache (--cache-to).
-type CacheEntry struct {
-	Key    v1.Hash
-	Record *layers.CacheRecord
-	// Layer is the record's layer (nil for a step that made none).
-	Layer v1.Layer
-	// Final is set for steps of the stage that produced the result (what
-	// mode=min exports).
-	Final bool
+// cacheUse is a step of this build, for export.
+type cacheUse struct {
+	layers.CacheEntry
 	stage *stageRun
 }
 
@@ -148,25 +141,25 @@ func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, e
 }
 
 // record notes a step of this build for export.
-func (cs *cacheSession) record(e CacheEntry) {
+func (cs *cacheSession) record(s *stageRun, key v1.Hash, rec *layers.CacheRecord, l v1.Layer) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.seen[e.Key] {
+	if cs.seen[key] {
 		return
 	}
-	cs.seen[e.Key] = true
-	cs.entries = append(cs.entries, e)
+	cs.seen[key] = true
+	cs.entries = append(cs.entries, cacheUse{CacheEntry: layers.CacheEntry{Key: key, Record: rec, Layer: l}, stage: s})
 }
 
 // exportEntries lists the steps of this build, marking those of the
 // stages that produced the results as Final.
-func (cs *cacheSession) exportEntries(finals map[*stageRun]bool) []CacheEntry {
+func (cs *cacheSession) exportEntries(finals map[*stageRun]bool) []layers.CacheEntry {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	out := make([]CacheEntry, len(cs.entries))
+	out := make([]layers.CacheEntry, len(cs.entries))
 	for i, e := range cs.entries {
-		e.Final = finals[e.stage]
-		out[i] = e
+		out[i] = e.CacheEntry
+		out[i].Final = finals[e.stage]
 	}
 	return out
 }

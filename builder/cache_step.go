@@ -99,7 +99,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 			}
 			if err := s.c.applyCached(rec, layer); err == nil {
 				s.key = key
-				cs.record(CacheEntry{Key: key, Record: rec, Layer: layer, stage: s})
+				cs.record(s, key, rec, layer)
 				return true, "", nil
 			}
 			// A record that does not fit this chain is ignored. A config-only
@@ -131,7 +131,7 @@ func (s *stageRun) finishMiss(ctx context.Context, k *keyBuilder, key v1.Hash, r
 		s.b.warn("build cache: " + err.Error())
 	}
 	_ = s.saveHistory(k)
-	cs.record(CacheEntry{Key: key, Record: rec, Layer: layer, stage: s})
+	cs.record(s, key, rec, layer)
 	s.key = key
 	return false, reason, nil
 }

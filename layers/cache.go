@@ -26,6 +26,20 @@ type CacheRecord struct {
 	Layer *Descriptor `json:"layer,omitempty"`
 }
 
+// CacheEntry is one step's cache record with its key and layer, as a
+// build used or made it; a build's entries are what a cache export
+// (--cache-to) writes.
+type CacheEntry struct {
+	Key    v1.Hash
+	Record *CacheRecord
+	// Layer is the record's layer, nil for a step that made none. It may
+	// be lazy: a layer from a registry cache is fetched when read.
+	Layer v1.Layer
+	// Final is set for the steps of the stages that produced the build's
+	// results (what mode=min exports).
+	Final bool
+}
+
 // CacheGet returns the record stored under key, or ok false when there is
 // none or the layer it names is no longer in the blob store. A hit
 // refreshes the record's mtime, which PruneCache reads as its last use.

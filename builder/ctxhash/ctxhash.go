@@ -53,11 +53,11 @@ type File struct {
 }
 
 type entry struct {
-	dev, ino, size        uint64
-	mtime, ctime, hashed  int64
-	mode                  uint32
-	digest                Digest
-	seen                  bool
+	dev, ino, size       uint64
+	mtime, ctime, hashed int64
+	mode                 uint32
+	digest               Digest
+	seen                 bool
 }
 
 // Index is the digest index of one build context. It is safe for

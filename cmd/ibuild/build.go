@@ -29,7 +29,8 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build arg: KEY=VALUE, or KEY to take it from the environment (repeatable)"},
 			&cli.StringFlag{Name: "target", Usage: "build this stage"},
 			&cli.StringFlag{Name: "platform", Usage: "target platform(s): os/arch[/variant][,...]"},
-			&cli.BoolFlag{Name: "no-cache", Usage: "do not use the build cache"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "run every step; do not take any from the build cache"},
+			&cli.StringSliceFlag{Name: "no-cache-filter", Usage: "run every step of this stage (name or index; repeatable, or comma-separated)"},
 			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false] (repeatable)"},
 			&cli.StringFlag{Name: "iidfile", Usage: "write the image ID to this file"},
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress output: auto, plain, tty or json"},
@@ -78,6 +79,7 @@ func runBuild(c *cli.Context) error {
 		Tags:             c.StringSlice("tag"),
 		Target:           c.String("target"),
 		NoCache:          c.Bool("no-cache"),
+		NoCacheFilter:    c.StringSlice("no-cache-filter"),
 		Jobs:             c.Int("jobs"),
 		CompressionLevel: c.Int("compression-level"),
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -191,9 +192,22 @@ func (k *keyBuilder) sum() v1.Hash {
 	}
 	sort.Strings(names)
 	h := sha256.New()
-	fmt.Fprintf(h, "ibuild-cache-v1\n")
+	buf := []byte("ibuild-cache-v1\n")
 	for _, n := range names {
-		fmt.Fprintf(h, "%d:%s=%d:%s\n", len(n), n, len(k.inputs[n]), k.inputs[n])
+		v := k.inputs[n]
+		buf = strconv.AppendInt(buf, int64(len(n)), 10)
+		buf = append(buf, ':')
+		buf = append(buf, n...)
+		buf = append(buf, '=')
+		buf = strconv.AppendInt(buf, int64(len(v)), 10)
+		buf = append(buf, ':')
+		buf = append(buf, v...)
+		buf = append(buf, '\n')
+		if len(buf) > 32<<10 {
+			h.Write(buf)
+			buf = buf[:0]
+		}
 	}
+	h.Write(buf)
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 }

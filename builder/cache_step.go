@@ -34,7 +34,9 @@ func (s *stageRun) startKey(base v1.Image) {
 	var old stepHistory
 	if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &old) == nil {
 		desc := k.inputs["base"]
-		s.fromReason = fromMissReason(old.Inputs, cur, strings.TrimPrefix(desc, "image "))
+		if s.fromReason = fromMissReason(old.Inputs, cur, strings.TrimPrefix(desc, "image ")); s.fromReason == "" {
+			return // unchanged: nothing to write
+		}
 	}
 	_ = s.saveHistory(k)
 }

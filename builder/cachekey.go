@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -290,9 +291,9 @@ const imageBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // directory, everything below it that the step copies. rel is the path
 // below the copied root, for --exclude.
 func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
-	meta := fmt.Sprintf("%o", fi.Mode()&imageBits)
+	meta := strconv.FormatUint(uint64(fi.Mode()&imageBits), 8)
 	if w.epoch {
-		meta += fmt.Sprintf(" t%d", min(fi.ModTime().UnixNano(), w.epochNs)/1e9)
+		meta += " t" + strconv.FormatInt(min(fi.ModTime().UnixNano(), w.epochNs)/1e9, 10)
 	}
 	switch {
 	case fi.IsDir():

@@ -294,6 +294,9 @@ func (s *Store) updateIndex(ctx context.Context, fn func(*v1.IndexManifest) erro
 	if err != nil {
 		return err
 	}
+	if old, err := os.ReadFile(filepath.Join(s.root, "index.json")); err == nil && bytes.Equal(old, b) {
+		return nil // nothing changed (re-tagging a cached build): no write, no fsync
+	}
 	if err := s.writeAtomic(filepath.Join(s.root, "index.json"), b); err != nil {
 		return fmt.Errorf("write index.json: %w", err)
 	}

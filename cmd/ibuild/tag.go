@@ -80,7 +80,11 @@ func rmiCommand() *cli.Command {
 func pruneCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prune",
-		Usage: "remove blobs and snapshots no image references",
+		Usage: "remove blobs and snapshots no image (or build cache record) references",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "cache", Usage: "also remove build cache records (all, or those unused for --keep)"},
+			&cli.DurationFlag{Name: "keep", Usage: "with --cache, keep records used within this duration (e.g. 168h)"},
+		},
 		Action: func(c *cli.Context) error {
 			if err := enterUserNamespace(c, builder.IsolationAuto); err != nil {
 				return err
@@ -90,6 +94,15 @@ func pruneCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
+			if c.Bool("cache") {
+				crep, err := st.PruneCache(c.Context, c.Duration("keep"))
+				if err != nil {
+					return err
+				}
+				fmt.Printf("removed %d build cache records\n", crep.Records)
+			} else if c.IsSet("keep") {
+				return cli.Exit("--keep needs --cache", 2)
+			}
 			rep, err := st.Prune(c.Context)
 			if err != nil {
 				return err

@@ -42,7 +42,8 @@ fuzz:
 # buildah when it is installed (make test-deps; IBUILD_BENCH_BUILDAH_RUNS,
 # IBUILD_BENCH_BUILDAH_DRIVER). The build cache benchmark needs both, on
 # a 200 MB context (IBUILD_BENCH_CACHE_MB, IBUILD_BENCH_CACHE_RUNS). The
-# registry push/pull benchmarks use a 500 MB image (IBUILD_BENCH_PUSH_MB) and need docker-registry and skopeo.
+# registry push/pull benchmarks use a 500 MB image (IBUILD_BENCH_PUSH_MB)
+# and need docker-registry and skopeo.
 # See docs/performance.md.
 bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \

@@ -37,11 +37,13 @@ fuzz:
 
 # bench runs every benchmark on a 1 GiB tree (override with
 # IBUILD_BENCH_SIZE_MB=N), one package at a time so timings do not overlap,
-# for at least 20s each so the 1 GiB commits repeat. About 11 minutes on 2
+# for at least 20s each so the 1 GiB commits repeat. About 14 minutes on 2
 # cores. The RUN benchmark needs root and /bin/busybox, and compares with
 # buildah when it is installed (make test-deps; IBUILD_BENCH_BUILDAH_RUNS,
-# IBUILD_BENCH_BUILDAH_DRIVER). The registry push/pull benchmarks use a
-# 500 MB image (IBUILD_BENCH_PUSH_MB) and need docker-registry and skopeo.
+# IBUILD_BENCH_BUILDAH_DRIVER). The build cache benchmark needs both, on
+# a 200 MB context (IBUILD_BENCH_CACHE_MB, IBUILD_BENCH_CACHE_RUNS). The
+# registry push/pull benchmarks use a 500 MB image (IBUILD_BENCH_PUSH_MB)
+# and need docker-registry and skopeo.
 # See docs/performance.md.
 bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \

@@ -413,6 +413,46 @@ func BenchmarkRunTrueOverhead(b *testing.B) {
 	}
 }
 
+// buildahStore is a private buildah store: --root and --runroot in a
+// temporary directory, the driver IBUILD_BENCH_BUILDAH_DRIVER (default
+// overlay). remove deletes it.
+type buildahStore struct {
+	dir    string
+	driver string
+}
+
+func newBuildahStore() (*buildahStore, error) {
+	driver := "overlay"
+	if v := os.Getenv(buildahDriverEnv); v != "" {
+		driver = v
+	}
+	// Short paths: buildah, like podman, refuses a long --runroot.
+	dir, err := os.MkdirTemp("", "ibuild-buildah-")
+	if err != nil {
+		return nil, err
+	}
+	return &buildahStore{dir: dir, driver: driver}, nil
+}
+
+func (s *buildahStore) remove() { os.RemoveAll(s.dir) }
+
+// bud runs `buildah bud --layers --isolation chroot` in the store on
+// ctxDir with the Dockerfile at df, tagging the result tag, and returns
+// how long it took and its combined output. args go before the context.
+func (s *buildahStore) bud(df, ctxDir, tag string, args ...string) (time.Duration, []byte, error) {
+	argv := []string{"--root", filepath.Join(s.dir, "root"), "--runroot", filepath.Join(s.dir, "run"),
+		"--storage-driver", s.driver, "bud", "--layers", "--isolation", "chroot", "-f", df, "-t", tag}
+	argv = append(append(argv, args...), ctxDir)
+	cmd := exec.Command("buildah", argv...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return d, out, fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	}
+	return d, out, nil
+}
+
 // buildahRunStep builds busybox:1 with buildah in a private store, then
 // times IBUILD_BENCH_BUILDAH_RUNS pairs of builds FROM it, one with one
 // RUN step and one with runStepsK, and returns the median time of a step.
@@ -426,29 +466,18 @@ func buildahRunStep(b *testing.B, bbCtx string) (time.Duration, error) {
 		}
 		runs = n
 	}
-	driver := "overlay"
-	if v := os.Getenv(buildahDriverEnv); v != "" {
-		driver = v
-	}
-	// Short paths: buildah, like podman, refuses a long --runroot.
-	state, err := os.MkdirTemp("", "ibuild-buildah-")
+	st, err := newBuildahStore()
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(state)
+	defer st.remove()
 	bud := func(dockerfile, tag string) (time.Duration, error) {
-		df := filepath.Join(state, "Dockerfile")
+		df := filepath.Join(st.dir, "Dockerfile")
 		if err := os.WriteFile(df, []byte(dockerfile), 0o644); err != nil {
 			return 0, err
 		}
-		cmd := exec.Command("buildah", "--root", filepath.Join(state, "root"), "--runroot", filepath.Join(state, "run"),
-			"--storage-driver", driver, "bud", "--layers", "--isolation", "chroot", "-q", "-f", df, "-t", tag, bbCtx)
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return 0, fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
-		}
-		return time.Since(start), nil
+		d, _, err := st.bud(df, bbCtx, tag, "-q")
+		return d, err
 	}
 	if _, err := bud(busyboxDockerfile, "busybox:1"); err != nil {
 		return 0, err
@@ -468,7 +497,7 @@ func buildahRunStep(b *testing.B, bbCtx string) (time.Duration, error) {
 			return 0, err
 		}
 		steps = append(steps, (k-one)/(runStepsK-1))
-		b.Logf("buildah (%s): 1 RUN step %v, %d steps %v", driver, one.Round(time.Millisecond), runStepsK, k.Round(time.Millisecond))
+		b.Logf("buildah (%s): 1 RUN step %v, %d steps %v", st.driver, one.Round(time.Millisecond), runStepsK, k.Round(time.Millisecond))
 	}
 	return median(steps), nil
 }

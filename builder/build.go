@@ -195,6 +195,7 @@ type build struct {
 	usedArgs map[string]bool
 	images   map[string]*imageSource
 	pulls    map[string]*pulled
+	emulator emulatorCheck
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {

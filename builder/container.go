@@ -72,6 +72,10 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 	c.config.DockerVersion = ""
 	c.config.Config.Image = ""
 	c.config.Config.Hostname = ""
+	// The image is for the platform asked for, with docker's (normalized)
+	// fields, as its index descriptor says: a linux/arm64 build on an
+	// arm64/v8 base is arm64 with no variant.
+	c.config.OS, c.config.Architecture, c.config.Variant = platform.OS, platform.Architecture, platform.Variant
 	return c, nil
 }
 

@@ -129,7 +129,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		for i, img := range images {
 			p := platforms[i]
 			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
-				Add:        img,
+				Add:        indexEntry{img},
 				Descriptor: v1.Descriptor{Platform: &p},
 			})
 		}

@@ -91,8 +91,8 @@ func indexImages(t *testing.T, res *Result, want ...string) []v1.Image {
 	}
 	var out []v1.Image
 	for i, d := range im.Manifests {
-		if d.Platform == nil || d.Platform.OS+"/"+d.Platform.Architecture != want[i] || d.Platform.Variant != "" {
-			t.Fatalf("manifest %d: platform %+v, want %s", i, d.Platform, want[i])
+		if d.Platform == nil || d.Platform.OS+"/"+d.Platform.Architecture != want[i] || d.Platform.Variant != "" || d.ArtifactType != "" {
+			t.Fatalf("manifest %d: platform %+v, artifactType %q; want %s and no artifactType", i, d.Platform, d.ArtifactType, want[i])
 		}
 		img, err := res.Index.Image(d.Digest)
 		if err != nil {

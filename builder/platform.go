@@ -92,3 +92,12 @@ func matchPlatform(want, have v1.Platform) bool {
 func toSpec(p v1.Platform) specs.Platform {
 	return specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
 }
+
+// indexEntry is an image added to a multi-platform index. Its descriptor
+// has no artifactType: go-containerregistry would copy the config's media
+// type there, which docker and buildx never write (and which a docker
+// manifest list has no field for).
+type indexEntry struct{ v1.Image }
+
+// ArtifactType is empty: the entry is an image, not an artifact.
+func (indexEntry) ArtifactType() (string, error) { return "", nil }

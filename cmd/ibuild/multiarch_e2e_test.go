@@ -79,9 +79,10 @@ func TestMultiArchBuildPushAndRun(t *testing.T) {
 	type manifestList struct {
 		MediaType string `json:"mediaType"`
 		Manifests []struct {
-			MediaType string                     `json:"mediaType"`
-			Digest    string                     `json:"digest"`
-			Platform  map[string]json.RawMessage `json:"platform"`
+			MediaType    string                     `json:"mediaType"`
+			ArtifactType string                     `json:"artifactType"`
+			Digest       string                     `json:"digest"`
+			Platform     map[string]json.RawMessage `json:"platform"`
 		} `json:"manifests"`
 	}
 	inspect := func(ref string) (manifestList, string) {
@@ -104,8 +105,8 @@ func TestMultiArchBuildPushAndRun(t *testing.T) {
 		}
 		for i, m := range ml.Manifests {
 			p, _ := json.Marshal(m.Platform) // keys sorted: exactly these fields
-			if string(p) != want[i] || m.MediaType != manifestType {
-				t.Errorf("manifest %d: %s %s, want %s %s", i, m.MediaType, p, manifestType, want[i])
+			if string(p) != want[i] || m.MediaType != manifestType || m.ArtifactType != "" {
+				t.Errorf("manifest %d: %s %s (artifactType %q), want %s %s and no artifactType", i, m.MediaType, p, m.ArtifactType, manifestType, want[i])
 			}
 		}
 	}

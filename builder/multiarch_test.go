@@ -187,6 +187,7 @@ func TestMultiArchBaseLacksPlatform(t *testing.T) {
 	if err == nil {
 		t.Fatal("want an error")
 	}
+	t.Log(err)
 	for _, w := range []string{"Dockerfile:1", "linux/s390x", "linux/amd64", "linux/arm64"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q: %v", w, err)

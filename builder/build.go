@@ -141,7 +141,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		for i, img := range images {
 			p := platforms[i]
 			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
-				Add:        img,
+				Add:        indexEntry{img},
 				Descriptor: v1.Descriptor{Platform: &p},
 			})
 		}
@@ -220,6 +220,7 @@ type build struct {
 	images   map[string]*imageSource
 	pulls    map[string]*pulled
 	cache    *cacheSession
+	emulator emulatorCheck
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {

@@ -78,6 +78,10 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 	c.config.Config.Image = ""
 	c.config.Config.Hostname = ""
 	c.config.Created = v1.Time{Time: opts.created}
+	// The image is for the platform asked for, with docker's (normalized)
+	// fields, as its index descriptor says: a linux/arm64 build on an
+	// arm64/v8 base is arm64 with no variant.
+	c.config.OS, c.config.Architecture, c.config.Variant = platform.OS, platform.Architecture, platform.Variant
 	return c, nil
 }
 

@@ -60,6 +60,9 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err := sandbox.Supported(); err != nil {
 		return err
 	}
+	if err := s.b.emulator.check(s.b.opts.binfmtDir, s.c.Platform()); err != nil {
+		return err
+	}
 	if isolation == IsolationNone {
 		return s.runNone(ctx, c, network)
 	}

@@ -86,6 +86,10 @@ type Options struct {
 	// Registry is how base images' registries are reached (credentials,
 	// TLS); InsecureRegistries is added to its Insecure list.
 	Registry registry.Conn
+
+	// binfmtDir is where RUN looks for emulators; "" means
+	// DefaultBinfmtDir. Tests point it at a fixture.
+	binfmtDir string
 }
 
 // registryConn is Registry with InsecureRegistries added.

@@ -9,8 +9,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// HostPlatform is the platform ibuild runs on, normalized (arm64 has
-// variant v8, arm v7 by default), as containerd/platforms reports it.
+// HostPlatform is the platform ibuild runs on, normalized as
+// containerd/platforms does (arm64 has no variant, arm v7 by default).
 func HostPlatform() v1.Platform {
 	p := platforms.Normalize(platforms.DefaultSpec())
 	return v1.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
@@ -18,7 +18,7 @@ func HostPlatform() v1.Platform {
 
 // ParsePlatform parses "os/arch[/variant]" (or "arch", or "local") and
 // normalizes it as containerd/platforms does (aarch64 -> arm64, x86_64 ->
-// amd64, arm64 -> arm64/v8).
+// amd64, arm64/v8 -> arm64, arm -> arm/v7), as docker writes platforms.
 func ParsePlatform(s string) (v1.Platform, error) {
 	s = strings.TrimSpace(s)
 	if s == "" || s == "local" {
@@ -92,3 +92,12 @@ func matchPlatform(want, have v1.Platform) bool {
 func toSpec(p v1.Platform) specs.Platform {
 	return specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
 }
+
+// indexEntry is an image added to a multi-platform index. Its descriptor
+// has no artifactType: go-containerregistry would copy the config's media
+// type there, which docker and buildx never write (and which a docker
+// manifest list has no field for).
+type indexEntry struct{ v1.Image }
+
+// ArtifactType is empty: the entry is an image, not an artifact.
+func (indexEntry) ArtifactType() (string, error) { return "", nil }

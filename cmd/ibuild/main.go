@@ -72,6 +72,7 @@ func newApp() *cli.App {
 			tagCommand(),
 			rmiCommand(),
 			pruneCommand(),
+			emulatorsCommand(),
 		},
 	}
 }

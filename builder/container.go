@@ -102,13 +102,21 @@ func (c *Container) addHistory(createdBy string) {
 	})
 }
 
-// addLayerDir commits the directory dir as a new layer, with a history
-// entry createdBy, and removes dir.
+// addLayerDir commits the directory dir (overlay upper-dir format) as a
+// new layer, with a history entry createdBy. dir then becomes the layer's
+// snapshot when the store can take it (see layers.Store.AdoptSnapshot), so
+// a later step reading the file system extracts nothing; otherwise it is
+// removed.
 func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
 	defer os.RemoveAll(dir)
 	desc, err := c.store.Blobs().CommitDir(ctx, dir, c.opts.commit)
 	if err != nil {
 		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
+	}
+	diffIDs := append(slices.Clone(c.config.RootFS.DiffIDs), desc.DiffID)
+	if _, err := c.store.AdoptSnapshot(ctx, dir, diffIDs, desc.UncompressedSize, c.opts.commit.SourceDateEpoch); err != nil && c.opts.warn != nil {
+		// Only a shortcut is lost: the layer is extracted when needed.
+		c.opts.warn("keeping the layer directory as its snapshot: " + err.Error())
 	}
 	c.layers = append(c.layers, c.store.Blobs().Layer(desc))
 	c.lastLayer = &desc

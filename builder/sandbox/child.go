@@ -93,7 +93,10 @@ func mountRootOverlay(spec *Spec) error {
 	for i, l := range spec.Lowers {
 		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	// No redirects, index or metacopy, whatever the module's defaults: the
+	// upper directory must hold every changed file in full, since it is
+	// both the layer's content and (adopted) the next step's lower.
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=off,index=off,metacopy=off", strings.Join(lowers, ":"), spec.Upper, spec.Work)
 	if inUserNamespace() {
 		// Only the user.overlay.* xattrs are writable here; the layers'
 		// opaque marks were stored in that form too.

@@ -36,6 +36,8 @@ type cacheSession struct {
 
 	idx     *ctxhash.Index
 	idxPath string
+	// layerOptions are the build options every layer depends on.
+	layerOptions string
 
 	mu      sync.Mutex
 	flights map[v1.Hash]chan struct{}
@@ -72,6 +74,11 @@ func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
 		flights:    map[v1.Hash]chan struct{}{},
 		seen:       map[v1.Hash]bool{},
 	}
+	epoch := "none"
+	if e := opts.SourceDateEpoch; e != nil {
+		epoch = strconv.FormatInt(e.Unix(), 10)
+	}
+	cs.layerOptions = fmt.Sprintf("compression=%s level=%d epoch=%s", opts.Compression, opts.CompressionLevel, epoch)
 	for _, s := range opts.NoCacheFilter {
 		cs.skipStages[strings.ToLower(s)] = true
 	}

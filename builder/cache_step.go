@@ -116,10 +116,57 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 	} else {
 		reason = "--no-cache-filter " + s.name
 	}
-	if err := s.dispatch(ctx, cmd); err != nil {
+	if err := s.runOrShare(ctx, cmd, k); err != nil {
 		return false, "", err
 	}
 	return s.finishMiss(ctx, k, key, reason)
+}
+
+// runOrShare runs a step that missed. A COPY or ADD first looks for its
+// layer by what the layer is made of (the layers below, the instruction,
+// its sources, the working directory) rather than by the step's key,
+// which also covers the image config: builds for other platforms, or of
+// other Dockerfiles, that made the same layer share it, and one of two
+// concurrent builds making it waits for the other.
+func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *keyBuilder) error {
+	switch cmd.(type) {
+	case *instructions.CopyCommand, *instructions.AddCommand:
+	default:
+		return s.dispatch(ctx, cmd)
+	}
+	lk := newKey()
+	for n, v := range k.inputs {
+		switch {
+		case n == "parent":
+		case n == "instruction", n == "from", strings.HasPrefix(n, "src:"), strings.HasPrefix(n, "url:"):
+			lk.add(n, v)
+		}
+	}
+	lk.add("kind", "layer")
+	lk.add("below", s.c.chainID())
+	lk.add("workdir", s.c.Config().WorkingDir)
+	lk.add("options", s.b.cache.layerOptions)
+	key := lk.sum()
+	cs := s.b.cache
+	release, err := cs.acquire(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if desc, ok := cs.store.LayerMemo(key); ok && s.useCache() {
+		s.c.appendLayer(*desc, cmdText(cmd))
+		s.layerSize = desc.Size
+		return nil
+	}
+	if err := s.dispatch(ctx, cmd); err != nil {
+		return err
+	}
+	if s.c.lastLayer != nil {
+		if err := cs.store.PutLayerMemo(key, *s.c.lastLayer); err != nil {
+			s.b.warn("build cache: " + err.Error())
+		}
+	}
+	return nil
 }
 
 // finishMiss records the result of a step that ran.

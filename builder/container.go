@@ -118,6 +118,21 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 		// Only a shortcut is lost: the layer is extracted when needed.
 		c.opts.warn("keeping the layer directory as its snapshot: " + err.Error())
 	}
+	c.appendLayer(desc, createdBy)
+	return desc, nil
+}
+
+// chainID names the container's layers as a whole ("" for none).
+func (c *Container) chainID() string {
+	ids := c.config.RootFS.DiffIDs
+	if len(ids) == 0 {
+		return ""
+	}
+	return layers.ChainIDs(ids)[len(ids)-1].String()
+}
+
+// appendLayer adds the stored layer desc, with a history entry createdBy.
+func (c *Container) appendLayer(desc layers.Descriptor, createdBy string) {
 	c.layers = append(c.layers, c.store.Blobs().Layer(desc))
 	c.lastLayer = &desc
 	c.config.Created = v1.Time{Time: c.opts.created}
@@ -127,7 +142,6 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 		CreatedBy: createdBy,
 	})
 	c.rootfs, c.dirs = nil, nil
-	return desc, nil
 }
 
 // Image assembles the container's current state as an image. Its

@@ -187,3 +187,45 @@ func (s *Store) cacheLayers() ([]v1.Hash, error) {
 	}
 	return out, nil
 }
+
+// LayerMemo returns the layer stored under key by PutLayerMemo, if its
+// blob is still in the store. The build cache keys layers by what they
+// are made from (the layers below, the instruction, the sources) apart
+// from the image config, so that builds for several platforms, or
+// different Dockerfiles, share a COPY's layer.
+func (s *Store) LayerMemo(key v1.Hash) (*Descriptor, bool) {
+	if !validHash(key) {
+		return nil, false
+	}
+	b, err := os.ReadFile(s.layerMemoPath(key))
+	if err != nil {
+		return nil, false
+	}
+	var d Descriptor
+	if json.Unmarshal(b, &d) != nil || !validHash(d.Digest) || !validHash(d.DiffID) {
+		return nil, false
+	}
+	if _, err := os.Lstat(s.blobs.Path(d.Digest)); err != nil {
+		return nil, false
+	}
+	return &d, true
+}
+
+// PutLayerMemo records d under key (see LayerMemo).
+func (s *Store) PutLayerMemo(key v1.Hash, d Descriptor) error {
+	if !validHash(key) {
+		return fmt.Errorf("cache: invalid key %q", key)
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.layerMemoPath(key)), 0o755); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	return s.writeAtomic(s.layerMemoPath(key), b)
+}
+
+func (s *Store) layerMemoPath(key v1.Hash) string {
+	return filepath.Join(s.root, "cache", "layers", key.Hex+".json")
+}

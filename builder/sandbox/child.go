@@ -93,14 +93,18 @@ func mountRootOverlay(spec *Spec) error {
 	for i, l := range spec.Lowers {
 		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
 	}
-	// No redirects, index or metacopy, whatever the module's defaults: the
-	// upper directory must hold every changed file in full, since it is
-	// both the layer's content and (adopted) the next step's lower.
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=off,index=off,metacopy=off", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
 	if inUserNamespace() {
 		// Only the user.overlay.* xattrs are writable here; the layers'
-		// opaque marks were stored in that form too.
+		// opaque marks were stored in that form too. userxattr also rules
+		// out redirects and metacopy.
 		opts += ",userxattr"
+	} else {
+		// No redirects, index or metacopy, whatever the module's defaults:
+		// the upper directory must hold every changed file in full, since
+		// it is both the layer's content and (adopted) the next step's
+		// lower.
+		opts += ",redirect_dir=off,index=off,metacopy=off"
 	}
 	if len(opts) >= os.Getpagesize()-1 {
 		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())

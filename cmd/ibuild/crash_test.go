@@ -322,7 +322,7 @@ func TestBuildKilledDuringSnapshot(t *testing.T) {
 		root := filepath.Join(t.TempDir(), "root")
 		baseDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY big /big\n"})
 		bigSum := writeBigFile(t, filepath.Join(baseDir, "big"), mib, 2)
-		mustIbuild(t, root, "build", "-q", "-t", "base:1", baseDir)
+		buildWithoutSnapshot(t, root, "base:1", baseDir)
 		// The big file is in the base image; the context copy is not needed.
 		if err := os.Remove(filepath.Join(baseDir, "big")); err != nil {
 			t.Fatal(err)
@@ -458,7 +458,7 @@ func TestBuildKilledDuringStorageLayer(t *testing.T) {
 		root := filepath.Join(t.TempDir(), "root")
 		baseDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY big /big\n"})
 		bigSum := writeBigFile(t, filepath.Join(baseDir, "big"), mib, 3)
-		mustIbuild(t, root, "build", "-q", "-t", "base:1", baseDir)
+		buildWithoutSnapshot(t, root, "base:1", baseDir)
 		ids := diffIDs(t, root, "base:1")
 		if len(ids) != 1 {
 			t.Fatalf("base:1 has diff IDs %v, want one", ids)
@@ -506,4 +506,15 @@ func TestBuildKilledDuringStorageLayer(t *testing.T) {
 		mustIbuild(t, root, "prune")
 		return
 	}
+}
+
+// buildWithoutSnapshot builds dir as name and leaves no snapshot of its
+// layers: a build adopts the directories it wrote its layers from as their
+// snapshots, so the image is built, removed (which removes its snapshots)
+// and built again from the build cache, which extracts nothing.
+func buildWithoutSnapshot(t *testing.T, root, name, dir string) {
+	t.Helper()
+	mustIbuild(t, root, "build", "-q", "-t", name, dir)
+	mustIbuild(t, root, "rmi", name)
+	mustIbuild(t, root, "build", "-q", "-t", name, dir)
 }

@@ -17,17 +17,21 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
 )
 
 // Build builds the Dockerfile described by opts into the store, tags the
-// result with opts.Tags and writes opts.Outputs. A failed build tags
-// nothing.
+// result with opts.Tags, writes opts.Outputs, pushes it to opts.Push and
+// exports its cache to opts.CacheTo. A failed build tags nothing. A
+// pushed result whose registry-cache layers were never downloaded is not
+// stored (see Options.Push).
 func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Store == nil {
 		return nil, errors.New("builder: Options.Store is required")
@@ -126,37 +130,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 
-	res := &Result{Names: names}
-	if len(images) == 1 {
-		desc, err := opts.Store.WriteImage(ctx, images[0])
-		if err != nil {
-			return nil, err
-		}
-		res.Image, res.Descriptor, res.Digest = images[0], desc, desc.Digest
-		if res.ID, err = images[0].ConfigName(); err != nil {
-			return nil, err
-		}
-	} else {
-		var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, opts.Format.indexType())
-		for i, img := range images {
-			p := platforms[i]
-			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
-				Add:        img,
-				Descriptor: v1.Descriptor{Platform: &p},
-			})
-		}
-		desc, err := opts.Store.WriteIndex(ctx, idx)
-		if err != nil {
-			return nil, err
-		}
-		res.Index, res.Descriptor, res.Digest, res.ID = idx, desc, desc.Digest, desc.Digest
-	}
-	for _, n := range names {
-		if err := opts.Store.Tag(ctx, n, res.Descriptor); err != nil {
-			return nil, err
-		}
+	res, err := storeResult(ctx, &opts, images, platforms, names, warn)
+	if err != nil {
+		return nil, err
 	}
 	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
+		return nil, err
+	}
+	if err := pushResult(ctx, &opts, res); err != nil {
 		return nil, err
 	}
 	if len(opts.CacheTo) > 0 {
@@ -173,6 +154,130 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	res.Warnings = warnings
 	return res, nil
+}
+
+// storeResult assembles the result of the platforms' images and writes
+// it to the store, tagged with names; unless it is to be pushed and has
+// layers from a registry cache that no step needed (not downloaded): it
+// is then only assembled in memory, for pushResult.
+func storeResult(ctx context.Context, opts *Options, images []v1.Image, platforms []v1.Platform, names []string, warn func(string)) (*Result, error) {
+	res := &Result{Names: names}
+	var top interface {
+		MediaType() (types.MediaType, error)
+		Digest() (v1.Hash, error)
+		Size() (int64, error)
+	}
+	if len(images) == 1 {
+		res.Image, top = images[0], images[0]
+		var err error
+		if res.ID, err = images[0].ConfigName(); err != nil {
+			return nil, err
+		}
+	} else {
+		var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, opts.Format.indexType())
+		for i, img := range images {
+			p := platforms[i]
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+				Add:        img,
+				Descriptor: v1.Descriptor{Platform: &p},
+			})
+		}
+		res.Index, top = idx, idx
+	}
+	if len(opts.Push) > 0 {
+		missing, err := missingLayers(opts.Store, images)
+		if err != nil {
+			return nil, err
+		}
+		if missing > 0 {
+			var d v1.Descriptor
+			if d.MediaType, err = top.MediaType(); err == nil {
+				if d.Digest, err = top.Digest(); err == nil {
+					d.Size, err = top.Size()
+				}
+			}
+			if err != nil {
+				return nil, err
+			}
+			if res.Image != nil {
+				if cf, err := res.Image.ConfigFile(); err == nil {
+					d.Platform = cf.Platform()
+				}
+			} else {
+				res.ID = d.Digest
+			}
+			res.Descriptor, res.Digest = d, d.Digest
+			what := "the result"
+			if len(names) > 0 {
+				what = strings.Join(names, ", ")
+			}
+			warn(fmt.Sprintf("%s was pushed but not stored locally: %d layers came from the registry cache and were not downloaded (ibuild pull %s fetches it)",
+				what, missing, opts.Push[0]))
+			return res, nil
+		}
+	}
+	var desc v1.Descriptor
+	var err error
+	if res.Image != nil {
+		desc, err = opts.Store.WriteImage(ctx, res.Image)
+	} else {
+		desc, err = opts.Store.WriteIndex(ctx, res.Index)
+		res.ID = desc.Digest
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Descriptor, res.Digest, res.Stored = desc, desc.Digest, true
+	for _, n := range names {
+		if err := opts.Store.Tag(ctx, n, res.Descriptor); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// missingLayers counts the distinct distributable layers of images that
+// the store's blob store lacks: layers of a registry cache no step read.
+func missingLayers(st *layers.Store, images []v1.Image) (int, error) {
+	seen := map[v1.Hash]bool{}
+	for _, img := range images {
+		ls, err := img.Layers()
+		if err != nil {
+			return 0, err
+		}
+		for _, l := range ls {
+			if mt, err := l.MediaType(); err == nil && !mt.IsDistributable() {
+				continue
+			}
+			d, err := l.Digest()
+			if err != nil {
+				return 0, err
+			}
+			if !st.Blobs().Has(d) {
+				seen[d] = true
+			}
+		}
+	}
+	return len(seen), nil
+}
+
+// pushResult pushes the result to opts.Push, from memory: layers from a
+// registry cache are mounted from the cache's repository.
+func pushResult(ctx context.Context, opts *Options, res *Result) error {
+	for _, dest := range opts.Push {
+		var d v1.Hash
+		var err error
+		if res.Image != nil {
+			d, err = registry.PushImage(ctx, res.Image, dest, opts.PushOptions)
+		} else {
+			d, err = registry.PushIndex(ctx, res.Index, dest, opts.PushOptions)
+		}
+		if err != nil {
+			return err
+		}
+		res.Pushed = append(res.Pushed, Pushed{Ref: dest, Digest: d})
+	}
+	return nil
 }
 
 // readDockerfile finds and reads the Dockerfile.

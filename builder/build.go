@@ -211,8 +211,12 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			if len(names) > 0 {
 				what = strings.Join(names, ", ")
 			}
-			warn(fmt.Sprintf("%s was pushed but not stored locally: %d layers came from the registry cache and were not downloaded (ibuild pull %s fetches it)",
-				what, missing, opts.Push[0]))
+			n := fmt.Sprintf("%d layers", missing)
+			if missing == 1 {
+				n = "1 layer"
+			}
+			warn(fmt.Sprintf("%s was pushed but not stored locally: %s came from the registry cache and were not downloaded (ibuild pull %s fetches it)",
+				what, n, opts.Push[0]))
 			return res, nil
 		}
 	}

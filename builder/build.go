@@ -211,11 +211,11 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			if len(names) > 0 {
 				what = strings.Join(names, ", ")
 			}
-			n := fmt.Sprintf("%d layers", missing)
+			n := fmt.Sprintf("%d layers came from the registry cache and were", missing)
 			if missing == 1 {
-				n = "1 layer"
+				n = "1 layer came from the registry cache and was"
 			}
-			warn(fmt.Sprintf("%s was pushed but not stored locally: %s came from the registry cache and were not downloaded (ibuild pull %s fetches it)",
+			warn(fmt.Sprintf("%s was pushed but not stored locally: %s not downloaded (ibuild pull %s fetches it)",
 				what, n, opts.Push[0]))
 			return res, nil
 		}

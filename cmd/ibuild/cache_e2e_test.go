@@ -54,7 +54,7 @@ func TestBuildCacheFromTo(t *testing.T) {
 	if n := strings.Count(errOut, "CACHED"); n != 3 {
 		t.Fatalf("second build: %d CACHED steps, want 3\n%s", n, errOut)
 	}
-	if !strings.Contains(errOut, "was pushed but not stored locally: 2 layers came from the registry cache") {
+	if !strings.Contains(errOut, "was pushed but not stored locally: 2 layers came from the registry cache and were not downloaded") {
 		t.Fatalf("second build: no not-stored warning\n%s", errOut)
 	}
 	b1, _ := os.ReadFile(d1)

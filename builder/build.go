@@ -141,9 +141,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	if len(opts.CacheTo) > 0 {
+		// The result's stages are the target and the stages it is built
+		// FROM: their layers are all in the result.
 		isFinal := map[*stageRun]bool{}
 		for _, f := range finals {
-			isFinal[f] = true
+			for s := f; s != nil && !isFinal[s]; {
+				isFinal[s] = true
+				if s.baseStage < 0 {
+					break
+				}
+				s = s.b.stages[s.baseStage]
+			}
 		}
 		entries := cache.exportEntries(isFinal)
 		for _, exp := range opts.CacheTo {

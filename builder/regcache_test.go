@@ -322,10 +322,11 @@ func TestRegistryCacheAcrossRoots(t *testing.T) {
 	})
 }
 
-// TestRegistryCacheMinMode: mode=min exports the final stage's steps
-// only. A fresh root then runs the other stages again; the final stage's
-// steps hit when those stages reproduce their output (here, with
-// SOURCE_DATE_EPOCH, they do), since a COPY --from key covers the source
+// TestRegistryCacheMinMode: mode=min exports the steps of the stages in
+// the result (the target and the stage it is built FROM) only. A fresh
+// root then runs the COPY --from source stage again; the final stage's
+// steps hit when that stage reproduces its output (here, with
+// SOURCE_DATE_EPOCH, it does), since a COPY --from key covers the source
 // stage's layers. mode=max hits everywhere.
 func TestRegistryCacheMinMode(t *testing.T) {
 	reg := registrytest.Start(t)
@@ -333,9 +334,11 @@ func TestRegistryCacheMinMode(t *testing.T) {
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 RUN echo built by tools > /out
-FROM scratch
-COPY --from=tools /out /out
+FROM scratch AS base
 COPY app.txt /app.txt
+FROM base
+COPY --from=tools /out /out
+ENV X=1
 `
 	dir := regcacheContext(t, df, "a\n", "l\n")
 	minRef, maxRef := reg.Host+"/cache/min:1", reg.Host+"/cache/max:1"
@@ -346,8 +349,8 @@ COPY app.txt /app.txt
 		ref, want string
 		records   int
 	}{
-		{minRef, "MMM|HH", 2},
-		{maxRef, "HHH|HH", 5},
+		{minRef, "MMM|H|HH", 3},
+		{maxRef, "HHH|H|HH", 6},
 	} {
 		t.Run(tc.ref[strings.LastIndex(tc.ref, "/")+1:], func(t *testing.T) {
 			st := newStore(t)
@@ -356,7 +359,7 @@ COPY app.txt /app.txt
 				t.Fatalf("%d records, want %d", c.Len(), tc.records)
 			}
 			res, log := regBuild(t, st, dir, func(o *Options) { o.CacheFrom = []CacheSource{c} })
-			if got := log.pattern("tools", "stage-1"); got != tc.want {
+			if got := log.pattern("tools", "base", "stage-2"); got != tc.want {
 				t.Fatalf("steps %s, want %s:\n%s", got, tc.want, log.reasons())
 			}
 			if res.Digest != resA.Digest {

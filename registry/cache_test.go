@@ -21,6 +21,7 @@ import (
 	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
+	"github.com/ibuild/ibuild/registry/registrytest"
 )
 
 func TestParseCacheSpec(t *testing.T) {
@@ -270,4 +271,18 @@ func blobGets(reqs []string) int {
 		}
 	}
 	return n
+}
+
+// TestImportCacheUnauthorized: a cache the credentials cannot read is an
+// error naming it, not an empty cache.
+func TestImportCacheUnauthorized(t *testing.T) {
+	reg := registrytest.StartWith(t, registrytest.Config{Users: map[string]string{"ci": "secret"}})
+	ref := reg.Host + "/cache/app:buildcache"
+	c, err := registry.ImportCache(context.Background(), ref, registry.CacheOptions{})
+	if err == nil {
+		t.Fatalf("import without credentials: %d records, warning %q; want an error", c.Len(), c.Warning)
+	}
+	if !strings.Contains(err.Error(), ref) || !strings.Contains(strings.ToLower(err.Error()), "unauthorized") {
+		t.Fatalf("error %q should name %s and say unauthorized", err, ref)
+	}
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -461,8 +460,6 @@ type cacheImage struct {
 	raw      []byte
 	layers   []v1.Layer
 }
-
-var _ partial.Describable = (*cacheImage)(nil)
 
 // encodeCache makes the cache manifest of entries (all, or only Final
 // ones).

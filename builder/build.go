@@ -192,7 +192,8 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 		}
 		res.Index, top = idx, idx
 	}
-	if len(opts.Push) > 0 {
+	// Outputs read every layer anyway: then the result is stored too.
+	if len(opts.Push) > 0 && len(opts.Outputs) == 0 {
 		missing, err := missingLayers(opts.Store, images)
 		if err != nil {
 			return nil, err

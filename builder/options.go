@@ -63,10 +63,11 @@ type Options struct {
 	// successful build (--push), with PushOptions. Layers the build took
 	// from a registry cache (CacheFrom) are mounted or skipped, never
 	// downloaded to be uploaded again. When such layers were not needed
-	// by any step (so they were not downloaded), the result is pushed from
-	// memory and not written to the store: Result.Stored is false, Tags
-	// are not applied and a warning says so. Without Push the store needs
-	// every layer, and Build downloads them.
+	// by any step (so they were not downloaded) and there are no Outputs,
+	// the result is pushed from memory and not written to the store:
+	// Result.Stored is false, Tags are not applied and a warning says so.
+	// Without Push (or with Outputs) the result needs every layer's bytes,
+	// and Build downloads them.
 	Push        []string
 	PushOptions registry.PushOptions
 	// Progress receives events; nil discards them.

@@ -17,17 +17,21 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/registry"
 )
 
 // Build builds the Dockerfile described by opts into the store, tags the
-// result with opts.Tags and writes opts.Outputs. A failed build tags
-// nothing.
+// result with opts.Tags, writes opts.Outputs, pushes it to opts.Push and
+// exports its cache to opts.CacheTo. A failed build tags nothing. A
+// pushed result whose registry-cache layers were never downloaded is not
+// stored (see Options.Push).
 func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Store == nil {
 		return nil, errors.New("builder: Options.Store is required")
@@ -126,13 +130,54 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 
-	res := &Result{Names: names}
-	if len(images) == 1 {
-		desc, err := opts.Store.WriteImage(ctx, images[0])
-		if err != nil {
-			return nil, err
+	res, err := storeResult(ctx, &opts, images, platforms, names, warn)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
+		return nil, err
+	}
+	if err := pushResult(ctx, &opts, res); err != nil {
+		return nil, err
+	}
+	if len(opts.CacheTo) > 0 {
+		// The result's stages are the target and the stages it is built
+		// FROM: their layers are all in the result.
+		isFinal := map[*stageRun]bool{}
+		for _, f := range finals {
+			for s := f; s != nil && !isFinal[s]; {
+				isFinal[s] = true
+				if s.baseStage < 0 {
+					break
+				}
+				s = s.b.stages[s.baseStage]
+			}
 		}
-		res.Image, res.Descriptor, res.Digest = images[0], desc, desc.Digest
+		entries := cache.exportEntries(isFinal)
+		for _, exp := range opts.CacheTo {
+			if err := exp.ExportCache(ctx, entries); err != nil {
+				return nil, fmt.Errorf("--cache-to: %w", err)
+			}
+		}
+	}
+	res.Warnings = warnings
+	return res, nil
+}
+
+// storeResult assembles the result of the platforms' images and writes
+// it to the store, tagged with names; unless it is to be pushed and has
+// layers from a registry cache that no step needed (not downloaded): it
+// is then only assembled in memory, for pushResult.
+func storeResult(ctx context.Context, opts *Options, images []v1.Image, platforms []v1.Platform, names []string, warn func(string)) (*Result, error) {
+	res := &Result{Names: names}
+	var top interface {
+		MediaType() (types.MediaType, error)
+		Digest() (v1.Hash, error)
+		Size() (int64, error)
+	}
+	if len(images) == 1 {
+		res.Image, top = images[0], images[0]
+		var err error
 		if res.ID, err = images[0].ConfigName(); err != nil {
 			return nil, err
 		}
@@ -145,34 +190,107 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				Descriptor: v1.Descriptor{Platform: &p},
 			})
 		}
-		desc, err := opts.Store.WriteIndex(ctx, idx)
+		res.Index, top = idx, idx
+	}
+	// Outputs read every layer anyway: then the result is stored too.
+	if len(opts.Push) > 0 && len(opts.Outputs) == 0 {
+		missing, err := missingLayers(opts.Store, images)
 		if err != nil {
 			return nil, err
 		}
-		res.Index, res.Descriptor, res.Digest, res.ID = idx, desc, desc.Digest, desc.Digest
+		if missing > 0 {
+			var d v1.Descriptor
+			if d.MediaType, err = top.MediaType(); err == nil {
+				if d.Digest, err = top.Digest(); err == nil {
+					d.Size, err = top.Size()
+				}
+			}
+			if err != nil {
+				return nil, err
+			}
+			if res.Image != nil {
+				if cf, err := res.Image.ConfigFile(); err == nil {
+					d.Platform = cf.Platform()
+				}
+			} else {
+				res.ID = d.Digest
+			}
+			res.Descriptor, res.Digest = d, d.Digest
+			what := "the result"
+			if len(names) > 0 {
+				what = strings.Join(names, ", ")
+			}
+			n := fmt.Sprintf("%d layers came from the registry cache and were", missing)
+			if missing == 1 {
+				n = "1 layer came from the registry cache and was"
+			}
+			warn(fmt.Sprintf("%s was pushed but not stored locally: %s not downloaded (ibuild pull %s fetches it)",
+				what, n, opts.Push[0]))
+			return res, nil
+		}
 	}
+	var desc v1.Descriptor
+	var err error
+	if res.Image != nil {
+		desc, err = opts.Store.WriteImage(ctx, res.Image)
+	} else {
+		desc, err = opts.Store.WriteIndex(ctx, res.Index)
+		res.ID = desc.Digest
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Descriptor, res.Digest, res.Stored = desc, desc.Digest, true
 	for _, n := range names {
 		if err := opts.Store.Tag(ctx, n, res.Descriptor); err != nil {
 			return nil, err
 		}
 	}
-	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
-		return nil, err
-	}
-	if len(opts.CacheTo) > 0 {
-		isFinal := map[*stageRun]bool{}
-		for _, f := range finals {
-			isFinal[f] = true
+	return res, nil
+}
+
+// missingLayers counts the distinct distributable layers of images that
+// the store's blob store lacks: layers of a registry cache no step read.
+func missingLayers(st *layers.Store, images []v1.Image) (int, error) {
+	seen := map[v1.Hash]bool{}
+	for _, img := range images {
+		ls, err := img.Layers()
+		if err != nil {
+			return 0, err
 		}
-		entries := cache.exportEntries(isFinal)
-		for _, exp := range opts.CacheTo {
-			if err := exp.ExportCache(ctx, entries); err != nil {
-				return nil, fmt.Errorf("--cache-to: %w", err)
+		for _, l := range ls {
+			if mt, err := l.MediaType(); err == nil && !mt.IsDistributable() {
+				continue
+			}
+			d, err := l.Digest()
+			if err != nil {
+				return 0, err
+			}
+			if !st.Blobs().Has(d) {
+				seen[d] = true
 			}
 		}
 	}
-	res.Warnings = warnings
-	return res, nil
+	return len(seen), nil
+}
+
+// pushResult pushes the result to opts.Push, from memory: layers from a
+// registry cache are mounted from the cache's repository.
+func pushResult(ctx context.Context, opts *Options, res *Result) error {
+	for _, dest := range opts.Push {
+		var d v1.Hash
+		var err error
+		if res.Image != nil {
+			d, err = registry.PushImage(ctx, res.Image, dest, opts.PushOptions)
+		} else {
+			d, err = registry.PushIndex(ctx, res.Index, dest, opts.PushOptions)
+		}
+		if err != nil {
+			return err
+		}
+		res.Pushed = append(res.Pushed, Pushed{Ref: dest, Digest: d})
+	}
+	return nil
 }
 
 // readDockerfile finds and reads the Dockerfile.

@@ -42,7 +42,7 @@ type cacheSession struct {
 	mu      sync.Mutex
 	flights map[v1.Hash]chan struct{}
 	entries []cacheUse
-	seen    map[v1.Hash]bool
+	seen    map[v1.Hash]int // index in entries
 }
 
 // CacheSource is a cache imported with --cache-from: it answers a step's
@@ -59,10 +59,11 @@ type CacheExporter interface {
 	ExportCache(ctx context.Context, entries []layers.CacheEntry) error
 }
 
-// cacheUse is a step of this build, for export.
+// cacheUse is a step of this build, for export, with the stages that
+// used it (two stages with the same base and first steps share keys).
 type cacheUse struct {
 	layers.CacheEntry
-	stage *stageRun
+	stages []*stageRun
 }
 
 func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
@@ -72,7 +73,7 @@ func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
 		skipStages: map[string]bool{},
 		imported:   opts.CacheFrom,
 		flights:    map[v1.Hash]chan struct{}{},
-		seen:       map[v1.Hash]bool{},
+		seen:       map[v1.Hash]int{},
 	}
 	epoch := "none"
 	if e := opts.SourceDateEpoch; e != nil {
@@ -152,11 +153,12 @@ func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, e
 func (cs *cacheSession) record(s *stageRun, key v1.Hash, rec *layers.CacheRecord, l v1.Layer) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.seen[key] {
+	if i, ok := cs.seen[key]; ok {
+		cs.entries[i].stages = append(cs.entries[i].stages, s)
 		return
 	}
-	cs.seen[key] = true
-	cs.entries = append(cs.entries, cacheUse{CacheEntry: layers.CacheEntry{Key: key, Record: rec, Layer: l}, stage: s})
+	cs.seen[key] = len(cs.entries)
+	cs.entries = append(cs.entries, cacheUse{CacheEntry: layers.CacheEntry{Key: key, Record: rec, Layer: l}, stages: []*stageRun{s}})
 }
 
 // exportEntries lists the steps of this build, marking those of the
@@ -167,7 +169,9 @@ func (cs *cacheSession) exportEntries(finals map[*stageRun]bool) []layers.CacheE
 	out := make([]layers.CacheEntry, len(cs.entries))
 	for i, e := range cs.entries {
 		out[i] = e.CacheEntry
-		out[i].Final = finals[e.stage]
+		for _, s := range e.stages {
+			out[i].Final = out[i].Final || finals[s]
+		}
 	}
 	return out
 }

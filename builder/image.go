@@ -191,3 +191,7 @@ type typedLayer struct {
 }
 
 func (l typedLayer) MediaType() (types.MediaType, error) { return l.mt, nil }
+
+// Unwrap is the layer under the new name: a push finds there where the
+// layer may be mounted from (see registry.PushImage).
+func (l typedLayer) Unwrap() v1.Layer { return l.Layer }

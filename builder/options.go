@@ -59,6 +59,17 @@ type Options struct {
 	SourceDateEpoch *time.Time
 	// Outputs are written in addition to the store.
 	Outputs []registry.Output
+	// Push are registry references the result is pushed to after a
+	// successful build (--push), with PushOptions. Layers the build took
+	// from a registry cache (CacheFrom) are mounted or skipped, never
+	// downloaded to be uploaded again. When such layers were not needed
+	// by any step (so they were not downloaded) and there are no Outputs,
+	// the result is pushed from memory and not written to the store:
+	// Result.Stored is false, Tags are not applied and a warning says so.
+	// Without Push (or with Outputs) the result needs every layer's bytes,
+	// and Build downloads them.
+	Push        []string
+	PushOptions registry.PushOptions
 	// Progress receives events; nil discards them.
 	Progress progress.Sink
 	// HTTPClient fetches ADD URLs; nil means http.DefaultClient.
@@ -162,6 +173,14 @@ func ParseNetwork(s string) (string, error) {
 	return "", fmt.Errorf("network %q: want host or none", s)
 }
 
+// Pushed is one push of a build's result.
+type Pushed struct {
+	// Ref is the reference pushed to, as given in Options.Push.
+	Ref string
+	// Digest is the pushed manifest's (or index's) digest.
+	Digest v1.Hash
+}
+
 // Result is what a build produced.
 type Result struct {
 	// Image is the built image for a single-platform build; nil otherwise.
@@ -175,8 +194,16 @@ type Result struct {
 	ID v1.Hash
 	// Descriptor is the result's descriptor in the store.
 	Descriptor v1.Descriptor
-	// Names are the normalized names the result was tagged with.
+	// Names are the normalized names of Options.Tags, which the result
+	// was tagged with in the store when Stored.
 	Names []string
+	// Stored is false when the result was pushed (Options.Push) but not
+	// written to the store, because layers it took from a registry cache
+	// were never downloaded; Descriptor then describes the pushed
+	// manifest.
+	Stored bool
+	// Pushed are the pushes of Options.Push, in order.
+	Pushed []Pushed
 	// Warnings collected during the build (also sent to Progress).
 	Warnings []string
 }

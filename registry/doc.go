@@ -6,7 +6,11 @@
 // a pull policy; InspectRemote reads manifests and configs without layers.
 // Push uploads a stored image or index to a registry: blobs as stored
 // (never recompressed) and before the manifest, optionally converted to OCI
-// or Docker media types. The outputs are an OCI image layout as a
+// or Docker media types; PushImage and PushIndex push an image that is
+// not stored (a build result), mounting layers that know their source
+// repository. ImportCache reads a build cache from a registry (records
+// only; layers are fetched when read) and CacheExport writes one (see
+// cache.go for the format). The outputs are an OCI image layout as a
 // directory or a tar archive, a `docker load` archive, and the final root
 // filesystem as a directory or a tar stream. Images and indexes arrive as
 // go-containerregistry v1.Image / v1.ImageIndex values, typically read

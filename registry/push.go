@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -68,6 +66,47 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		}
 		dest = n
 	}
+	// Hold a shared lock so nothing is garbage-collected under the upload.
+	unlock, err := store.Lock(ctx, false)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", dest, err)
+	}
+	defer unlock()
+	var img v1.Image
+	var idx v1.ImageIndex
+	switch {
+	case desc.MediaType.IsIndex():
+		idx, err = store.ImageIndex(ctx, desc.Digest)
+	case desc.MediaType.IsImage():
+		img, err = store.Image(ctx, desc.Digest)
+	default:
+		err = fmt.Errorf("%s is a %s, neither an image nor an index", desc.Digest, desc.MediaType)
+	}
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", dest, err)
+	}
+	return push(ctx, img, idx, src, dest, opts)
+}
+
+// PushImage uploads img to the registry reference dest and returns the
+// digest of the pushed manifest, as Push does for a stored image. img
+// need not be in a store: a build's result whose layers came from a
+// registry cache is pushed without downloading them, since a layer that
+// is (or wraps, through an Unwrap() v1.Layer method) a
+// *remote.MountableLayer naming a repository of dest's registry is
+// mounted from there, or skipped when dest already has it.
+func PushImage(ctx context.Context, img v1.Image, dest string, opts PushOptions) (v1.Hash, error) {
+	return push(ctx, img, nil, "", dest, opts)
+}
+
+// PushIndex is PushImage for an image index.
+func PushIndex(ctx context.Context, idx v1.ImageIndex, dest string, opts PushOptions) (v1.Hash, error) {
+	return push(ctx, nil, idx, "", dest, opts)
+}
+
+// push uploads img or idx to dest; src, when not "", is the stored name
+// the layers may be mounted from (see mountSource).
+func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string, opts PushOptions) (v1.Hash, error) {
 	var format types.MediaType
 	switch opts.Format {
 	case "":
@@ -90,30 +129,19 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 	if jobs <= 0 {
 		jobs = pushJobs
 	}
-	ropts := append(opts.Conn.remoteOptions(ctx, jobs),
-		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 5}),
-		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable,
-			http.StatusGatewayTimeout, http.StatusTooManyRequests),
-	)
+	ropts := append(opts.Conn.remoteOptions(ctx, jobs), retryOptions()...)
 	progress := func(format string, args ...any) {
 		if opts.Progress != nil {
 			opts.Progress(fmt.Sprintf(format, args...))
 		}
 	}
-	// Hold a shared lock so nothing is garbage-collected under the upload.
-	unlock, err := store.Lock(ctx, false)
-	if err != nil {
-		return fail(err)
+	var from name.Reference
+	if src != "" {
+		from = mountSource(src, r, opts.Insecure)
 	}
-	defer unlock()
-	from := mountSource(src, r, opts.Insecure)
 	var pushed v1.Hash
 	switch {
-	case desc.MediaType.IsIndex():
-		var idx v1.ImageIndex
-		if idx, err = store.ImageIndex(ctx, desc.Digest); err != nil {
-			return fail(err)
-		}
+	case idx != nil:
 		if format != "" {
 			if idx, err = convertIndex(idx, format); err != nil {
 				return fail(err)
@@ -122,18 +150,11 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		if pushed, err = idx.Digest(); err != nil {
 			return fail(err)
 		}
-		if from != nil {
-			idx = &mountIndex{idx: idx, from: from}
-		}
 		progress("pushing index %s to %s", pushed, full)
-		if err := remote.WriteIndex(r, idx, ropts...); err != nil {
+		if err := remote.WriteIndex(r, &mountIndex{idx: idx, from: from, dest: r}, ropts...); err != nil {
 			return fail(err)
 		}
-	case desc.MediaType.IsImage():
-		var img v1.Image
-		if img, err = store.Image(ctx, desc.Digest); err != nil {
-			return fail(err)
-		}
+	case img != nil:
 		if format != "" {
 			if img, err = convertImage(img, format); err != nil {
 				return fail(err)
@@ -142,15 +163,12 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 		if pushed, err = img.Digest(); err != nil {
 			return fail(err)
 		}
-		if from != nil {
-			img = &mountImage{Image: img, from: from}
-		}
 		progress("pushing image %s to %s", pushed, full)
-		if err := remote.Write(r, img, ropts...); err != nil {
+		if err := remote.Write(r, &mountImage{Image: img, from: from, dest: r}, ropts...); err != nil {
 			return fail(err)
 		}
 	default:
-		return fail(fmt.Errorf("%s is a %s, neither an image nor an index", desc.Digest, desc.MediaType))
+		return fail(errors.New("nothing to push"))
 	}
 	progress("pushed %s: %s", full, pushed)
 	return pushed, nil
@@ -351,12 +369,54 @@ func mountSource(src string, dest name.Reference, insecure []string) name.Refere
 	return r
 }
 
+// layerSource is the repository a layer can be mounted from: the
+// Reference of the *remote.MountableLayer it is or wraps (through
+// Unwrap() v1.Layer methods); nil when there is none.
+func layerSource(l v1.Layer) name.Reference {
+	for range 16 {
+		switch t := l.(type) {
+		case *remote.MountableLayer:
+			return t.Reference
+		case interface{ Unwrap() v1.Layer }:
+			l = t.Unwrap()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// mountable offers l to remote.Write as mountable into dest: from its own
+// source repository (layerSource) when that is on dest's registry, else
+// from from (when not nil). Layers from another registry are uploaded
+// (their bytes are read from where they are).
+func mountable(l v1.Layer, from, dest name.Reference) v1.Layer {
+	if own := layerSource(l); own != nil {
+		if own.Context().RegistryStr() == dest.Context().RegistryStr() {
+			if ml, ok := l.(*remote.MountableLayer); ok && ml.Reference == own {
+				return l
+			}
+			return &remote.MountableLayer{Layer: l, Reference: own}
+		}
+		if ml, ok := l.(*remote.MountableLayer); ok {
+			l = ml.Layer // not mountable into dest: a plain upload
+		}
+	}
+	if from != nil {
+		return &remote.MountableLayer{Layer: l, Reference: from}
+	}
+	return l
+}
+
 // mountImage offers its layers to remote.Write as mountable from another
 // repository of the same registry: the registry links them instead of
 // receiving their bytes again (and falls back to an upload if it cannot).
+// A layer that knows its own source repository (see layerSource) is
+// mounted from there; the others from from, when it is not nil.
 type mountImage struct {
 	v1.Image
 	from name.Reference
+	dest name.Reference
 }
 
 func (m *mountImage) Layers() ([]v1.Layer, error) {
@@ -366,7 +426,7 @@ func (m *mountImage) Layers() ([]v1.Layer, error) {
 	}
 	out := make([]v1.Layer, len(ls))
 	for i, l := range ls {
-		out[i] = &remote.MountableLayer{Layer: l, Reference: m.from}
+		out[i] = mountable(l, m.from, m.dest)
 	}
 	return out, nil
 }
@@ -376,7 +436,7 @@ func (m *mountImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remote.MountableLayer{Layer: l, Reference: m.from}, nil
+	return mountable(l, m.from, m.dest), nil
 }
 
 // ConfigLayer offers the config blob as mountable too.
@@ -385,6 +445,9 @@ func (m *mountImage) ConfigLayer() (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m.from == nil {
+		return l, nil
+	}
 	return &remote.MountableLayer{Layer: l, Reference: m.from}, nil
 }
 
@@ -392,6 +455,7 @@ func (m *mountImage) ConfigLayer() (v1.Layer, error) {
 type mountIndex struct {
 	idx  v1.ImageIndex
 	from name.Reference
+	dest name.Reference
 }
 
 func (m *mountIndex) MediaType() (types.MediaType, error)       { return m.idx.MediaType() }
@@ -408,5 +472,5 @@ func (m *mountIndex) Image(h v1.Hash) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mountImage{Image: img, from: m.from}, nil
+	return &mountImage{Image: img, from: m.from, dest: m.dest}, nil
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibuild/ibuild/builder"
@@ -31,6 +30,8 @@ func buildCommand() *cli.Command {
 			&cli.StringFlag{Name: "platform", Usage: "target platform(s): os/arch[/variant][,...]"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "run every step; do not take any from the build cache"},
 			&cli.StringSliceFlag{Name: "no-cache-filter", Usage: "run every step of this stage (name or index; repeatable, or comma-separated)"},
+			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps from a registry cache: type=registry,ref=REF, or REF (repeatable; a REF that does not exist yet is a warning)"},
+			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache to a registry: type=registry,ref=REF[,mode=min|max] (repeatable; min: the result's stages, max: every stage)"},
 			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false] (repeatable)"},
 			&cli.StringFlag{Name: "iidfile", Usage: "write the image ID to this file"},
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress output: auto, plain, tty or json"},
@@ -142,6 +143,9 @@ func runBuild(c *cli.Context) error {
 		}
 		opts.Outputs = append(opts.Outputs, out)
 	}
+	if err := cacheOptions(c, &opts, st); err != nil {
+		return err
+	}
 	var pushTo []string
 	if c.Bool("push") {
 		for _, tag := range opts.Tags {
@@ -156,6 +160,8 @@ func runBuild(c *cli.Context) error {
 		if len(pushTo) == 0 {
 			return cli.Exit("--push needs a -t name with a registry (e.g. -t registry.example.com/app:1); localhost/... names stay local", 2)
 		}
+		opts.Push = pushTo
+		opts.PushOptions = registry.PushOptions{Conn: connOptions(c)}
 	} else if c.IsSet("digestfile") {
 		return cli.Exit("--digestfile needs --push", 2)
 	}
@@ -180,19 +186,14 @@ func runBuild(c *cli.Context) error {
 			return fmt.Errorf("--iidfile: %w", err)
 		}
 	}
-	if len(pushTo) > 0 {
-		popts := registry.PushOptions{Conn: connOptions(c)}
-		var pushed v1.Hash
-		for _, dest := range pushTo {
-			if pushed, err = registry.Push(c.Context, st, res.Digest.String(), dest, popts); err != nil {
-				return err
-			}
+	if len(res.Pushed) > 0 {
+		for _, p := range res.Pushed {
 			if !c.Bool("quiet") && mode != "json" {
-				fmt.Fprintf(os.Stderr, "pushed %s: %s\n", dest, pushed)
+				fmt.Fprintf(os.Stderr, "pushed %s: %s\n", p.Ref, p.Digest)
 			}
 		}
 		if f := c.String("digestfile"); f != "" {
-			if err := os.WriteFile(f, []byte(pushed.String()), 0o644); err != nil {
+			if err := os.WriteFile(f, []byte(res.Pushed[len(res.Pushed)-1].Digest.String()), 0o644); err != nil {
 				return fmt.Errorf("--digestfile: %w", err)
 			}
 		}
@@ -202,12 +203,44 @@ func runBuild(c *cli.Context) error {
 		return nil
 	}
 	msg := fmt.Sprintf("built %s in %.2fs", res.Digest, time.Since(start).Seconds())
-	if len(res.Names) > 0 {
+	if len(res.Names) > 0 && res.Stored {
 		msg += ", tagged " + strings.Join(res.Names, ", ")
 	}
 	sink.Emit(progress.Event{Kind: progress.BuildDone, Time: time.Now(), Digest: res.Digest.String(), Message: msg})
 	if mode != "json" {
 		fmt.Println(res.ID)
+	}
+	return nil
+}
+
+// cacheOptions reads --cache-from (importing each cache now: manifests
+// and records, no layers) and --cache-to into opts.
+func cacheOptions(c *cli.Context, opts *builder.Options, st *layers.Store) error {
+	copts := registry.CacheOptions{Conn: connOptions(c), Store: st}
+	for _, v := range c.StringSlice("cache-from") {
+		spec, err := registry.ParseCacheSpec(v)
+		if err != nil {
+			return fmt.Errorf("--cache-from %s: %w", v, err)
+		}
+		cache, err := registry.ImportCache(c.Context, spec.Ref, copts)
+		if err != nil {
+			return fmt.Errorf("--cache-from: %w", err)
+		}
+		if cache.Warning != "" {
+			fmt.Fprintf(os.Stderr, "ibuild: warning: --cache-from: %s\n", cache.Warning)
+		}
+		opts.CacheFrom = append(opts.CacheFrom, cache)
+	}
+	for _, v := range c.StringSlice("cache-to") {
+		spec, err := registry.ParseCacheSpec(v)
+		if err != nil {
+			return fmt.Errorf("--cache-to %s: %w", v, err)
+		}
+		exp, err := registry.NewCacheExport(spec, copts)
+		if err != nil {
+			return fmt.Errorf("--cache-to: %w", err)
+		}
+		opts.CacheTo = append(opts.CacheTo, exp)
 	}
 	return nil
 }

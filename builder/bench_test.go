@@ -242,19 +242,31 @@ func BenchmarkStepOnBase(b *testing.B) {
 
 // BenchmarkBuildDemo builds testdata/demo (two stages, a dozen
 // instructions, small files) into one store again and again, for
-// regressions in the fixed cost of a build.
+// regressions in the fixed cost of a build: uncached (every step runs)
+// and cached (every step is a hit).
 func BenchmarkBuildDemo(b *testing.B) {
-	ctx := context.Background()
-	st, err := layers.OpenStore(ctx, filepath.Join(b.TempDir(), "store"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	opts := builder.Options{Store: st, ContextDir: "../testdata/demo", Tags: []string{"demo:1"}}
-	for b.Loop() {
-		if _, err := builder.Build(ctx, opts); err != nil {
-			b.Fatal(err)
+	for _, noCache := range []bool{true, false} {
+		name := "cached"
+		if noCache {
+			name = "uncached"
 		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			st, err := layers.OpenStore(ctx, filepath.Join(b.TempDir(), "store"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			opts := builder.Options{Store: st, ContextDir: "../testdata/demo", Tags: []string{"demo:1"}, NoCache: noCache}
+			if _, err := builder.Build(ctx, opts); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if _, err := builder.Build(ctx, opts); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -96,7 +96,7 @@ func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
 
 // close saves the context digest index.
 func (cs *cacheSession) close() error {
-	return cs.idx.Save(cs.idxPath, cs.store.WriteFileAtomic)
+	return cs.idx.Save(cs.idxPath, cs.store.WriteCacheFile)
 }
 
 // acquire waits until no other build of this session is working on key,

@@ -385,7 +385,7 @@ func (s *stageRun) saveHistory(k *keyBuilder) error {
 	if err != nil {
 		return err
 	}
-	return s.b.opts.Store.WriteFileAtomic(p, b)
+	return s.b.opts.Store.WriteCacheFile(p, b)
 }
 
 // missReason compares k with the step's previous inputs and says what
@@ -550,7 +550,7 @@ func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (strin
 		s.prefetched[rawURL] = f
 		if v.ETag != "" || v.LastModified != "" {
 			if b, err := json.Marshal(v); err == nil {
-				_ = s.b.opts.Store.WriteFileAtomic(vpath, b)
+				_ = s.b.opts.Store.WriteCacheFile(vpath, b)
 			}
 		}
 	}

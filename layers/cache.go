@@ -89,7 +89,7 @@ func (s *Store) CachePut(ctx context.Context, key v1.Hash, rec *CacheRecord) err
 	if err := os.MkdirAll(filepath.Dir(s.cachePath(key)), 0o755); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	if err := s.writeAtomic(s.cachePath(key), b); err != nil {
+	if err := s.writeCacheFile(s.cachePath(key), b); err != nil {
 		return fmt.Errorf("cache: store record %s: %w", key.Hex[:12], err)
 	}
 	return nil
@@ -105,10 +105,34 @@ func (s *Store) CacheDir(name string) (string, error) {
 	return d, nil
 }
 
-// WriteFileAtomic replaces path (inside the store) with b: a temporary
-// file, fsync, rename.
-func (s *Store) WriteFileAtomic(path string, b []byte) error {
-	return s.writeAtomic(path, b)
+// WriteCacheFile replaces path (a cache file inside the store) with b,
+// atomically but without fsync: cache files are only ever an
+// optimization, and every reader treats a damaged one as absent, so after
+// a crash the worst outcome is a cache miss; skipping the syncs keeps a
+// build's many small cache writes from waiting on the disk.
+func (s *Store) WriteCacheFile(path string, b []byte) error {
+	return s.writeCacheFile(path, b)
+}
+
+func (s *Store) writeCacheFile(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 func (s *Store) cachePath(key v1.Hash) string {
@@ -223,7 +247,7 @@ func (s *Store) PutLayerMemo(key v1.Hash, d Descriptor) error {
 	if err := os.MkdirAll(filepath.Dir(s.layerMemoPath(key)), 0o755); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	return s.writeAtomic(s.layerMemoPath(key), b)
+	return s.writeCacheFile(s.layerMemoPath(key), b)
 }
 
 func (s *Store) layerMemoPath(key v1.Hash) string {

@@ -338,6 +338,9 @@ type build struct {
 	images   map[string]*imageSource
 	pulls    map[string]*pulled
 	cache    *cacheSession
+	// containers is set when working containers of this store may be
+	// named as --from sources (the working container operations).
+	containers *layers.Store
 	emulator emulatorCheck
 }
 

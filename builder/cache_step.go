@@ -144,7 +144,7 @@ func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *
 	}
 	lk.add("kind", "layer")
 	lk.add("below", s.c.chainID())
-	lk.add("workdir", s.c.Config().WorkingDir)
+	lk.add("workdir", s.c.imageConfig().WorkingDir)
 	lk.add("options", s.b.cache.layerOptions)
 	key := lk.sum()
 	cs := s.b.cache

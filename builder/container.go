@@ -27,6 +27,8 @@ type Container struct {
 	opts     containerOptions
 	// lastLayer is the layer the current step added, for its cache record.
 	lastLayer *layers.Descriptor
+	// work is set for a working container (From, OpenContainer).
+	work *workState
 	// rootfs caches the merged view of layers and dirs the snapshot
 	// directories it is made of; both nil after a change.
 	rootfs *layers.RootFS
@@ -85,9 +87,9 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 	return c, nil
 }
 
-// Config is the config the image will be committed with; instructions edit
-// it in place.
-func (c *Container) Config() *v1.Config { return &c.config.Config }
+// imageConfig is the config the image will be committed with;
+// instructions edit it in place.
+func (c *Container) imageConfig() *v1.Config { return &c.config.Config }
 
 // Platform is the container's platform.
 func (c *Container) Platform() v1.Platform { return c.platform }

@@ -16,7 +16,7 @@ func (s *stageRun) shellWords(cl instructions.ShellDependantCmdLine) []string {
 	if !cl.PrependShell {
 		return append([]string(nil), cl.CmdLine...)
 	}
-	sh := s.c.Config().Shell
+	sh := s.c.imageConfig().Shell
 	if len(sh) == 0 {
 		sh = defaultShell
 	}
@@ -25,7 +25,7 @@ func (s *stageRun) shellWords(cl instructions.ShellDependantCmdLine) []string {
 
 // cmd runs CMD.
 func (s *stageRun) cmd(c *instructions.CmdCommand) error {
-	s.c.Config().Cmd = s.shellWords(c.ShellDependantCmdLine)
+	s.c.imageConfig().Cmd = s.shellWords(c.ShellDependantCmdLine)
 	s.cmdSet = true
 	s.c.addHistory(cmdText(c))
 	return nil
@@ -34,7 +34,7 @@ func (s *stageRun) cmd(c *instructions.CmdCommand) error {
 // entrypoint runs ENTRYPOINT. As in docker, it clears a CMD inherited from
 // the base image, but not one set earlier in this stage.
 func (s *stageRun) entrypoint(c *instructions.EntrypointCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	if len(c.CmdLine) == 0 && !c.PrependShell {
 		cfg.Entrypoint = nil
 	} else {

@@ -50,7 +50,7 @@ func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instruction
 		return fmt.Errorf("%s needs a destination", spec.instr)
 	}
 	if !path.IsAbs(dest) {
-		wd := s.c.Config().WorkingDir
+		wd := s.c.imageConfig().WorkingDir
 		if wd == "" {
 			wd = "/"
 		}
@@ -104,6 +104,19 @@ func (s *stageRun) fromSource(ctx context.Context, from string) (sourceFS, strin
 			return nil, "", err
 		}
 		return &imageFS{rootfs}, "stage " + dep.name, nil
+	}
+	if s.b.containers != nil {
+		if st, err := InspectContainer(s.b.containers, from); err == nil {
+			c, err := st.container(s.b.containers)
+			if err != nil {
+				return nil, "", err
+			}
+			rootfs, err := c.RootFS(ctx)
+			if err != nil {
+				return nil, "", err
+			}
+			return &imageFS{rootfs}, "container " + from, nil
+		}
 	}
 	src, err := s.b.imageSource(ctx, from, s.platform)
 	if err != nil {

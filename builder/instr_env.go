@@ -8,7 +8,7 @@ import (
 
 // envCmd runs ENV: each pair replaces or appends a variable of the image.
 func (s *stageRun) envCmd(c *instructions.EnvCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	for _, kv := range c.Env {
 		cfg.Env = setEnv(cfg.Env, kv.Key, kv.Value)
 	}

@@ -11,7 +11,7 @@ import (
 // exposeCmd runs EXPOSE: "80", "80/udp", "8000-8002/tcp".
 func (s *stageRun) exposeCmd(c *instructions.ExposeCommand) error {
 	env := s.scope()
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	ports := make(map[string]struct{}, len(cfg.ExposedPorts))
 	for k := range cfg.ExposedPorts {
 		ports[k] = struct{}{}

@@ -9,7 +9,7 @@ import (
 // ["NONE"] as docker does).
 func (s *stageRun) healthcheck(c *instructions.HealthCheckCommand) error {
 	h := c.Health
-	s.c.Config().Healthcheck = &v1.HealthConfig{
+	s.c.imageConfig().Healthcheck = &v1.HealthConfig{
 		Test:        append([]string(nil), h.Test...),
 		Interval:    h.Interval,
 		Timeout:     h.Timeout,

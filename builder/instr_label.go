@@ -6,7 +6,7 @@ import (
 
 // label runs LABEL.
 func (s *stageRun) label(c *instructions.LabelCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	labels := make(map[string]string, len(cfg.Labels)+len(c.Labels))
 	for k, v := range cfg.Labels {
 		labels[k] = v

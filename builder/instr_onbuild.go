@@ -7,7 +7,7 @@ import (
 // onbuild runs ONBUILD: the trigger is stored in the image and runs when
 // the image is used as a base.
 func (s *stageRun) onbuild(c *instructions.OnbuildCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	cfg.OnBuild = append(append([]string(nil), cfg.OnBuild...), c.Expression)
 	s.c.addHistory(cmdText(c))
 	return nil

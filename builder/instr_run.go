@@ -102,7 +102,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	spec := sandbox.Spec{
 		Lowers: lowers, Upper: dirs["upper"], Work: dirs["work"], Merged: dirs["merged"],
-		Env: s.runEnv(), Dir: s.c.Config().WorkingDir, Hostname: sandboxHostname,
+		Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
 		Network: network, Files: map[string]string{},
 	}
 	if isolation == IsolationChroot {
@@ -148,7 +148,7 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 		}
 		return append([]string(nil), c.CmdLine...), stdin
 	}
-	sh := s.c.Config().Shell
+	sh := s.c.imageConfig().Shell
 	if len(sh) == 0 {
 		sh = defaultShell
 	}

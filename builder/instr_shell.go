@@ -7,7 +7,7 @@ import (
 // shell runs SHELL: the shell of later shell-form instructions, recorded
 // in the image.
 func (s *stageRun) shell(c *instructions.ShellCommand) error {
-	s.c.Config().Shell = append([]string(nil), c.Shell...)
+	s.c.imageConfig().Shell = append([]string(nil), c.Shell...)
 	s.c.addHistory(cmdText(c))
 	return nil
 }

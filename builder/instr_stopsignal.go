@@ -25,7 +25,7 @@ func (s *stageRun) stopSignal(c *instructions.StopSignalCommand) error {
 			return fmt.Errorf("invalid signal %q", c.Signal)
 		}
 	}
-	s.c.Config().StopSignal = sig
+	s.c.imageConfig().StopSignal = sig
 	s.c.addHistory(cmdText(c))
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 // user runs USER. The name is kept as written; it is resolved against the
 // image's /etc/passwd when a step runs as it (WORKDIR, RUN), as docker does.
 func (s *stageRun) user(c *instructions.UserCommand) error {
-	s.c.Config().User = c.User
+	s.c.imageConfig().User = c.User
 	s.c.addHistory(cmdText(c))
 	return nil
 }

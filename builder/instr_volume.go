@@ -9,7 +9,7 @@ import (
 
 // volume runs VOLUME.
 func (s *stageRun) volume(c *instructions.VolumeCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	vols := make(map[string]struct{}, len(cfg.Volumes)+len(c.Volumes))
 	for k := range cfg.Volumes {
 		vols[k] = struct{}{}

@@ -11,7 +11,7 @@ import (
 // directory is created when the image lacks it (owned by the current USER,
 // as BuildKit does), which makes a layer; otherwise no layer is made.
 func (s *stageRun) workdir(ctx context.Context, c *instructions.WorkdirCommand) error {
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	wd := c.Path
 	if !path.IsAbs(wd) {
 		cur := cfg.WorkingDir
@@ -47,7 +47,7 @@ func (s *stageRun) ensureDir(ctx context.Context, dir, createdBy string) (bool, 
 		return false, nil
 	}
 	o := owner{}
-	if u := s.c.Config().User; u != "" {
+	if u := s.c.imageConfig().User; u != "" {
 		if o, err = resolveOwner(u, rootfs); err != nil {
 			return false, err
 		}

@@ -38,7 +38,7 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	}
 	defer os.RemoveAll(tmp)
 	spec := sandbox.Spec{
-		Merged: root, Env: s.runEnv(), Dir: s.c.Config().WorkingDir, Hostname: sandboxHostname,
+		Merged: root, Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
 		Network: network, Files: map[string]string{},
 	}
 	if isolation == IsolationChroot {

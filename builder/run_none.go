@@ -39,7 +39,7 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 		return err
 	}
 	spec := sandbox.Spec{
-		Merged: root, Env: s.runEnv(), Dir: s.c.Config().WorkingDir,
+		Merged: root, Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir,
 		Network: network, Isolation: IsolationNone,
 	}
 	if err := s.setCommand(c, &spec, layers.NewRootFS([]string{root})); err != nil {

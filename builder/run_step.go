@@ -24,7 +24,7 @@ import (
 // in files, the image's tree).
 func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
-	if u := s.c.Config().User; u != "" {
+	if u := s.c.imageConfig().User; u != "" {
 		var err error
 		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
 			return fmt.Errorf("USER %s: %w", u, err)

@@ -101,7 +101,7 @@ func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, 
 			return nil, fmt.Errorf("--mount=type=%s needs a target", m.Type)
 		}
 		if !path.IsAbs(target) {
-			wd := s.c.Config().WorkingDir
+			wd := s.c.imageConfig().WorkingDir
 			if wd == "" {
 				wd = "/"
 			}

@@ -126,7 +126,7 @@ func (s *stageRun) applyLabels() {
 	if len(s.b.opts.Labels) == 0 {
 		return
 	}
-	cfg := s.c.Config()
+	cfg := s.c.imageConfig()
 	if cfg.Labels == nil {
 		cfg.Labels = map[string]string{}
 	}
@@ -205,7 +205,7 @@ func (s *stageRun) emit(e progress.Event) {
 // scope is the variable scope instructions expand against: the stage's ARGs
 // under the image's ENV (ENV wins, as in docker).
 func (s *stageRun) scope() *dockerfile.Vars {
-	return s.args.Overlay(dockerfile.NewVars(s.c.Config().Env))
+	return s.args.Overlay(dockerfile.NewVars(s.c.imageConfig().Env))
 }
 
 // expand expands cmd's words in place, if it has any.

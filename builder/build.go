@@ -341,7 +341,7 @@ type build struct {
 	// containers is set when working containers of this store may be
 	// named as --from sources (the working container operations).
 	containers *layers.Store
-	emulator emulatorCheck
+	emulator   emulatorCheck
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {

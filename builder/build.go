@@ -102,6 +102,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		opts.Progress.Emit(progress.Event{Kind: progress.Warning, Time: opts.Now(), Message: msg})
 	}
 
+	// Every platform's stages share the --jobs limit.
+	jobs := make(chan struct{}, opts.Jobs)
 	images := make([]v1.Image, len(platforms))
 	finals := make([]*stageRun, len(platforms))
 	errs := make([]error, len(platforms))
@@ -115,7 +117,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				errs[i] = err
 				return
 			}
-			b.cache = cache
+			b.cache, b.jobs = cache, jobs
 			finals[i], errs[i] = b.run(ctx)
 			if errs[i] == nil {
 				images[i] = finals[i].result
@@ -341,7 +343,10 @@ type build struct {
 	// containers is set when working containers of this store may be
 	// named as --from sources (the working container operations).
 	containers *layers.Store
-	emulator   emulatorCheck
+	// jobs bounds the stages building at once across the platforms of one
+	// Build (nil: only the per-platform limit).
+	jobs     chan struct{}
+	emulator emulatorCheck
 }
 
 func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
@@ -535,6 +540,14 @@ func (b *build) run(ctx context.Context) (*stageRun, error) {
 		return nil, err
 	}
 	if err := g.Run(ctx, order, b.opts.Jobs, func(ctx context.Context, i int) error {
+		if b.jobs != nil {
+			select {
+			case b.jobs <- struct{}{}:
+				defer func() { <-b.jobs }()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		return b.stages[i].build(ctx)
 	}); err != nil {
 		return nil, err

@@ -373,6 +373,12 @@ func TestCacheRun(t *testing.T) {
 // work for every target platform; with two platforms it runs once and the
 // other platform takes its result from the cache.
 func TestCacheSharedAcrossPlatforms(t *testing.T) {
+	for _, jobs := range []int{1, 4} {
+		t.Run(fmt.Sprintf("jobs=%d", jobs), func(t *testing.T) { testCacheSharedAcrossPlatforms(t, jobs) })
+	}
+}
+
+func testCacheSharedAcrossPlatforms(t *testing.T, jobs int) {
 	st := newStore(t)
 	dir := writeContext(t, map[string]string{"a": "a"})
 	df := "FROM --platform=$BUILDPLATFORM scratch AS gen\nCOPY a /a\nENV X=1\n" +
@@ -380,8 +386,10 @@ func TestCacheSharedAcrossPlatforms(t *testing.T) {
 	l := &stepLog{}
 	amd, _ := ParsePlatform("linux/amd64")
 	arm, _ := ParsePlatform("linux/arm64")
-	_, err := Build(context.Background(), Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df),
-		Platforms: []v1.Platform{amd, arm}, Progress: l})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := Build(ctx, Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df),
+		Platforms: []v1.Platform{amd, arm}, Progress: l, Jobs: jobs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,6 +139,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
 		return nil, err
 	}
+	cache.keepImported(ctx)
 	if err := pushResult(ctx, &opts, res); err != nil {
 		return nil, err
 	}

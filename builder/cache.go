@@ -39,10 +39,11 @@ type cacheSession struct {
 	// layerOptions are the build options every layer depends on.
 	layerOptions string
 
-	mu      sync.Mutex
-	flights map[v1.Hash]chan struct{}
-	entries []cacheUse
-	seen    map[v1.Hash]int // index in entries
+	mu           sync.Mutex
+	importedHits []importedHit
+	flights      map[v1.Hash]chan struct{}
+	entries      []cacheUse
+	seen         map[v1.Hash]int // index in entries
 }
 
 // CacheSource is a cache imported with --cache-from: it answers a step's
@@ -143,10 +144,36 @@ func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, e
 			if (rec.Layer == nil) != (l == nil) {
 				continue
 			}
+			cs.mu.Lock()
+			cs.importedHits = append(cs.importedHits, importedHit{key, rec})
+			cs.mu.Unlock()
 			return rec, l, true, nil
 		}
 	}
 	return nil, nil, false, nil
+}
+
+// importedHit is a step taken from an imported cache.
+type importedHit struct {
+	key v1.Hash
+	rec *layers.CacheRecord
+}
+
+// keepImported records, in the store's own cache, the steps this build
+// took from imported caches whose layers are now local (a later step or
+// the output needed their bytes) or that made no layer: the next build in
+// this store hits them without --cache-from.
+func (cs *cacheSession) keepImported(ctx context.Context) {
+	cs.mu.Lock()
+	hits := cs.importedHits
+	cs.importedHits = nil
+	cs.mu.Unlock()
+	for _, h := range hits {
+		if h.rec.Layer != nil && !cs.store.Blobs().Has(h.rec.Layer.Digest) {
+			continue
+		}
+		_ = cs.store.CachePut(ctx, h.key, h.rec)
+	}
 }
 
 // record notes a step of this build for export.

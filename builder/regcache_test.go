@@ -194,6 +194,11 @@ func TestRegistryCacheAcrossRoots(t *testing.T) {
 				t.Fatalf("layer %s not stored", d)
 			}
 		}
+		// The steps taken from the registry are now the store's own: a
+		// build without --cache-from hits them too.
+		if _, logB2 := regBuild(t, stB, dir, nil); logB2.pattern("stage-0") != "HHHHHHH" {
+			t.Fatalf("build after the import without --cache-from: steps %s:\n%s", logB2.pattern("stage-0"), logB2.reasons())
+		}
 	})
 
 	t.Run("push-mounts-without-downloading", func(t *testing.T) {

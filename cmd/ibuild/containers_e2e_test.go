@@ -284,6 +284,13 @@ test "$(cat got.txt)" = through-mount`)
 			if _, errOut, code := r.try(t, ".", "ibuild mount check"); code == 0 || !strings.Contains(errOut, "ibuild unshare") {
 				t.Errorf("mount outside ibuild unshare: exit %d, want a failure naming ibuild unshare: %s", code, errOut)
 			}
+			// Exit codes pass through the re-executed ibuild.
+			if _, errOut, code := r.try(t, ".", "ibuild run check -- sh -c 'exit 7'"); code != 7 {
+				t.Errorf("unprivileged run of exit 7: ibuild exited %d: %s", code, errOut)
+			}
+			if out, errOut, code := r.try(t, ".", "ibuild unshare sh -c 'id -u; exit 5'"); code != 5 || strings.TrimSpace(out) != "0" {
+				t.Errorf("unprivileged unshare: exit %d, id -u %q, want 5 and 0: %s", code, out, errOut)
+			}
 		})
 	}
 }

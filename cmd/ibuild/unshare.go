@@ -32,7 +32,7 @@ func unshareCommand() *cli.Command {
 			// re-executed in the namespace (IBUILD_ROOT naming the store)
 			// and exits with the re-executed one's status.
 			if err := enterUserNamespace(c, builder.IsolationUserns); err != nil {
-				return err
+				return fmt.Errorf("unshare: %w", err)
 			}
 			root, err := storeRoot(c)
 			if err != nil {

@@ -46,3 +46,57 @@ func ExampleBuild() {
 	// /srv/www 2.0
 	// [/bin/serve] [--root /srv/www]
 }
+
+// Build an image without a Dockerfile: a working container from scratch,
+// a file copied in, its config set, committed under a name.
+func ExampleFrom() {
+	ctx := context.Background()
+	root, err := os.MkdirTemp("", "ibuild-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	st, err := layers.OpenStore(ctx, filepath.Join(root, "store"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+	src := filepath.Join(root, "hello.txt")
+	if err := os.WriteFile(src, []byte("hello\n"), 0o644); err != nil {
+		log.Fatal(err)
+	}
+
+	c, err := builder.From(ctx, st, "scratch", builder.FromOptions{Name: "hello"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Copy(ctx, builder.CopyOptions{Sources: []string{src}, Dest: "/srv/", Chown: "1000:1000"}); err != nil {
+		log.Fatal(err)
+	}
+	cmd, wd := `["/bin/cat", "hello.txt"]`, "/srv"
+	if err := c.Config(ctx, builder.ConfigOptions{Env: []string{"GREETING=hello"}, WorkingDir: &wd, Cmd: &cmd,
+		Labels: map[string]string{"org.opencontainers.image.title": "hello"}}); err != nil {
+		log.Fatal(err)
+	}
+	img, _, err := c.Commit(ctx, "hello:1", builder.CommitOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := c.Remove(ctx); err != nil {
+		log.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		log.Fatal(err)
+	}
+	desc, err := st.Lookup(ctx, "hello:1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(desc.MediaType)
+	fmt.Println(cfg.Config.Env, cfg.Config.WorkingDir, cfg.Config.Cmd, len(cfg.RootFS.DiffIDs))
+	// Output:
+	// application/vnd.oci.image.manifest.v1+json
+	// [GREETING=hello] /srv [/bin/cat hello.txt] 1
+}

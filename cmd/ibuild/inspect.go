@@ -10,15 +10,18 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
+	"github.com/ibuild/ibuild/builder"
+	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
 )
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
-		Usage:     "show an image's manifest and config as JSON",
-		ArgsUsage: "NAME|ID|docker://REF",
+		Usage:     "show an image's manifest and config, or a working container's state, as JSON",
+		ArgsUsage: "NAME|ID|docker://REF|CONTAINER",
 		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "type", Usage: "image or container (default: an image, else a working container of that name)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (docker:// only; repeatable)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -40,8 +43,21 @@ func inspectCommand() *cli.Command {
 			}
 			defer st.Close()
 			ref := c.Args().First()
+			typ := c.String("type")
+			if typ != "" && typ != "image" && typ != "container" {
+				return fmt.Errorf("--type: want image or container, not %q", typ)
+			}
+			if typ == "container" {
+				return inspectContainer(st, ref)
+			}
 			desc, err := st.Lookup(c.Context, ref)
 			if err != nil {
+				if typ == "" {
+					if cs, cerr := builder.InspectContainer(st, ref); cerr == nil {
+						return printJSON(cs)
+					}
+					return fmt.Errorf("%w (nor a working container)", err)
+				}
 				return err
 			}
 			out := map[string]any{"name": ref, "digest": desc.Digest.String(), "mediaType": desc.MediaType}
@@ -96,6 +112,15 @@ func inspectCommand() *cli.Command {
 			return enc.Encode(out)
 		},
 	}
+}
+
+// inspectContainer prints the state of the working container name.
+func inspectContainer(st *layers.Store, name string) error {
+	cs, err := builder.InspectContainer(st, name)
+	if err != nil {
+		return fmt.Errorf("%w (list them with ibuild containers)", err)
+	}
+	return printJSON(cs)
 }
 
 func imageJSON(img v1.Image) (map[string]any, error) {

@@ -75,6 +75,17 @@ func newApp() *cli.App {
 			rmiCommand(),
 			pruneCommand(),
 			emulatorsCommand(),
+			fromCommand(),
+			containersCommand(),
+			runCommand(),
+			copyCommand(false),
+			copyCommand(true),
+			configCommand(),
+			mountCommand(),
+			umountCommand(),
+			commitCommand(),
+			rmCommand(),
+			unshareCommand(),
 		},
 	}
 }

@@ -374,3 +374,76 @@ func TestSquashHistory(t *testing.T) {
 		})
 	}
 }
+
+// TestSquashRun squashes RUN steps that delete files of the base and files
+// of earlier steps.
+func TestSquashRun(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	base := busyboxBase(t, st)
+	baseLayers, err := base.Image.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM busybox:1\n" +
+			"RUN mkdir -p /work /tmp && echo a > /work/a && ln /work/a /work/a2 && echo junk > /tmp/junk\n" +
+			"COPY f /work/f\n" +
+			"RUN rm /tmp/junk /etc/group && echo b > /work/b && chown 1000:50 /work/b\n" +
+			"RUN rm -r /work && mkdir /work && echo c > /work/c && ln /work/c /work/c2\n",
+		"f": "f\n",
+	})
+	plain, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch, Squash: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := sq.Image.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != len(baseLayers)+1 {
+		t.Fatalf("%d layers, want the base's %d + 1", len(ls), len(baseLayers))
+	}
+	if got, want := flatTree(t, sq.Image), flatTree(t, plain.Image); got != want {
+		t.Errorf("squashed tree differs from the plain build's:\n%s", lineDiff(want, got))
+	}
+	top := tarEntries(t, ls[len(ls)-1])
+	t.Logf("squashed layer: %q", top)
+	for _, want := range []string{"etc/.wh.group", "tmp/.wh.junk", "work/c", "work/c2"} {
+		if !slices.Contains(top, want) {
+			t.Errorf("squashed layer lacks %s: %q", want, top)
+		}
+	}
+	for _, gone := range []string{"tmp/junk", "work/a", "work/b", "work/f"} {
+		if slices.Contains(top, gone) {
+			t.Errorf("squashed layer has %s: %q", gone, top)
+		}
+	}
+	cfg, err := sq.Image.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made []string
+	for _, h := range cfg.History {
+		if !h.EmptyLayer {
+			made = append(made, h.CreatedBy)
+		}
+	}
+	if len(made) != len(ls) || !strings.HasPrefix(made[len(made)-1], "RUN rm -r /work") {
+		t.Errorf("history's layer entries %q do not match the %d layers", made, len(ls))
+	}
+	all, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch, SquashAll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := whiteoutsIn(t, all.Image); len(w) != 0 {
+		t.Errorf("squash-all left whiteouts %q", w)
+	}
+	if got, want := flatTree(t, all.Image), flatTree(t, plain.Image); got != want {
+		t.Errorf("squash-all tree differs from the plain build's:\n%s", lineDiff(want, got))
+	}
+}

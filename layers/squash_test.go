@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -15,6 +18,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // sqEnt is an entry of a squash fixture layer; unlike buildTar's, its
@@ -160,6 +165,9 @@ func markersOf(t testing.TB, l v1.Layer) []string {
 func TestSquash(t *testing.T) {
 	dir := func(name string) ent { return dirEnt(name, 0o755) }
 	file := func(name, body string) ent { return regEnt(name, body, 0o644) }
+	symlink := func(name, target string) ent {
+		return with(symEnt(name, target), func(h *tar.Header) { h.Uid, h.Gid = os.Getuid(), os.Getgid() })
+	}
 	cases := []struct {
 		name string
 		base [][]byte // layers kept below
@@ -249,12 +257,14 @@ func TestSquash(t *testing.T) {
 			},
 		},
 		{
+			// Symlinks are owned by the test's user: an unprivileged
+			// process can record no other owner for them.
 			name: "symlinks",
-			base: [][]byte{sqTar(t, dir("lib/"), file("lib/old", "old"), symEnt("cur", "v1"))},
+			base: [][]byte{sqTar(t, dir("lib/"), file("lib/old", "old"), symlink("cur", "v1"))},
 			top: [][]byte{
-				sqTar(t, symEnt("lib", "usr/lib"), dir("usr/"), dir("usr/lib/"), file("usr/lib/x", "x"),
-					symEnt("dangling", "/nowhere")),
-				sqTar(t, dir("lib/"), file("lib/new", "new"), symEnt("cur", "v2")),
+				sqTar(t, symlink("lib", "usr/lib"), dir("usr/"), dir("usr/lib/"), file("usr/lib/x", "x"),
+					symlink("dangling", "/nowhere")),
+				sqTar(t, dir("lib/"), file("lib/new", "new"), symlink("cur", "v2")),
 			},
 			markers: []string{"lib/.wh..wh..opq"},
 		},
@@ -337,5 +347,32 @@ func TestSquashErrors(t *testing.T) {
 	top = storeLayers(t, s, [][]byte{sqTar(t, regEnt("f", "x", 0o644))})
 	if _, err := s.Squash(cctx, top, SquashOptions{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled: got %v", err)
+	}
+}
+
+// TestSquashUnprivileged runs TestSquash as an unprivileged user (nobody):
+// whiteouts are character devices it may still create, and owners it
+// cannot set are recorded for WriteTar.
+func TestSquashUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		layertest.SkipOrFail(t, "needs root to switch to an unprivileged user (CI runs the tests as root)")
+	}
+	setpriv := layertest.RequireTool(t, "setpriv")
+	work, err := os.MkdirTemp("", "ibuild-squash-")
+	mustDo(t, err)
+	defer forceRemoveAll(work)
+	bin, err := os.ReadFile(os.Args[0])
+	mustDo(t, err)
+	mustDo(t, os.WriteFile(filepath.Join(work, "layers.test"), bin, 0o755))
+	mustDo(t, os.Mkdir(filepath.Join(work, "tmp"), 0o755))
+	mustDo(t, os.Chown(filepath.Join(work, "tmp"), 65534, 65534))
+	mustDo(t, os.Chmod(work, 0o755))
+	cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+		filepath.Join(work, "layers.test"), "-test.run", "^TestSquash$", "-test.count=1", "-test.v")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "TMPDIR=" + filepath.Join(work, "tmp"), "HOME=" + work}
+	cmd.Dir = filepath.Join(work, "tmp")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestSquash ")) {
+		t.Fatalf("TestSquash as nobody: %v\n%s", err, out)
 	}
 }

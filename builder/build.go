@@ -51,6 +51,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Compression == "" {
 		opts.Compression = layers.Gzip
 	}
+	if opts.Squash && opts.SquashAll {
+		return nil, errors.New("builder: Squash and SquashAll exclude each other")
+	}
 	format, err := ParseFormat(string(opts.Format))
 	if err != nil {
 		return nil, err
@@ -120,7 +123,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			b.cache, b.jobs = cache, jobs
 			finals[i], errs[i] = b.run(ctx)
 			if errs[i] == nil {
-				images[i] = finals[i].result
+				images[i], errs[i] = squashResult(ctx, &opts, finals[i])
 			}
 		}(i, p)
 	}

@@ -57,6 +57,13 @@ type Options struct {
 	// SourceDateEpoch, when set, clamps file mtimes in new layers and sets
 	// every timestamp of the config and history, for reproducible builds.
 	SourceDateEpoch *time.Time
+	// Squash merges the layers the final stage added on top of its base
+	// (image or stage) into one; the base's layers stay. SquashAll makes
+	// the whole result one layer. They exclude each other. Every step is
+	// still cached on its own; the merge is made after the steps. See
+	// SquashImage for the history.
+	Squash    bool
+	SquashAll bool
 	// Outputs are written in addition to the store.
 	Outputs []registry.Output
 	// Push are registry references the result is pushed to after a

@@ -29,6 +29,8 @@ type stageRun struct {
 	deps      []dep
 
 	c *Container
+	// baseLayers is how many layers the stage's base has (for Squash).
+	baseLayers int
 	// args are the ARGs declared in this stage, with their values.
 	args *dockerfile.Vars
 	// cmdSet records that CMD was set in this stage (ENTRYPOINT then keeps it).
@@ -94,6 +96,7 @@ func (s *stageRun) build(ctx context.Context) error {
 		return b.df.ErrorAt(s.st.Location, err)
 	}
 	s.c = c
+	s.baseLayers = len(c.layers)
 	defer c.removeUnpacked()
 	s.startKey(base)
 

@@ -11,6 +11,9 @@
 //   - compression (gzip, zstd or none) that computes the diffID, the
 //     compressed digest and both sizes in one streaming pass;
 //   - safe extraction of layer tars that never writes outside its root;
+//   - squashing consecutive layers into one equivalent layer (whiteouts
+//     and opaque markers kept for the layers below, or applied when the
+//     layers are the whole image);
 //   - the local image store (names, manifests, snapshots keyed by chain ID,
 //     kept in containers/storage with the overlay or vfs driver as root, or
 //     in ibuild's own directories).

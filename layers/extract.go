@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -25,6 +26,14 @@ const (
 	// KeepWhiteouts writes the markers as the empty files they are in the
 	// tar, as for a snapshot of one layer alone.
 	KeepWhiteouts
+	// OverlayWhiteouts builds the overlay upper directory of consecutive
+	// layers extracted in order into one root: .wh.NAME removes what
+	// earlier layers put at NAME and leaves a 0/0 character device
+	// there, .wh..wh..opq removes what they put in its directory and
+	// marks it opaque, and a directory replacing a non-directory is
+	// marked opaque too. WriteTar turns the result into one layer with
+	// the same effect as the layers had one by one (see Store.Squash).
+	OverlayWhiteouts
 )
 
 // ExtractOptions controls Extract.
@@ -80,7 +89,7 @@ func Extract(ctx context.Context, r io.Reader, root string, opts ExtractOptions)
 		cache:  dirRef{fd: -1},
 		buf:    make([]byte, copyBufSize),
 	}
-	if opts.Whiteouts == ApplyWhiteouts {
+	if opts.Whiteouts != KeepWhiteouts {
 		x.written = make(map[string]struct{})
 	}
 	defer x.close()
@@ -191,8 +200,8 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return errors.New("a non-directory entry cannot replace the root")
 	}
 	dir, base := splitRel(name)
-	if x.opts.Whiteouts == ApplyWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
-		return x.whiteout(dir, base)
+	if x.opts.Whiteouts != KeepWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
+		return x.whiteout(dir, base, hdr)
 	}
 	if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && x.opts.Rootless {
 		x.warnf(hdr.Name, "device node %d:%d not created (rootless)", hdr.Devmajor, hdr.Devminor)
@@ -223,6 +232,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		}
 		return nil
 	}
+	hides := hdr.Typeflag == tar.TypeDir && x.opts.Whiteouts == OverlayWhiteouts && x.isNonDir(n)
 	if _, err := x.clear(n, hdr, -1, ""); err != nil {
 		return err
 	}
@@ -230,7 +240,12 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeReg, tar.TypeGNUSparse:
 		return x.writeFile(n, hdr, r)
 	case tar.TypeDir:
-		return x.makeDir(n, hdr)
+		if err := x.makeDir(n, hdr); err != nil || !hides {
+			return err
+		}
+		// What an earlier layer replaced by a non-directory (or
+		// removed) stays hidden under the new directory.
+		return markOpaque(filepath.Join(x.root, n.path))
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, parent.fd, base); err != nil {
 			return &os.LinkError{Op: "symlink", Old: hdr.Linkname, New: name, Err: err}

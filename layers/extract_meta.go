@@ -107,14 +107,18 @@ func setTimes(dirfd int, name string, atime, mtime time.Time) error {
 	return nil
 }
 
-// whiteout applies the marker base found in directory dir.
-func (x *extractor) whiteout(dir, base string) error {
+// whiteout applies the marker base, of the entry hdr, found in directory
+// dir.
+func (x *extractor) whiteout(dir, base string, hdr *tar.Header) error {
 	if base != whiteoutOpaque && strings.HasPrefix(base, whiteoutMeta) {
 		return nil // other AUFS bookkeeping, meaningless here
 	}
 	victim := strings.TrimPrefix(base, whiteoutPrefix)
 	if base != whiteoutOpaque && (victim == "" || victim == "." || victim == "..") {
 		return fmt.Errorf("invalid whiteout %q", base)
+	}
+	if x.opts.Whiteouts == OverlayWhiteouts {
+		return x.overlayWhiteout(dir, base, victim, hdr)
 	}
 	d, err := x.parentDir(dir, false)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {

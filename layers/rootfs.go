@@ -399,6 +399,11 @@ func (f *flattener) layer(ctx context.Context, l v1.Layer) error {
 			continue
 		}
 		if f.blocked(name) {
+			if hdr.Typeflag != tar.TypeDir {
+				// Replaced from above, it still replaced what is
+				// below: a directory there is gone with its contents.
+				pendingGone = append(pendingGone, name)
+			}
 			continue
 		}
 		hdr.Name = name

@@ -40,6 +40,8 @@ func buildCommand() *cli.Command {
 			&cli.StringFlag{Name: "format", Value: "oci", Usage: "manifest format: oci or docker"},
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "layer compression: gzip, zstd or none"},
 			&cli.IntFlag{Name: "compression-level", Usage: "compression level (0: the compressor's default)"},
+			&cli.BoolFlag{Name: "squash", Usage: "merge the layers the final stage adds into one (its base image's layers stay)"},
+			&cli.BoolFlag{Name: "squash-all", Usage: "make the whole image one layer, its base image's layers included"},
 			&cli.StringFlag{Name: "source-date-epoch", Usage: "Unix time for reproducible builds (default $SOURCE_DATE_EPOCH)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image ID"},
 			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
@@ -60,6 +62,9 @@ func buildCommand() *cli.Command {
 func runBuild(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
+	}
+	if c.Bool("squash") && c.Bool("squash-all") {
+		return cli.Exit("--squash and --squash-all exclude each other: --squash merges the layers the final stage adds, --squash-all every layer", 2)
 	}
 	isolation, err := builder.ParseIsolation(c.String("isolation"))
 	if err != nil {
@@ -83,6 +88,8 @@ func runBuild(c *cli.Context) error {
 		NoCacheFilter:    c.StringSlice("no-cache-filter"),
 		Jobs:             c.Int("jobs"),
 		CompressionLevel: c.Int("compression-level"),
+		Squash:           c.Bool("squash"),
+		SquashAll:        c.Bool("squash-all"),
 	}
 	if opts.Dockerfile == "-" {
 		data, err := io.ReadAll(os.Stdin)

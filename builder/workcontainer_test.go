@@ -101,6 +101,29 @@ func TestWorkingContainerMatchesDockerfile(t *testing.T) {
 	if got != want {
 		t.Errorf("working container image differs from the Dockerfile's:\n%s", lineDiff(want, got))
 	}
+	// Squashed commits: the same files, in one layer on the base's, or in
+	// one layer altogether.
+	treeOf := func(s string) string { return s[strings.Index(s, "files:"):] }
+	for _, tc := range []struct {
+		name   string
+		o      CommitOptions
+		layers int
+	}{{"squash", CommitOptions{Squash: true}, 4}, {"squash-all", CommitOptions{SquashAll: true}, 1}} { // busybox:1 has 3 layers
+		step(tc.name, func(c *Container) error {
+			img, _, err := c.Commit(ctx, "script:"+tc.name, tc.o)
+			if err != nil {
+				return err
+			}
+			ls, _ := img.Layers()
+			if len(ls) != tc.layers {
+				t.Errorf("%s: %d layers, want %d", tc.name, len(ls), tc.layers)
+			}
+			if sq := withoutHistory(dumpImage(t, img)); treeOf(sq) != treeOf(got) {
+				t.Errorf("%s changed the files:\n%s", tc.name, lineDiff(treeOf(got), treeOf(sq)))
+			}
+			return nil
+		})
+	}
 	// A failing command leaves the container as it was and says why.
 	step("failing run", func(c *Container) error {
 		before := len(c.State().Layers)

@@ -412,8 +412,18 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}
+	if o.Squash && o.SquashAll {
+		return nil, v1.Descriptor{}, errors.New("commit: Squash and SquashAll exclude each other")
+	}
 	if o.Squash || o.SquashAll {
-		return nil, v1.Descriptor{}, errors.New("commit: --squash is not available yet")
+		keep := c.work.state.BaseLayers
+		if o.SquashAll {
+			keep = 0
+		}
+		sq := SquashOptions{Commit: layers.CommitOptions{Compression: o.Compression, Level: o.CompressionLevel}, Warn: c.opts.warn}
+		if img, err = SquashImage(ctx, c.store, img, keep, sq); err != nil {
+			return nil, v1.Descriptor{}, fmt.Errorf("commit: %w", err)
+		}
 	}
 	if a := c.work.state.Annotations; len(a) > 0 {
 		img = mutate.Annotations(img, a).(v1.Image)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // The benchmarks in this file share one store per test process holding two
@@ -304,11 +305,11 @@ const busyboxDockerfile = "FROM scratch\n" +
 func busyboxContext(b *testing.B) string {
 	b.Helper()
 	if os.Geteuid() != 0 {
-		b.Skip("RUN needs root (namespaces, overlay, chroot)")
+		layertest.SkipOrFail(b, "RUN needs root (namespaces, overlay, chroot)")
 	}
 	data, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		b.Skipf("RUN benchmarks need a static /bin/busybox (make test-deps): %v", err)
+		layertest.SkipOrFail(b, "RUN benchmarks need a static /bin/busybox (make test-deps): %v", err)
 	}
 	dir := b.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "busybox"), data, 0o755); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // The build cache benchmark (issue 6): a fully cached rebuild and a
@@ -291,7 +292,7 @@ const (
 //   - runs fully cached rebuilds with each tool: ibuild_cached_ms and
 //     buildah_cached_ms are the medians, x_cached their ratio (target
 //     <= 0.02);
-//   - runs times: rewrite changedFile (only COPY src/ reads it), rebuild
+//   - runs times: rewrites changedFile (only COPY src/ reads it), rebuild
 //     with each tool: ibuild_change_ms, buildah_change_ms and x_change
 //     (target <= 0.2).
 //
@@ -301,15 +302,13 @@ const (
 //
 // It logs how many steps each tool reported as cached and, after every
 // changed rebuild, checks that ibuild's image keeps the layers below COPY
-// src/ and has a new one for it. While ibuild reports no cached step at
-// all (no build cache yet), failed checks are only logged. Targets are
+// src/ and has a new one for it. If ibuild reports no cached step at all
+// (the cache is off), failed checks are only logged. Targets are
 // logged, never failed.
 func BenchmarkCacheVsBuildah(b *testing.B) {
 	bbCtx := busyboxContext(b) // skips unless root with /bin/busybox
 	os.RemoveAll(bbCtx)
-	if _, err := exec.LookPath("buildah"); err != nil {
-		b.Skip("buildah is not installed (make test-deps installs it)")
-	}
+	layertest.RequireTool(b, "buildah")
 	mb, runs := 200, 5
 	for _, e := range []struct {
 		name string

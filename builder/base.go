@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/ibuild/ibuild/layers"
@@ -38,21 +40,69 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 			return nil, err
 		}
 	}
+	var img v1.Image
 	if isIndex(desc.MediaType) {
 		idx, err := st.ImageIndex(ctx, desc.Digest)
 		if err != nil {
 			return nil, err
 		}
-		return imageForPlatform(idx, platform, ref)
+		if img, err = imageForPlatform(idx, platform, ref); err != nil {
+			return nil, err
+		}
+	} else {
+		if img, err = st.Image(ctx, desc.Digest); err != nil {
+			return nil, err
+		}
+		if err := checkPlatform(img, platform, ref); err != nil {
+			return nil, err
+		}
 	}
-	img, err := st.Image(ctx, desc.Digest)
+	return b.withSource(img, ref), nil
+}
+
+// withSource marks the layers of an image named by a registry reference
+// as coming from that repository, so that pushing a result built on it to
+// another repository of the same registry mounts them instead of
+// uploading their bytes.
+func (b *build) withSource(img v1.Image, ref string) v1.Image {
+	if localOnlyName(ref) {
+		return img
+	}
+	n, err := layers.NormalizeName(ref)
+	if err != nil {
+		return img
+	}
+	r, err := registry.ParseReference(n, b.opts.registryConn().Insecure)
+	if err != nil {
+		return img
+	}
+	return &sourcedImage{Image: img, from: r}
+}
+
+// sourcedImage is an image whose layers are mountable from a repository.
+type sourcedImage struct {
+	v1.Image
+	from name.Reference
+}
+
+func (s *sourcedImage) Layers() ([]v1.Layer, error) {
+	ls, err := s.Image.Layers()
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPlatform(img, platform, ref); err != nil {
+	out := make([]v1.Layer, len(ls))
+	for i, l := range ls {
+		out[i] = &remote.MountableLayer{Layer: l, Reference: s.from}
+	}
+	return out, nil
+}
+
+func (s *sourcedImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	l, err := s.Image.LayerByDigest(h)
+	if err != nil {
 		return nil, err
 	}
-	return img, nil
+	return &remote.MountableLayer{Layer: l, Reference: s.from}, nil
 }
 
 // pull fetches ref for platform from its registry under the build's pull

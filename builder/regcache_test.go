@@ -392,3 +392,43 @@ func TestRegistryCacheMissingRef(t *testing.T) {
 		t.Fatalf("steps %s, stored %v", got, res.Stored)
 	}
 }
+
+// TestPushMountsBaseLayers: the layers of a base image pulled from a
+// registry are mounted from its repository when the result is pushed to
+// another repository of the same registry; only the new layer and the
+// config are uploaded.
+func TestPushMountsBaseLayers(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.Start(t)
+	px := registrytest.NewProxy(t, reg.Host)
+	baseRef := px.Host + "/base/img:1"
+	stA := newStore(t)
+	baseDir := writeContext(t, map[string]string{"a": "base layer one", "b": "base layer two"})
+	if _, err := Build(ctx, Options{Store: stA, ContextDir: baseDir, Tags: []string{baseRef}, SourceDateEpoch: &epoch,
+		DockerfileContent: []byte("FROM scratch\nCOPY a /a\nCOPY b /b\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registry.Push(ctx, stA, baseRef, baseRef, registry.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stB := newStore(t)
+	dir := writeContext(t, map[string]string{"c": "the new layer"})
+	px.Requests()
+	px.Uploaded()
+	res, err := Build(ctx, Options{Store: stB, ContextDir: dir, SourceDateEpoch: &epoch,
+		DockerfileContent: []byte("FROM " + baseRef + "\nCOPY c /c\n"), Push: []string{px.Host + "/app/new:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mounts := blobTraffic(px.Requests())
+	if mounts != 2 {
+		t.Errorf("%d mounts, want the base's 2 layers mounted", mounts)
+	}
+	m, err := res.Image.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up, want := px.Uploaded(), m.Layers[2].Size+m.Config.Size; up != want {
+		t.Errorf("uploaded %d bytes, want %d (the new layer and the config)", up, want)
+	}
+}

@@ -48,12 +48,7 @@ func (s *stageRun) fromKey(base v1.Image) (*keyBuilder, error) {
 		k.add("base", "image "+d.String())
 	}
 	k.add("platform", s.platform.OS+"/"+s.platform.Architecture+"/"+s.platform.Variant)
-	epoch := "none"
-	if e := b.opts.SourceDateEpoch; e != nil {
-		epoch = fmt.Sprint(e.Unix())
-	}
-	k.add("options", fmt.Sprintf("compression=%s level=%d format=%s epoch=%s",
-		b.opts.Compression, b.opts.CompressionLevel, b.opts.Format, epoch))
+	k.add("options", b.cache.layerOptions+" format="+string(b.opts.Format))
 	return k, nil
 }
 

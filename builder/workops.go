@@ -46,7 +46,13 @@ func newOpsBuild(opts *Options, name, text, contextDir string, platform v1.Platf
 	}
 	opts.Format = format
 	if contextDir == "" {
-		contextDir = emptyContextDir()
+		// Nothing is read from it: an empty directory of the store's.
+		dir, err := opts.Store.TempDir("context-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		contextDir = dir
 	}
 	cfs, err := openContext(contextDir, "")
 	if err != nil {
@@ -56,16 +62,6 @@ func newOpsBuild(opts *Options, name, text, contextDir string, platform v1.Platf
 		opts.Progress.Emit(progress.Event{Kind: progress.Warning, Time: opts.Now(), Message: msg})
 	}
 	return newBuild(opts, name, []byte(text), cfs, platform, false, warn)
-}
-
-// emptyContextDir is a directory with nothing in it, for operations that
-// read no context.
-func emptyContextDir() string {
-	d := filepath.Join(os.TempDir(), "ibuild-empty-context")
-	if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return "/nonexistent"
-	}
-	return d
 }
 
 // apply runs Dockerfile instructions (text, without FROM) on the working
@@ -463,15 +459,7 @@ func (c *Container) Mount(ctx context.Context) (string, error) {
 	if len(dirs) == 0 {
 		dirs = []string{paths["empty"]}
 	}
-	lowers := make([]string, len(dirs))
-	for i, d := range dirs {
-		lowers[len(dirs)-1-i] = d
-	}
-	mopts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), paths["upper"], paths["work"])
-	if os.Geteuid() != 0 || sandbox.InUserNamespace() {
-		mopts += ",userxattr"
-	}
-	if err := unix.Mount("overlay", paths["merged"], "overlay", 0, mopts); err != nil {
+	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"]); err != nil {
 		return "", fmt.Errorf("mount %s: %w (rootless: run it inside `ibuild unshare`)", st.Name, err)
 	}
 	st.MountPoint = paths["merged"]

@@ -115,24 +115,15 @@ func (s *Store) WriteCacheFile(path string, b []byte) error {
 }
 
 func (s *Store) writeCacheFile(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), filepath.Base(path)+"-*")
+	tmp, err := s.writeTempFile(filepath.Base(path), b, false)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return nil
 }
 
 func (s *Store) cachePath(key v1.Hash) string {

@@ -338,6 +338,12 @@ func (s *Store) createIfAbsent(name string, b []byte) error {
 }
 
 func (s *Store) writeTemp(name string, b []byte) (string, error) {
+	return s.writeTempFile(name, b, true)
+}
+
+// writeTempFile writes b to a new file in Root/tmp, fsynced when sync is
+// set, and returns its path.
+func (s *Store) writeTempFile(name string, b []byte, sync bool) (string, error) {
 	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), name+"-*")
 	if err != nil {
 		return "", err
@@ -346,7 +352,7 @@ func (s *Store) writeTemp(name string, b []byte) (string, error) {
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

@@ -89,11 +89,18 @@ func setup(spec *Spec) error {
 
 // mountRootOverlay mounts the overlay of spec's layers at Merged.
 func mountRootOverlay(spec *Spec) error {
-	lowers := make([]string, len(spec.Lowers))
-	for i, l := range spec.Lowers {
-		lowers[len(lowers)-1-i] = l // overlay lists the top layer first
+	return MountLayers(spec.Lowers, spec.Upper, spec.Work, spec.Merged)
+}
+
+// MountLayers mounts at merged an overlay of lowers (bottom to top) with
+// the writable upper (and its work) directory, with the options every
+// ibuild overlay uses.
+func MountLayers(lowers []string, upper, work, merged string) error {
+	ls := make([]string, len(lowers))
+	for i, l := range lowers {
+		ls[len(ls)-1-i] = l // overlay lists the top layer first
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), spec.Upper, spec.Work)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(ls, ":"), upper, work)
 	if inUserNamespace() {
 		// Only the user.overlay.* xattrs are writable here; the layers'
 		// opaque marks were stored in that form too. userxattr also rules
@@ -107,9 +114,9 @@ func mountRootOverlay(spec *Spec) error {
 		opts += ",redirect_dir=off,index=off,metacopy=off"
 	}
 	if len(opts) >= os.Getpagesize()-1 {
-		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(lowers), os.Getpagesize())
+		return fmt.Errorf("overlay options for %d layers exceed the kernel's limit (%d bytes)", len(ls), os.Getpagesize())
 	}
-	if err := unix.Mount("overlay", spec.Merged, "overlay", 0, opts); err != nil {
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay: %w", err)
 	}
 	return nil

@@ -9,10 +9,6 @@ import (
 // inUserNamespace reports whether the process runs in a user namespace
 // other than the initial one, whose uid_map maps all 2^32-1 ids onto
 // themselves.
-// InUserNamespace reports whether the process runs in a user namespace
-// other than the initial one.
-func InUserNamespace() bool { return inUserNamespace() }
-
 func inUserNamespace() bool {
 	data, err := os.ReadFile("/proc/self/uid_map")
 	if err != nil {

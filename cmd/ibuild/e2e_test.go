@@ -251,13 +251,26 @@ func TestReproducibleWithSourceDateEpoch(t *testing.T) {
 }
 
 // TestUnprivilegedBuildMatchesRoot builds the demo as an unprivileged user
-// (nobody) and as root, reproducibly, and expects the same image: files in
-// layers are owned by their in-image ids, never by the host user.
+// (nobody) and as root, reproducibly, plainly and squashed, and expects
+// the same image: files in layers are owned by their in-image ids, never
+// by the host user.
 func TestUnprivilegedBuildMatchesRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "needs root to switch to an unprivileged user (CI runs the tests as root)")
 	}
 	layertest.RequireTool(t, "setpriv")
+	for _, tc := range []struct {
+		name  string
+		flags []string
+	}{{"plain", nil}, {"squash-all", []string{"--squash-all"}}} {
+		t.Run(tc.name, func(t *testing.T) { buildAsNobodyAndRoot(t, tc.flags...) })
+	}
+}
+
+// buildAsNobodyAndRoot builds the demo with flags as nobody and as root
+// and fails unless the image IDs are equal.
+func buildAsNobodyAndRoot(t *testing.T, flags ...string) {
+	t.Helper()
 	work, err := os.MkdirTemp("", "ibuild-rootless-")
 	if err != nil {
 		t.Fatal(err)
@@ -269,23 +282,24 @@ func TestUnprivilegedBuildMatchesRoot(t *testing.T) {
 	if out, err := exec.Command("chown", "-R", "65534:65534", work).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v %s", err, out)
 	}
-	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+	args := append([]string{"--reuid=65534", "--regid=65534", "--clear-groups",
 		filepath.Join(work, "ibuild"), "--root", filepath.Join(work, "root"), "build", "-q", "-t", "demo:rootless",
-		"--output", "type=oci,dest="+filepath.Join(work, "rootless.tar"), filepath.Join(work, "demo"))
+		"--output", "type=oci,dest=" + filepath.Join(work, "rootless.tar")}, flags...)
+	cmd := exec.Command("setpriv", append(args, filepath.Join(work, "demo"))...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + work, "SOURCE_DATE_EPOCH=1700000000"}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("unprivileged build: %v\n%s", err, out)
 	}
 	rootless := strings.TrimSpace(string(out))
-	cmd = exec.Command(ibuildBin, "--root", t.TempDir(), "build", "-q", filepath.Join(work, "demo"))
+	cmd = exec.Command(ibuildBin, append(append([]string{"--root", t.TempDir(), "build", "-q"}, flags...), filepath.Join(work, "demo"))...)
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
 	out, err = cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("root build: %v\n%s", err, out)
 	}
 	if root := strings.TrimSpace(string(out)); root != rootless {
-		t.Fatalf("unprivileged build gave %s, root build %s", rootless, root)
+		t.Fatalf("unprivileged build %v gave %s, root build %s", flags, rootless, root)
 	}
 }
 

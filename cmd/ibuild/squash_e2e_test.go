@@ -4,12 +4,9 @@ import (
 	"encoding/json"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // TestBuildSquash builds the demo plain, with --squash and with
@@ -97,41 +94,4 @@ func treeListing(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return b.String()
-}
-
-// TestUnprivilegedSquashMatchesRoot squashes the demo as an unprivileged
-// user (nobody) and as root, reproducibly, and expects the same image.
-func TestUnprivilegedSquashMatchesRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		layertest.SkipOrFail(t, "needs root to switch to an unprivileged user (CI runs the tests as root)")
-	}
-	layertest.RequireTool(t, "setpriv")
-	work, err := os.MkdirTemp("", "ibuild-rootless-squash-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(work)
-	if out, err := exec.Command("cp", "-a", "../../testdata/demo", ibuildBin, work).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
-	if out, err := exec.Command("chown", "-R", "65534:65534", work).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v %s", err, out)
-	}
-	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-		filepath.Join(work, "ibuild"), "--root", filepath.Join(work, "root"), "build", "-q", "--squash-all",
-		filepath.Join(work, "demo"))
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + work, "SOURCE_DATE_EPOCH=1700000000"}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("unprivileged build: %v\n%s", err, out)
-	}
-	rootless := strings.TrimSpace(string(out))
-	cmd = exec.Command(ibuildBin, "--root", t.TempDir(), "build", "-q", "--squash-all", filepath.Join(work, "demo"))
-	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
-	if out, err = cmd.CombinedOutput(); err != nil {
-		t.Fatalf("root build: %v\n%s", err, out)
-	}
-	if root := strings.TrimSpace(string(out)); root != rootless {
-		t.Fatalf("unprivileged squashed build gave %s, root build %s", rootless, root)
-	}
 }

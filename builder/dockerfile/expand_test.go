@@ -271,7 +271,7 @@ func FuzzExpandBound(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, word, a, b string, raw bool) {
 		env := NewVars([]string{"A=" + a, "B=" + b})
-		g, err := newGuard('\\', word, env, MaxWordSize, MaxPatternWork)
+		g, err := newGuard('\\', word, env, MaxWordSize, 1<<20)
 		if err != nil {
 			return
 		}

@@ -42,6 +42,9 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 	if err := df.checkLines(); err != nil {
 		return nil, err
 	}
+	if err := df.checkHeredocNesting(); err != nil {
+		return nil, err
+	}
 	res, err := parser.Parse(bytes.NewReader(data))
 	if err != nil {
 		return nil, df.wrap(err, nil)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -156,6 +157,66 @@ func (df *Dockerfile) checkLines() error {
 			return &Error{Path: df.Path, Line: n + 1, Text: df.Line(n + 1), Err: &LimitError{What: "the line", Size: int64(len(l)), Limit: MaxLineSize,
 				Hint: "the parser reads at most this much as one line; split it into shorter lines, each ending in the escape character (\\ unless an escape directive says otherwise)"}}
 		}
+	}
+	return nil
+}
+
+// checkHeredocNesting refuses an instruction that could hold a heredoc
+// (its text has "<<") in which ${...} and quotes nest deeper than
+// MaxNesting. The parser runs the shell lexer over such an instruction to
+// find its heredocs, and the lexer recurses once per level: a million
+// levels (a few MB of continuation lines) overflow the goroutine stack, a
+// fatal error no recover catches.
+//
+// Instructions are found as the parser finds them, erring towards longer
+// ones: lines ending in either escape character continue, comment and
+// empty lines in between are skipped. Scanning more text than the parser
+// lexes can only find deeper nesting, never shallower.
+func (df *Dockerfile) checkHeredocNesting() error {
+	for start := 0; start < len(df.lines); {
+		end := start
+		for end < len(df.lines) {
+			l := strings.TrimRight(df.lines[end], " \t\r")
+			end++
+			if t := strings.TrimLeft(l, " \t"); t == "" || t[0] == '#' {
+				if end-1 == start {
+					break
+				}
+				continue
+			}
+			if !strings.HasSuffix(l, "\\") && !strings.HasSuffix(l, "`") {
+				break
+			}
+		}
+		if err := df.checkInstructionNesting(start, end); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+// checkInstructionNesting checks the instruction on lines [start, end).
+func (df *Dockerfile) checkInstructionNesting(start, end int) error {
+	levels, heredoc := 0, false
+	for _, l := range df.lines[start:end] {
+		levels += strings.Count(l, "${") + strings.Count(l, `"`)
+		heredoc = heredoc || strings.Contains(l, "<<")
+	}
+	if !heredoc || levels <= MaxNesting {
+		return nil
+	}
+	var joined strings.Builder
+	for _, l := range df.lines[start:end] {
+		l = strings.TrimRight(l, " \t\r")
+		if t := strings.TrimLeft(l, " \t"); t == "" || t[0] == '#' {
+			continue
+		}
+		joined.WriteString(strings.TrimSuffix(strings.TrimSuffix(l, "\\"), "`"))
+	}
+	if d := scanWord(joined.String(), '\\').depth; d > MaxNesting {
+		return &Error{Path: df.Path, Line: start + 1, Text: df.Line(start + 1),
+			Err: fmt.Errorf("${...} and quotes nest %d deep in this instruction, over the limit of %d: finding its heredocs would recurse that deep; simplify it", d, MaxNesting)}
 	}
 	return nil
 }

@@ -113,6 +113,8 @@ func TestParseLimitsAndBadBytes(t *testing.T) {
 		{"NUL before FROM", "\x00FROM scratch\n", []string{`Dockerfile:1: \x00FROM scratch: unknown instruction: \x00FROM`, "UTF-8"}},
 		{"UTF-16", "\xff\xfeF\x00R\x00O\x00M\x00 \x00s\x00\n\x00", []string{`unknown instruction: \xff\xfeF\x00R\x00O\x00M\x00`, "UTF-8"}},
 		{"escape sequence in a name", "FROM scratch\nL\x1b[2JABEL a=b\n", []string{`Dockerfile:2: L\x1b[2JABEL a=b: unknown instruction: L\x1b[2JABEL`}},
+		{"heredoc instruction nested deep", "FROM scratch\nRUN <<EOF " + strings.Repeat("${A:-", 150) + "\\\n# a comment\n\n" + strings.Repeat(strings.Repeat("${A:-", 5000)+"\\\n", 4) + "x\nEOF\n",
+			[]string{"Dockerfile:2: RUN <<EOF ${A:-${A:-", "nest 20150 deep in this instruction, over the limit of 100"}},
 		{"too large", "FROM scratch\n" + strings.Repeat("# comment\n", MaxFileSize/10), []string{"Dockerfile: the Dockerfile is 16.0 MiB (16777223 bytes), over the limit of 16 MiB"}},
 	}
 	for _, tc := range tests {
@@ -135,6 +137,11 @@ func TestParseLimitsAndBadBytes(t *testing.T) {
 				t.Errorf("error is %d bytes long; the line should be shortened", len(msg))
 			}
 		})
+	}
+	// Many ${...} and quotes, not nested, still parse.
+	many := "FROM scratch\nRUN <<EOF " + strings.Repeat(`"${A:-x}" \`+"\n", 300) + "true\nEOF\n"
+	if _, err := Parse("Dockerfile", []byte(many)); err != nil {
+		t.Fatalf("a heredoc instruction with 300 ${...} in quotes: %v", err)
 	}
 	// The longest line the parser takes still parses.
 	ok := "FROM scratch\nLABEL x=" + strings.Repeat("z", MaxLineSize-len("LABEL x=")) + "\n"

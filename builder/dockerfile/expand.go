@@ -140,7 +140,7 @@ func (w *Words) expand(word string, raw bool) (string, error) {
 func newGuard(escape rune, word string, env shell.EnvGetter, limit, workLimit int64) (*guardEnv, error) {
 	scan := scanWord(word, escape)
 	if scan.depth > MaxNesting {
-		return nil, fmt.Errorf("${...} and quotes nest %d deep in one word, over the limit of %d: the expansion would recurse that deep; simplify the word", scan.depth, MaxNesting)
+		return nil, fmt.Errorf("${...} and quotes nest more than %d deep in one word, over the limit: the expansion would recurse that deep; simplify the word", MaxNesting)
 	}
 	return &guardEnv{env: env, subst: scan.subst, limit: limit, workLimit: workLimit}, nil
 }
@@ -245,7 +245,8 @@ type wordScan struct {
 // scanWord follows the structure buildkit's shell lexer gives a word (its
 // quotes, escapes and ${...} forms) to find what wordScan holds. It never
 // reports less than the lexer would do: where it cannot follow (input the
-// lexer rejects), it stops with what it found.
+// lexer rejects), it stops with what it found. It stops too once the
+// depth is over MaxNesting.
 func scanWord(word string, escape rune) wordScan {
 	var ws wordScan
 	// stack holds the open levels the lexer recurses into: a ${...}
@@ -267,6 +268,8 @@ func scanWord(word string, escape rune) wordScan {
 			ws.depth = d
 		}
 	}
+	// The scan stops once the nesting is over the limit: the word is
+	// refused, and the rest need not be looked at.
 	esc := byte(escape)
 	i := 0
 	// dollar handles the "$" at i; it returns false where the lexer
@@ -317,7 +320,7 @@ func scanWord(word string, escape rune) wordScan {
 		}
 		return true
 	}
-	for i < len(word) {
+	for i < len(word) && ws.depth <= MaxNesting {
 		top := &stack[len(stack)-1]
 		c := word[i]
 		if top.end == '"' {

@@ -214,9 +214,9 @@ func (df *Dockerfile) checkInstructionNesting(start, end int) error {
 		}
 		joined.WriteString(strings.TrimSuffix(strings.TrimSuffix(l, "\\"), "`"))
 	}
-	if d := scanWord(joined.String(), '\\').depth; d > MaxNesting {
+	if scanWord(joined.String(), '\\').depth > MaxNesting {
 		return &Error{Path: df.Path, Line: start + 1, Text: df.Line(start + 1),
-			Err: fmt.Errorf("${...} and quotes nest %d deep in this instruction, over the limit of %d: finding its heredocs would recurse that deep; simplify it", d, MaxNesting)}
+			Err: fmt.Errorf("${...} and quotes nest more than %d deep in this instruction, over the limit: finding its heredocs would recurse that deep; simplify it", MaxNesting)}
 	}
 	return nil
 }

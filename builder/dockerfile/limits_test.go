@@ -114,7 +114,7 @@ func TestParseLimitsAndBadBytes(t *testing.T) {
 		{"UTF-16", "\xff\xfeF\x00R\x00O\x00M\x00 \x00s\x00\n\x00", []string{`unknown instruction: \xff\xfeF\x00R\x00O\x00M\x00`, "UTF-8"}},
 		{"escape sequence in a name", "FROM scratch\nL\x1b[2JABEL a=b\n", []string{`Dockerfile:2: L\x1b[2JABEL a=b: unknown instruction: L\x1b[2JABEL`}},
 		{"heredoc instruction nested deep", "FROM scratch\nRUN <<EOF " + strings.Repeat("${A:-", 150) + "\\\n# a comment\n\n" + strings.Repeat(strings.Repeat("${A:-", 5000)+"\\\n", 4) + "x\nEOF\n",
-			[]string{"Dockerfile:2: RUN <<EOF ${A:-${A:-", "nest 20150 deep in this instruction, over the limit of 100"}},
+			[]string{"Dockerfile:2: RUN <<EOF ${A:-${A:-", "nest more than 100 deep in this instruction"}},
 		{"too large", "FROM scratch\n" + strings.Repeat("# comment\n", MaxFileSize/10), []string{"Dockerfile: the Dockerfile is 16.0 MiB (16777223 bytes), over the limit of 16 MiB"}},
 	}
 	for _, tc := range tests {

@@ -34,6 +34,7 @@ unit:
 
 fuzz:
 	$(GO) test $(GOFLAGS) -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./builder/dockerfile
+	$(GO) test $(GOFLAGS) -run '^$$' -fuzz FuzzExpandBound -fuzztime $(FUZZTIME) ./builder/dockerfile
 
 # bench runs every benchmark on a 1 GiB tree (override with
 # IBUILD_BENCH_SIZE_MB=N), one package at a time so timings do not overlap,

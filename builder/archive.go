@@ -246,18 +246,32 @@ func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir 
 			out.modTime = t
 		}
 	}
-	if cd := resp.Header.Get("Content-Disposition"); cd != "" {
-		if _, params, err := mime.ParseMediaType(cd); err == nil && params["filename"] != "" {
-			out.name = path.Base(params["filename"])
+	out.name = downloadName(u, resp.Header.Get("Content-Disposition"))
+	return out, nil
+}
+
+// downloadName is the file name of a download: the filename of its
+// Content-Disposition, else the last element of the URL's path,
+// "__unnamed__" for a URL without a path (as docker names it), and ""
+// when the path ends in "..": no name can be derived.
+func downloadName(u *url.URL, contentDisposition string) string {
+	if contentDisposition != "" {
+		if _, params, err := mime.ParseMediaType(contentDisposition); err == nil && params["filename"] != "" {
+			switch name := path.Base(params["filename"]); name {
+			case "/", ".", "..":
+			default:
+				return name
+			}
 		}
 	}
-	if out.name == "" || out.name == "/" || out.name == "." {
-		out.name = path.Base(u.Path)
+	switch name := path.Base(u.Path); name {
+	case "..":
+		return ""
+	case "/", ".":
+		return "__unnamed__"
+	default:
+		return name
 	}
-	if out.name == "" || out.name == "/" || out.name == "." {
-		out.name = "__unnamed__"
-	}
-	return out, nil
 }
 
 // redactURL drops user info and query, which may hold credentials.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -313,9 +312,12 @@ func readDockerfile(opts Options) (string, []byte, error) {
 		candidates = []string{filepath.Join(opts.ContextDir, "Dockerfile"), filepath.Join(opts.ContextDir, "Containerfile")}
 	}
 	for _, c := range candidates {
-		data, err := os.ReadFile(c)
+		data, err := dockerfile.ReadFile(c)
 		if err == nil {
 			return c, data, nil
+		}
+		if errors.Is(err, dockerfile.ErrNotRegular) {
+			return "", nil, fmt.Errorf("Dockerfile %w: name a regular file, or pass the content on standard input (-f -)", err)
 		}
 		if !errors.Is(err, fs.ErrNotExist) || opts.Dockerfile != "" {
 			return "", nil, fmt.Errorf("read Dockerfile: %w", err)
@@ -398,6 +400,7 @@ func (b *build) initMetaArgs() error {
 		b.meta.Set(k, v)
 	}
 	for _, a := range b.df.MetaArgs {
+		words := b.exp.Words(b.meta)
 		for _, kv := range a.Args {
 			b.metaNames[kv.Key] = true
 			if v, ok := b.opts.BuildArgs[kv.Key]; ok {
@@ -410,7 +413,7 @@ func (b *build) initMetaArgs() error {
 				// platform arg of that name gives it a value.
 				continue
 			}
-			v, err := b.exp.Word(*kv.Value, b.meta)
+			v, err := words.Word(*kv.Value)
 			if err != nil {
 				return b.df.ErrorAt(a.Location(), err)
 			}

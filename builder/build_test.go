@@ -45,6 +45,14 @@ type caseOptions struct {
 // setups prepare fixtures whose inputs git cannot hold (archives made with
 // the system's tools, modes).
 var setups = map[string]func(t *testing.T, dir string){
+	"bad-long-line": func(t *testing.T, dir string) {
+		p := filepath.Join(dir, "Dockerfile")
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, p, strings.Replace(string(data), "LONG", strings.Repeat("y", 10_000_000), 1), 0o644)
+	},
 	"add-archives": func(t *testing.T, dir string) {
 		ctx := filepath.Join(dir, "ctx")
 		src := filepath.Join(dir, "src")
@@ -88,6 +96,8 @@ func TestBuildFixtures(t *testing.T) {
 			io.WriteString(w, "file content\n")
 		case "/download/foo":
 			io.WriteString(w, "foo\n")
+		case "/download/sub/..": // no file name can be derived from it
+			io.WriteString(w, "dot dot\n")
 		default:
 			http.NotFound(w, r)
 		}

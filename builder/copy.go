@@ -38,6 +38,10 @@ type copySpec struct {
 	// extract is called for archive sources when unpack is set; it writes
 	// the archive's content into the layer at the resolved directory.
 	extract func(ctx context.Context, l *layerDir, hostPath, destDir string, o *owner) error
+	// nameless are sources without a file name of their own (an ADD URL
+	// whose path ends in ".."), with the error to give when the
+	// destination is a directory.
+	nameless map[string]error
 }
 
 type inlineFile struct {
@@ -169,6 +173,9 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 	if pivot != "" {
 		target = path.Join(dest, strings.TrimPrefix(match, pivot))
 	} else if !fi.IsDir() && destIsDir {
+		if err := spec.nameless[match]; err != nil {
+			return err
+		}
 		target = path.Join(dest, path.Base(match))
 	}
 	if fi.IsDir() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path"
 	"sort"
@@ -42,6 +43,9 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if len(urls) == 0 {
 		return s.commitCopy(ctx, spec, cmdText(c))
 	}
+	if len(local) > 0 {
+		return fmt.Errorf("ADD mixing URLs and local files is not supported; split it into two ADD instructions")
+	}
 	dir, err := s.b.opts.Store.TempDir("add-")
 	if err != nil {
 		return err
@@ -61,13 +65,20 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 		if err := os.Chtimes(f.path, f.modTime, f.modTime); err != nil {
 			return err
 		}
-		dl.files["/"+f.name] = f.path
+		name := f.name
+		if name == "" {
+			// Only a destination with a file name can take it.
+			err := noFileName(u, spec.dest)
+			if len(urls) > 1 {
+				return err
+			}
+			name = "download"
+			spec.nameless = map[string]error{"/" + name: err}
+		}
+		dl.files["/"+name] = f.path
 	}
 	// URL sources are not extracted (docker's rule) and keep their remote
 	// name; they are copied from a small tree of the downloads.
-	if len(local) > 0 {
-		return fmt.Errorf("ADD mixing URLs and local files is not supported; split it into two ADD instructions")
-	}
 	for name := range dl.files {
 		spec.srcs = append(spec.srcs, name)
 	}
@@ -77,6 +88,17 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 		return fmt.Errorf("when using ADD with more than one source file, the destination must be a directory and end with a /")
 	}
 	return s.commitCopy(ctx, spec, cmdText(c))
+}
+
+// noFileName is the error for a URL whose file name cannot be derived
+// (its path ends in "..") copied to a directory.
+func noFileName(rawURL, dest string) error {
+	shown := rawURL
+	if u, err := url.Parse(rawURL); err == nil {
+		shown = redactURL(u)
+	}
+	return fmt.Errorf("no file name can be derived from the URL %s (the last element of its path is \"..\"): give the destination a file name, e.g. %s",
+		shown, path.Join(dest, "NAME"))
 }
 
 // downloadFS is a flat tree of downloaded files, as a COPY source.

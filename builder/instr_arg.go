@@ -10,6 +10,7 @@ import (
 // never written to the image.
 func (s *stageRun) arg(c *instructions.ArgCommand) error {
 	env := s.scope()
+	words := s.b.exp.Words(env)
 	for _, kv := range c.Args {
 		if v, ok := s.b.opts.BuildArgs[kv.Key]; ok {
 			s.args.Set(kv.Key, v)
@@ -17,7 +18,7 @@ func (s *stageRun) arg(c *instructions.ArgCommand) error {
 			continue
 		}
 		if kv.Value != nil {
-			v, err := s.b.exp.Word(*kv.Value, env)
+			v, err := words.Word(*kv.Value)
 			if err != nil {
 				return err
 			}

@@ -10,14 +10,14 @@ import (
 
 // exposeCmd runs EXPOSE: "80", "80/udp", "8000-8002/tcp".
 func (s *stageRun) exposeCmd(c *instructions.ExposeCommand) error {
-	env := s.scope()
+	expand := s.b.exp.Words(s.scope())
 	cfg := s.c.imageConfig()
 	ports := make(map[string]struct{}, len(cfg.ExposedPorts))
 	for k := range cfg.ExposedPorts {
 		ports[k] = struct{}{}
 	}
 	for _, raw := range c.Ports {
-		words, err := s.b.exp.Word(raw, env)
+		words, err := expand.Word(raw)
 		if err != nil {
 			return err
 		}

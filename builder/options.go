@@ -22,7 +22,9 @@ type Options struct {
 	// then ContextDir/Containerfile.
 	Dockerfile string
 	// DockerfileContent, when non-nil, is used instead of reading
-	// Dockerfile (Dockerfile then only names it in messages).
+	// Dockerfile (Dockerfile then only names it in messages). Either way
+	// the Dockerfile may hold at most dockerfile.MaxFileSize bytes; a
+	// Dockerfile path must name a regular file.
 	DockerfileContent []byte
 	// Tags name the result in the store.
 	Tags []string

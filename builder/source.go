@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 
+	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -62,15 +64,17 @@ func openContext(dir, dockerfilePath string) (*contextFS, error) {
 	}
 	candidates = append(candidates, filepath.Join(abs, ".dockerignore"))
 	for _, f := range candidates {
-		fh, err := os.Open(f)
+		data, err := dockerfile.ReadFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			if errors.Is(err, dockerfile.ErrNotRegular) {
+				return nil, fmt.Errorf("ignore file %w: make it a file, or remove it", err)
+			}
+			return nil, fmt.Errorf("ignore file %w", err)
 		}
-		patterns, err := ignorefile.ReadAll(fh)
-		fh.Close()
+		patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", f, err)
 		}

@@ -211,17 +211,17 @@ func (s *stageRun) scope() *dockerfile.Vars {
 	return s.args.Overlay(dockerfile.NewVars(s.c.imageConfig().Env))
 }
 
-// expand expands cmd's words in place, if it has any.
+// expand expands cmd's words in place, if it has any, within the
+// expansion limits of one instruction.
 func (s *stageRun) expand(cmd instructions.Command) error {
-	env := s.scope()
+	words := s.b.exp.Words(s.scope())
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
-		if err := e.Expand(s.b.exp.Func(env)); err != nil {
+		if err := e.Expand(words.Word); err != nil {
 			return err
 		}
 	}
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
-		raw := func(w string) (string, error) { return s.b.exp.Raw(w, env) }
-		if err := e.ExpandRaw(raw); err != nil {
+		if err := e.ExpandRaw(words.Raw); err != nil {
 			return err
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/ibuild/ibuild/builder/printable"
 )
 
 // Dockerfile is a parsed Dockerfile.
@@ -33,7 +35,16 @@ type Dockerfile struct {
 
 // Parse parses the Dockerfile content data. path is only used in messages.
 func Parse(path string, data []byte) (*Dockerfile, error) {
+	if len(data) > MaxFileSize {
+		return nil, &Error{Path: path, Err: &LimitError{What: "the Dockerfile", Size: int64(len(data)), Limit: MaxFileSize, Hint: fileHint}}
+	}
 	df := &Dockerfile{Path: path, lines: strings.Split(string(data), "\n")}
+	if err := df.checkLines(); err != nil {
+		return nil, err
+	}
+	if err := df.checkHeredocNesting(); err != nil {
+		return nil, err
+	}
 	res, err := parser.Parse(bytes.NewReader(data))
 	if err != nil {
 		return nil, df.wrap(err, nil)
@@ -114,9 +125,32 @@ func (df *Dockerfile) wrap(err error, n *parser.Node) error {
 	}
 	var ui *instructions.UnknownInstructionError
 	if errors.As(err, &ui) {
-		inner = fmt.Errorf("unknown instruction: %s", strings.ToUpper(ui.Instruction))
+		name := df.instructionName(loc, ui.Instruction)
+		inner = fmt.Errorf("unknown instruction: %s", name)
+		if printable.Escape(name) != name {
+			inner = fmt.Errorf("%w (it holds control characters or bytes that are not UTF-8: save the Dockerfile as UTF-8 text)", inner)
+		}
 	}
 	return df.ErrorAt(loc, inner)
+}
+
+// instructionName is the instruction word at loc as written, upper-cased
+// (ASCII letters only: the parser's lower-casing turns bytes that are not
+// UTF-8 into U+FFFD, hiding them), or parsed if the line is not known.
+func (df *Dockerfile) instructionName(loc []parser.Range, parsed string) string {
+	word := parsed
+	if len(loc) > 0 && loc[0].Start.Line >= 1 && loc[0].Start.Line <= len(df.lines) {
+		if f := strings.Fields(df.lines[loc[0].Start.Line-1]); len(f) > 0 {
+			word = f[0]
+		}
+	}
+	b := []byte(word)
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
 }
 
 // ErrorAt wraps err with the position loc (as given by an instruction's
@@ -149,7 +183,9 @@ func (df *Dockerfile) Line(n int) string {
 }
 
 // Error is an error located in a Dockerfile. Its text reads
-// "Dockerfile:12: COPY app.jar /app/: no such file".
+// "Dockerfile:12: COPY app.jar /app/: no such file", with control
+// characters shown escaped (see package printable): the text comes from
+// the Dockerfile.
 type Error struct {
 	Path string
 	Line int
@@ -169,7 +205,7 @@ func (e *Error) Error() string {
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Err.Error())
-	return b.String()
+	return printable.Escape(b.String())
 }
 
 func (e *Error) Unwrap() error { return e.Err }

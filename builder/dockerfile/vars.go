@@ -3,8 +3,6 @@ package dockerfile
 import (
 	"sort"
 	"strings"
-
-	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
 // Vars is an ordered set of variables, as an ENV list or an ARG scope.
@@ -115,41 +113,4 @@ func (v *Vars) Overlay(top *Vars) *Vars {
 		}
 	}
 	return c
-}
-
-// Expander expands words as a Dockerfile does ($v, ${v}, ${v:-d}, ${v:+a},
-// quotes and the escape token).
-type Expander struct {
-	escape rune
-}
-
-// NewExpander returns an expander for the given escape token.
-func NewExpander(escape rune) *Expander {
-	if escape == 0 {
-		escape = '\\'
-	}
-	return &Expander{escape: escape}
-}
-
-// Word expands one word against env.
-func (e *Expander) Word(word string, env shell.EnvGetter) (string, error) {
-	lex := shell.NewLex(e.escape)
-	out, _, err := lex.ProcessWord(word, env)
-	return out, err
-}
-
-// Raw expands variables in s without removing quotes or escapes, as used
-// for heredoc bodies.
-func (e *Expander) Raw(s string, env shell.EnvGetter) (string, error) {
-	lex := shell.NewLex(e.escape)
-	lex.RawQuotes = true
-	lex.RawEscapes = true
-	out, _, err := lex.ProcessWord(s, env)
-	return out, err
-}
-
-// Func returns a single-word expander bound to env, in the form buildkit's
-// instructions take.
-func (e *Expander) Func(env shell.EnvGetter) func(string) (string, error) {
-	return func(w string) (string, error) { return e.Word(w, env) }
 }

@@ -1,7 +1,10 @@
 // Package progress carries build progress events from the builder to a
 // renderer: plain lines for logs and CI, a compact redrawn view for
 // terminals, and JSON lines for other tools. The builder only emits Events;
-// how they look is decided here.
+// how they look is decided here. The plain and terminal renderers print
+// text from the Dockerfile (instructions, stage names, warnings) with
+// control characters escaped (package printable); JSON escapes them
+// itself.
 package progress
 
 import (
@@ -12,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ibuild/ibuild/builder/printable"
 )
 
 // Kind is the kind of an event.
@@ -111,7 +116,7 @@ func (p *Plain) Emit(e Event) {
 	prefix := stepPrefix(e)
 	switch e.Kind {
 	case StepStart:
-		fmt.Fprintf(p.w, "%s %s\n", prefix, e.Instruction)
+		fmt.Fprintf(p.w, "%s %s\n", prefix, printable.Escape(e.Instruction))
 	case StepDone:
 		var extra []string
 		if e.Cached {
@@ -125,16 +130,20 @@ func (p *Plain) Emit(e Event) {
 	case StepError:
 		fmt.Fprintf(p.w, "%s failed after %.2fs\n", prefix, e.Duration.Seconds())
 	case Log:
+		// A step's own output is shown as it is (colours included), as
+		// docker build's plain progress does.
 		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
 			fmt.Fprintf(p.w, "%s | %s\n", prefix, line)
 		}
 	case Warning:
-		fmt.Fprintf(p.w, "WARNING: %s\n", e.Message)
+		fmt.Fprintf(p.w, "WARNING: %s\n", printable.Escape(e.Message))
 	case BuildDone:
-		fmt.Fprintf(p.w, "%s\n", e.Message)
+		fmt.Fprintf(p.w, "%s\n", printable.Escape(e.Message))
 	}
 }
 
+// stepPrefix is "[platform stage step/steps]", escaped for printing (stage
+// names come from the Dockerfile).
 func stepPrefix(e Event) string {
 	var b strings.Builder
 	b.WriteString("[")
@@ -148,7 +157,7 @@ func stepPrefix(e Event) string {
 		fmt.Fprintf(&b, "%d/%d", e.Step, e.Steps)
 	}
 	b.WriteString("]")
-	return b.String()
+	return printable.Escape(b.String())
 }
 
 // JSON writes one JSON object per event and line.

@@ -116,3 +116,71 @@ func TestTTYClockTicksWhileStepsRun(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestRenderersEscapeDockerfileText checks text from the Dockerfile
+// (instructions, stage names, warnings quoting it) cannot drive the
+// terminal: plain and tty output show control characters escaped, JSON
+// output carries them JSON-escaped, with the text intact once decoded.
+func TestRenderersEscapeDockerfileText(t *testing.T) {
+	const instr = "LABEL a=\x1b]0;owned\x07\x1b[2J\rFAKE"
+	const stage = "st\x1b[31m"
+	evs := []Event{
+		{Kind: StepStart, Stage: stage, Step: 1, Steps: 1, Instruction: instr},
+		{Kind: Log, Stage: stage, Step: 1, Steps: 1, Message: "10%\r50%\r100%\n\x1b[1Aup\n"},
+		{Kind: StepDone, Stage: stage, Step: 1, Steps: 1, Instruction: instr},
+		{Kind: Warning, Message: "Dockerfile:1: bad \x1b[8mhidden\x1b[0m"},
+	}
+	raw := []string{"\x1b]0;owned", "\x1b[2J", "\x1b[31m", "\x1b[8m", "\rFAKE"}
+	for _, tc := range []struct {
+		name string
+		sink func(*bytes.Buffer) Sink
+		want []string
+	}{
+		{"plain", func(b *bytes.Buffer) Sink { return NewPlain(b) }, []string{
+			`[st\x1b[31m 1/1] LABEL a=\x1b]0;owned\x07\x1b[2J\x0dFAKE`,
+			`WARNING: Dockerfile:1: bad \x1b[8mhidden\x1b[0m`,
+		}},
+		{"tty", func(b *bytes.Buffer) Sink { return NewTTY(b) }, []string{
+			`[st\x1b[31m 1/1] =>     LABEL a=\x1b]0;owned\x07\x1b[2J\x0dFAKE`,
+			"    | 100%\n",
+			`    | \x1b[1Aup`,
+			`WARNING: Dockerfile:1: bad \x1b[8mhidden\x1b[0m`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			s := tc.sink(&b)
+			for _, e := range evs {
+				s.Emit(e)
+			}
+			if c, ok := s.(interface{ Close() error }); ok {
+				c.Close()
+			}
+			out := b.String()
+			for _, r := range raw {
+				if strings.Contains(out, r) {
+					t.Errorf("output holds the raw sequence %q:\n%q", r, out)
+				}
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%q", w, out)
+				}
+			}
+		})
+	}
+	t.Run("json", func(t *testing.T) {
+		var b bytes.Buffer
+		j := NewJSON(&b)
+		for _, e := range evs {
+			j.Emit(e)
+		}
+		if bytes.ContainsAny(b.Bytes(), "\x1b\r\x07") {
+			t.Fatalf("JSON output holds raw control characters:\n%q", b.String())
+		}
+		var e Event
+		if err := json.Unmarshal([]byte(strings.Split(b.String(), "\n")[0]), &e); err != nil || e.Instruction != instr || e.Stage != stage {
+			t.Fatalf("decoded %+v, %v: want the text intact", e, err)
+		}
+	})
+}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ibuild/ibuild/builder/printable"
 )
 
 // TTY redraws a compact view: one line per running or finished step, the
@@ -91,13 +93,13 @@ func (t *TTY) Emit(e Event) {
 	key := stepPrefix(e)
 	switch e.Kind {
 	case StepStart:
-		l := &ttyLine{key: key, text: e.Instruction, start: time.Now(), state: "running"}
+		l := &ttyLine{key: key, text: printable.Escape(e.Instruction), start: time.Now(), state: "running"}
 		t.lines = append(t.lines, l)
 		t.byKey[key] = l
 		t.startTicking()
 	case StepDone, StepError:
 		if t.byKey[key] == nil {
-			l := &ttyLine{key: key, text: e.Instruction, start: e.Time}
+			l := &ttyLine{key: key, text: printable.Escape(e.Instruction), start: e.Time}
 			t.lines = append(t.lines, l)
 			t.byKey[key] = l
 		}
@@ -113,18 +115,21 @@ func (t *TTY) Emit(e Event) {
 			delete(t.logTail, key)
 		}
 	case Log:
-		tail := append(t.logTail[key], strings.Split(strings.TrimRight(e.Message, "\n"), "\n")...)
+		tail := t.logTail[key]
+		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
+			tail = append(tail, tailLine(line))
+		}
 		if len(tail) > 5 {
 			tail = tail[len(tail)-5:]
 		}
 		t.logTail[key] = tail
 	case Warning:
 		t.clear()
-		fmt.Fprintf(t.w, "WARNING: %s\n", e.Message)
+		fmt.Fprintf(t.w, "WARNING: %s\n", printable.Escape(e.Message))
 		t.drawn = 0
 	case BuildDone:
 		t.redraw()
-		fmt.Fprintf(t.w, "%s\n", e.Message)
+		fmt.Fprintf(t.w, "%s\n", printable.Escape(e.Message))
 		t.lines, t.byKey, t.drawn = nil, map[string]*ttyLine{}, 0
 		if !t.closed {
 			t.closed = true
@@ -164,6 +169,17 @@ func (t *TTY) redraw() {
 	}
 	io.WriteString(t.w, b.String())
 	t.drawn = n
+}
+
+// tailLine is a line of a step's output as the view shows it: what a
+// terminal would leave of it after its carriage returns (progress bars
+// redraw themselves so), with control characters escaped, since the view
+// redraws its lines in place and counts them.
+func tailLine(s string) string {
+	if i := strings.LastIndexByte(strings.TrimRight(s, "\r"), '\r'); i >= 0 {
+		s = s[i+1:]
+	}
+	return printable.Escape(strings.TrimRight(s, "\r"))
 }
 
 func truncate(s string, n int) string {

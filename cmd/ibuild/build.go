@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibuild/ibuild/builder"
+	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
@@ -92,9 +93,9 @@ func runBuild(c *cli.Context) error {
 		SquashAll:        c.Bool("squash-all"),
 	}
 	if opts.Dockerfile == "-" {
-		data, err := io.ReadAll(os.Stdin)
+		data, err := dockerfile.ReadLimited(os.Stdin, "the Dockerfile on standard input")
 		if err != nil {
-			return fmt.Errorf("read Dockerfile from stdin: %w", err)
+			return fmt.Errorf("-f -: %w", err)
 		}
 		opts.DockerfileContent = data
 	}
@@ -175,7 +176,7 @@ func runBuild(c *cli.Context) error {
 	mode := c.String("progress")
 	var sink progress.Sink
 	if c.Bool("quiet") {
-		sink = progress.Discard{}
+		sink = warningSink{} // -q hides progress, not warnings
 	} else if sink, err = progress.New(mode, os.Stderr); err != nil {
 		return err
 	}
@@ -310,6 +311,9 @@ func parseSecrets(items []string) (map[string]builder.SecretSource, error) {
 		if src != "" && env != "" {
 			return nil, fmt.Errorf("--secret %s: give src or env, not both", it)
 		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("--secret id=%s is given twice: give each id once", id)
+		}
 		switch {
 		case src != "":
 			if _, err := os.Stat(src); err != nil {
@@ -346,6 +350,9 @@ func parseSSH(items []string) (map[string]string, error) {
 		}
 		if strings.Contains(sock, ",") {
 			return nil, fmt.Errorf("--ssh %s: one socket per id is supported", it)
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("--ssh %s is given twice: give each id once", id)
 		}
 		out[id] = sock
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibuild/ibuild/builder"
+	"github.com/ibuild/ibuild/builder/printable"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
@@ -510,7 +511,7 @@ type warningSink struct{}
 
 func (warningSink) Emit(e progress.Event) {
 	if e.Kind == progress.Warning {
-		fmt.Fprintln(os.Stderr, "ibuild: warning:", e.Message)
+		fmt.Fprintln(os.Stderr, "ibuild: warning:", printable.Escape(e.Message))
 	}
 }
 

@@ -23,13 +23,15 @@ func inspectCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "type", Usage: "image or container (default: an image, else a working container of that name)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (docker:// only; repeatable)"},
+			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify the registry's TLS certificate (docker:// only)"},
+			authfileFlag, certDirFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("inspect needs one image name or ID", 2)
 			}
 			if ref, ok := strings.CutPrefix(c.Args().First(), "docker://"); ok {
-				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Conn: registry.Conn{Insecure: c.StringSlice("insecure-registry"), Auth: authConfig()}})
+				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Conn: connOptions(c)})
 				if err != nil {
 					return err
 				}

@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.podman.io/storage/pkg/reexec"
 
+	"github.com/ibuild/ibuild/builder/printable"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -31,12 +32,13 @@ func main() {
 	defer stop()
 	app := newApp()
 	if err := app.RunContext(ctx, os.Args); err != nil {
+		// Errors quote Dockerfile text, file names and references:
+		// control characters in them are shown escaped.
+		fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(err.Error()))
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
-			fmt.Fprintln(os.Stderr, "ibuild:", err)
 			os.Exit(ec.ExitCode())
 		}
-		fmt.Fprintln(os.Stderr, "ibuild:", err)
 		os.Exit(1)
 	}
 }

@@ -87,11 +87,25 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 		}{mounts, instructions.GetNetwork(c), instructions.GetSecurity(c)}); err != nil {
 			return nil, err
 		}
+		extras := s.b.df.RunMountExtras(c)
 		for i, m := range mounts {
+			prefix := fmt.Sprintf("mount%d:", i)
+			if i < len(extras) && !extras[i].Empty() {
+				k.add(prefix+"buildah", extras[i].String())
+			}
+			if m.Type == instructions.MountTypeCache && m.From != "" {
+				// The tree a new cache starts from (its content is not
+				// an input otherwise, as with BuildKit).
+				id, err := s.fromIdentity(ctx, m.From)
+				if err != nil {
+					return nil, err
+				}
+				k.add(prefix+"from", id)
+				continue
+			}
 			if m.Type != instructions.MountTypeBind {
 				continue
 			}
-			prefix := fmt.Sprintf("mount%d:", i)
 			if m.From != "" {
 				id, err := s.fromIdentity(ctx, m.From)
 				if err != nil {

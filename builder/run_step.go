@@ -81,7 +81,8 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if len(ms) == 0 {
 		return points, func() {}, nil
 	}
-	rm, err := s.prepareMounts(ctx, ms, rootfs, tmp)
+	user := owner{UID: int(spec.UID), GID: int(spec.GID)}
+	rm, err := s.prepareMounts(ctx, ms, s.b.df.RunMountExtras(c), user, rootfs, tmp)
 	if err != nil {
 		return nil, func() {}, err
 	}

@@ -78,7 +78,11 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfs, err := openContext(opts.ContextDir, dfPath)
+	besideDockerfile := dfPath
+	if opts.DockerfileContent != nil {
+		besideDockerfile = "" // not read from a file: nothing beside it
+	}
+	cfs, err := openContext(opts.ContextDir, besideDockerfile, opts.IgnoreFile)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"net/http"
@@ -26,6 +27,9 @@ import (
 	"github.com/ibuild/ibuild/layers/layertest"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/ibuild/ibuild/layers"
@@ -40,11 +44,22 @@ type caseOptions struct {
 	Target    string            `json:"target"`
 	Platform  string            `json:"platform"`
 	Labels    map[string]string `json:"labels"`
+	// IgnoreFile is Options.IgnoreFile, relative to the fixture.
+	IgnoreFile string `json:"ignoreFile"`
+	// Busybox makes busybox:1 (see busyboxBase) available to the
+	// fixture, whose RUN steps then need root.
+	Busybox bool `json:"busybox"`
 }
 
 // setups prepare fixtures whose inputs git cannot hold (archives made with
 // the system's tools, modes).
 var setups = map[string]func(t *testing.T, dir string){
+	"bad-dockerignore-fifo": func(t *testing.T, dir string) {
+		// A named pipe would block a plain read forever.
+		if err := unix.Mkfifo(filepath.Join(dir, ".dockerignore"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	},
 	"bad-long-line": func(t *testing.T, dir string) {
 		p := filepath.Join(dir, "Dockerfile")
 		data, err := os.ReadFile(p)
@@ -52,6 +67,55 @@ var setups = map[string]func(t *testing.T, dir string){
 			t.Fatal(err)
 		}
 		writeFile(t, p, strings.Replace(string(data), "LONG", strings.Repeat("y", 10_000_000), 1), 0o644)
+	},
+	"from-image-without-path": func(t *testing.T, dir string) {
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(tarOf(t, &tar.Header{Typeflag: tar.TypeReg, Name: "hello", Mode: 0o644}, "hi\n"))), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mutate.AppendLayers(empty.Image, layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf = cf.DeepCopy()
+		hp := HostPlatform()
+		cf.OS, cf.Architecture, cf.Variant = hp.OS, hp.Architecture, hp.Variant
+		cf.Config = v1.Config{Env: []string{"A=1"}, Cmd: []string{"/hello"}}
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		if err := registry.WriteOCILayout(context.Background(), filepath.Join(dir, "layout"), img, nil, "nopath:1"); err != nil {
+			t.Fatal(err)
+		}
+	},
+	"add-tar-hardlink-owner": func(t *testing.T, dir string) {
+		mtime := time.Unix(1700000000, 0)
+		data := tarOf(t,
+			&tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755, ModTime: mtime}, "",
+			&tar.Header{Typeflag: tar.TypeReg, Name: "d/target", Mode: 0o644, Uid: 1234, Gid: 5678, ModTime: mtime}, "shared\n",
+			&tar.Header{Typeflag: tar.TypeLink, Name: "d/link", Linkname: "d/target", Mode: 0o600, Uid: 42, Gid: 43, ModTime: mtime}, "",
+			&tar.Header{Typeflag: tar.TypeSymlink, Name: "d/sym", Linkname: "target", Mode: 0o777, Uid: 7, Gid: 7, ModTime: mtime}, "",
+			&tar.Header{Typeflag: tar.TypeLink, Name: "d/symlink-hard", Linkname: "d/sym", Mode: 0o777, Uid: 9, Gid: 9, ModTime: mtime}, "")
+		writeFile(t, filepath.Join(dir, "links.tar"), string(data), 0o644)
+	},
+	"dockerignore-excluded-dirs": func(t *testing.T, dir string) {
+		mustMkdir(t, filepath.Join(dir, "empty-ex"))
+		if err := os.Chmod(filepath.Join(dir, "keep", "a"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	},
+	"dockerignore-symlink-outside": func(t *testing.T, dir string) {
+		outside := filepath.Join(filepath.Dir(dir), "outside-ignore")
+		writeFile(t, outside, "secret.txt\n", 0o644)
+		if err := os.Symlink(outside, filepath.Join(dir, ".dockerignore")); err != nil {
+			t.Fatal(err)
+		}
 	},
 	"add-archives": func(t *testing.T, dir string) {
 		ctx := filepath.Join(dir, "ctx")
@@ -85,6 +149,52 @@ var setups = map[string]func(t *testing.T, dir string){
 	},
 }
 
+// checks make assertions a golden file cannot: on the context after the
+// build.
+var checks = map[string]func(t *testing.T, dir string){
+	"run-mount-buildah-options": func(t *testing.T, dir string) {
+		// U chowned a copy: the context on the host is as it was.
+		for _, p := range []string{"ctxdir", "ctxdir/f"} {
+			fi, err := os.Lstat(filepath.Join(dir, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != os.Getuid() || int(st.Gid) != os.Getgid() {
+				t.Errorf("U changed the owner of the context's %s to %d:%d", p, st.Uid, st.Gid)
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "ctxdir", "new")); err == nil {
+			t.Error("a write to a U,rw bind mount reached the context")
+		}
+	},
+}
+
+// tarOf makes an uncompressed tar of headers, each followed by its
+// content.
+func tarOf(t *testing.T, entries ...any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i := 0; i < len(entries); i += 2 {
+		h := *entries[i].(*tar.Header)
+		body := entries[i+1].(string)
+		h.Size = int64(len(body))
+		if h.ModTime.IsZero() {
+			h.ModTime = time.Unix(1700000000, 0)
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 func TestBuildFixtures(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
@@ -108,6 +218,7 @@ func TestBuildFixtures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	haveBusybox := false
 	for _, caseDir := range dirs {
 		name := filepath.Base(caseDir)
 		t.Run(name, func(t *testing.T) {
@@ -126,6 +237,11 @@ func TestBuildFixtures(t *testing.T) {
 				co.BuildArgs = map[string]string{}
 			}
 			co.BuildArgs["URL"] = srv.URL
+			co.BuildArgs["CASEDIR"] = dir
+			if co.Busybox && !haveBusybox {
+				busyboxBase(t, st)
+				haveBusybox = true
+			}
 			if _, err := os.Stat(filepath.Join(dir, "base.Dockerfile")); err == nil {
 				if _, err := Build(ctx, Options{Store: st, ContextDir: dir, Dockerfile: filepath.Join(dir, "base.Dockerfile"), Tags: []string{name + "-base:1"}}); err != nil {
 					t.Fatalf("base image: %v", err)
@@ -137,6 +253,9 @@ func TestBuildFixtures(t *testing.T) {
 				BuildArgs: co.BuildArgs, Target: co.Target, Labels: co.Labels,
 				Pull: registry.PullNever, // fixtures never reach a registry
 				Now:  func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
+			}
+			if co.IgnoreFile != "" {
+				opts.IgnoreFile = filepath.Join(dir, co.IgnoreFile)
 			}
 			if co.Platform != "" {
 				p, err := ParsePlatforms(co.Platform)
@@ -174,6 +293,9 @@ func TestBuildFixtures(t *testing.T) {
 			}
 			if err := validate.Image(stored); err != nil {
 				t.Fatalf("validate stored image: %v", err)
+			}
+			if check := checks[name]; check != nil {
+				check(t, dir)
 			}
 			got := dumpImage(t, stored)
 			golden := filepath.Join(caseDir, "want.golden")

@@ -23,6 +23,12 @@ import (
 	"github.com/ibuild/ibuild/builder/ctxhash"
 )
 
+// executorRevision names the executor's semantics in every cache key: it
+// changes whenever the same instruction on the same inputs gives another
+// result than before (a config default, a step's environment), so that
+// records made by an older ibuild are not taken for the new behaviour.
+const executorRevision = "2"
+
 // fromKey is the key a stage's chain starts from: the base (image digest,
 // scratch, or the key of the stage it is built on), the platform, and the
 // build options that shape every layer (compression, format,
@@ -31,6 +37,7 @@ import (
 func (s *stageRun) fromKey(base v1.Image) (*keyBuilder, error) {
 	b := s.b
 	k := newKey()
+	k.add("executor", executorRevision)
 	switch {
 	case s.baseStage >= 0:
 		dep := b.stages[s.baseStage]
@@ -80,11 +87,25 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 		}{mounts, instructions.GetNetwork(c), instructions.GetSecurity(c)}); err != nil {
 			return nil, err
 		}
+		extras := s.b.df.RunMountExtras(c)
 		for i, m := range mounts {
+			prefix := fmt.Sprintf("mount%d:", i)
+			if i < len(extras) && !extras[i].Empty() {
+				k.add(prefix+"buildah", extras[i].String())
+			}
+			if m.Type == instructions.MountTypeCache && m.From != "" {
+				// The tree a new cache starts from (its content is not
+				// an input otherwise, as with BuildKit).
+				id, err := s.fromIdentity(ctx, m.From)
+				if err != nil {
+					return nil, err
+				}
+				k.add(prefix+"from", id)
+				continue
+			}
 			if m.Type != instructions.MountTypeBind {
 				continue
 			}
-			prefix := fmt.Sprintf("mount%d:", i)
 			if m.From != "" {
 				id, err := s.fromIdentity(ctx, m.From)
 				if err != nil {
@@ -496,6 +517,8 @@ func fromMissReason(old, cur map[string]string, baseDesc string) string {
 		return "the platform changed"
 	case old["options"] != cur["options"]:
 		return "the build options changed (compression, format or SOURCE_DATE_EPOCH)"
+	case old["executor"] != cur["executor"]:
+		return "this version of ibuild builds differently (the cache was made by an older one)"
 	}
 	return ""
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -85,6 +86,27 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 	// arm64/v8 base is arm64 with no variant.
 	c.config.OS, c.config.Architecture, c.config.Variant = platform.OS, platform.Architecture, platform.Variant
 	return c, nil
+}
+
+// dockerDefaults gives a Dockerfile stage's starting config what
+// BuildKit's gives it: FROM scratch starts with WorkingDir "/" and the
+// default PATH, and any other base whose Env lacks PATH gets the default
+// PATH appended. Windows images are left to the OS, as BuildKit does.
+// Working containers (buildah's) keep the image's config as it is.
+func (c *Container) dockerDefaults(scratch bool) {
+	cfg := c.imageConfig()
+	if scratch {
+		cfg.WorkingDir = "/"
+	}
+	if c.platform.OS == "windows" {
+		return
+	}
+	for _, kv := range cfg.Env {
+		if k, _, _ := strings.Cut(kv, "="); k == "PATH" {
+			return
+		}
+	}
+	cfg.Env = append(cfg.Env, "PATH="+defaultPath)
 }
 
 // imageConfig is the config the image will be committed with;

@@ -21,6 +21,11 @@ type Options struct {
 	// Dockerfile is the Dockerfile's path; "" means ContextDir/Dockerfile,
 	// then ContextDir/Containerfile.
 	Dockerfile string
+	// IgnoreFile is the ignore file filtering the context (--ignorefile);
+	// "" means the first of <Dockerfile>.dockerignore,
+	// <Dockerfile>.containerignore, CONTEXT/.containerignore and
+	// CONTEXT/.dockerignore that exists.
+	IgnoreFile string
 	// DockerfileContent, when non-nil, is used instead of reading
 	// Dockerfile (Dockerfile then only names it in messages). Either way
 	// the Dockerfile may hold at most dockerfile.MaxFileSize bytes; a

@@ -21,7 +21,8 @@ import (
 // command, the user, the mounts, running it, and committing an index diff.
 
 // setCommand fills the step's command, standard input and user (resolved
-// in files, the image's tree).
+// in files, the image's tree), and gives the step a HOME when the
+// environment has none.
 func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
 	if u := s.c.imageConfig().User; u != "" {
@@ -30,7 +31,32 @@ func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, fi
 			return fmt.Errorf("USER %s: %w", u, err)
 		}
 	}
+	spec.Env = withHome(spec.Env, spec.UID, files)
 	return nil
+}
+
+// withHome returns env with HOME set as docker's runtime (runc) sets it
+// for a step: an ENV or ARG HOME that is not empty is kept; otherwise HOME
+// is the home directory of the first /etc/passwd entry of the step's uid
+// (as written there, even empty), or "/" when the image has no such entry
+// or no /etc/passwd. It is never written to the image config.
+func withHome(env []string, uid uint32, files fileReader) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if k == "HOME" {
+			if v != "" {
+				return env
+			}
+			continue // an empty HOME is replaced, as runc does
+		}
+		out = append(out, kv)
+	}
+	home := "/"
+	if e, ok := lookupPasswd(files, "", int(uid)); ok {
+		home = e.home
+	}
+	return append(out, "HOME="+home)
 }
 
 // planMounts adds the generated files, the sandbox's special directories
@@ -55,7 +81,8 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if len(ms) == 0 {
 		return points, func() {}, nil
 	}
-	rm, err := s.prepareMounts(ctx, ms, rootfs, tmp)
+	user := owner{UID: int(spec.UID), GID: int(spec.GID)}
+	rm, err := s.prepareMounts(ctx, ms, s.b.df.RunMountExtras(c), user, rootfs, tmp)
 	if err != nil {
 		return nil, func() {}, err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 
+	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -56,8 +57,9 @@ func (r *runMounts) close() {
 
 // prepareMounts turns the step's --mount flags into sandbox mounts. The
 // targets are resolved in rootfs; tmp is the step's scratch directory,
-// removed after it.
-func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, rootfs *layers.RootFS, tmp string) (_ *runMounts, err error) {
+// removed after it. extras are the flags' buildah options (nil for none)
+// and user the step's uid and gid, which U gives a mount's source.
+func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, extras []dockerfile.MountExtras, user owner, rootfs *layers.RootFS, tmp string) (_ *runMounts, err error) {
 	r := &runMounts{}
 	defer func() {
 		if err != nil {
@@ -70,14 +72,24 @@ func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, 
 		if err := os.Mkdir(scratch, 0o700); err != nil {
 			return nil, err
 		}
+		var ex dockerfile.MountExtras
+		if i < len(extras) {
+			ex = extras[i]
+		}
+		if !ex.Empty() && m.Type != instructions.MountTypeBind && m.Type != instructions.MountTypeCache {
+			return nil, fmt.Errorf("--mount=type=%s: option %s is buildah's and applies to bind and cache mounts only", m.Type, ex)
+		}
+		// z, Z and relabel need nothing: steps run in ibuild's own SELinux
+		// context (no container label is set), which can already read
+		// what it can mount.
 		var sm *sandbox.Mount
 		var err error
 		target := m.Target
 		switch m.Type {
 		case instructions.MountTypeBind:
-			sm, err = s.bindMount(ctx, m, scratch)
+			sm, err = s.bindMount(ctx, m, scratch, ex.Chown, user)
 		case instructions.MountTypeCache:
-			sm, err = s.cacheMount(ctx, m, r)
+			sm, err = s.cacheMount(ctx, m, r, scratch, ex.Chown, user)
 		case instructions.MountTypeTmpfs:
 			sm = &sandbox.Mount{Type: sandbox.MountTmpfs, Size: m.SizeLimit}
 		case instructions.MountTypeSecret:
@@ -128,23 +140,27 @@ func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, 
 // source path is bound: nothing is copied. A context directory is bound
 // as it is, or, when a .dockerignore applies, as a copy (hard links where
 // possible) without the excluded files; rw puts a throwaway overlay over
-// it.
-func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch string) (*sandbox.Mount, error) {
+// it. With chown (buildah's U) the source is copied instead, and the copy
+// given to user, so neither the context nor a snapshot changes.
+func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch string, chown bool, user owner) (*sandbox.Mount, error) {
 	src := "/" + m.Source
 	if m.From != "" {
-		dirs, rootfs, err := s.mountFrom(ctx, m.From)
+		from, err := s.mountFrom(ctx, m.From)
 		if err != nil {
 			return nil, err
 		}
-		rp, err := rootfs.Resolve(src)
+		rp, err := from.rootfs.Resolve(src)
 		if err != nil {
 			return nil, fmt.Errorf("source %s: %w", m.Source, err)
 		}
-		fi, _, err := rootfs.Lstat(rp)
+		fi, _, err := from.rootfs.Lstat(rp)
 		if err != nil {
 			return nil, fmt.Errorf("source %s in %s: %w", path.Clean(src), m.From, fs.ErrNotExist)
 		}
-		return overlayMount(scratch, dirs, rp, fi.IsDir(), m.ReadOnly)
+		if chown {
+			return ownedCopyMount(&imageFS{from.rootfs}, rp, scratch, user, m.ReadOnly)
+		}
+		return overlayMount(scratch, from.dirs, rp, fi.IsDir(), m.ReadOnly)
 	}
 	cfs := s.b.ctx
 	rp, err := cfs.Resolve(src)
@@ -155,11 +171,14 @@ func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch
 	if err != nil {
 		return nil, fmt.Errorf("source %s: not found in the build context", path.Clean(src))
 	}
+	if chown && (fi.IsDir() || fi.Mode().IsRegular()) {
+		return ownedCopyMount(cfs, rp, scratch, user, m.ReadOnly)
+	}
 	switch {
 	case fi.IsDir():
 		if cfs.ignore != nil {
 			copyDir := filepath.Join(scratch, "context")
-			if err := copyContextTree(cfs, rp, copyDir); err != nil {
+			if err := copySourceTree(cfs, rp, copyDir, true); err != nil {
 				return nil, fmt.Errorf("source %s: %w", path.Clean(src), err)
 			}
 			host = copyDir
@@ -212,74 +231,55 @@ func overlayMount(scratch string, dirs []string, sub string, dir, readOnly bool)
 	return m, nil
 }
 
-// mountFrom is the snapshot directories and tree of a stage (by name or
-// index) or an image, for from=.
-func (s *stageRun) mountFrom(ctx context.Context, from string) ([]string, *layers.RootFS, error) {
+// fromTree is the tree a from= mount reads: a stage's or an image's
+// snapshot directories (bottom first), their merged view, and the chain ID
+// naming their content ("" for no layer).
+type fromTree struct {
+	dirs   []string
+	rootfs *layers.RootFS
+	chain  string
+}
+
+// mountFrom is the tree of a stage (by name or index) or an image, for
+// from=.
+func (s *stageRun) mountFrom(ctx context.Context, from string) (*fromTree, error) {
 	if i, ok := s.b.stageRef(from); ok {
 		if i == s.index {
-			return nil, nil, fmt.Errorf("from=%s refers to the stage itself", from)
+			return nil, fmt.Errorf("from=%s refers to the stage itself", from)
 		}
 		dep := s.b.stages[i]
 		rootfs, err := dep.RootFS(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		// dep.RootFS filled the container's snapshot directories: this only
 		// reads them.
 		dirs, err := dep.c.snapshotDirs(ctx)
-		return dirs, rootfs, err
+		if err != nil {
+			return nil, err
+		}
+		return &fromTree{dirs: dirs, rootfs: rootfs, chain: dep.c.chainID()}, nil
 	}
 	img, err := s.b.resolveImage(ctx, from, s.platform)
 	if err != nil {
-		return nil, nil, fmt.Errorf("from=%s: %w", from, err)
+		return nil, fmt.Errorf("from=%s: %w", from, err)
 	}
 	if img == nil {
-		return nil, nil, fmt.Errorf("from=%s: scratch has no files to mount", from)
+		return nil, fmt.Errorf("from=%s: scratch has no files to mount", from)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("from=%s: %w", from, err)
 	}
 	dirs, err := s.b.opts.Store.Snapshots(ctx, img, s.b.warn)
 	if err != nil {
-		return nil, nil, fmt.Errorf("from=%s: %w", from, err)
+		return nil, fmt.Errorf("from=%s: %w", from, err)
 	}
-	return dirs, layers.NewRootFS(dirs), nil
-}
-
-// copyContextTree copies the context directory p to dst without what
-// .dockerignore excludes, hard-linking regular files where it can (the
-// mount is read-only or under a throwaway overlay, so the context's files
-// cannot change through it).
-func copyContextTree(cfs *contextFS, p, dst string) error {
-	fi, host, err := cfs.Lstat(p)
-	if err != nil {
-		return err
+	t := &fromTree{dirs: dirs, rootfs: layers.NewRootFS(dirs)}
+	if ids := cfg.RootFS.DiffIDs; len(ids) > 0 {
+		t.chain = layers.ChainIDs(ids)[len(ids)-1].String()
 	}
-	switch {
-	case fi.IsDir():
-		if err := os.Mkdir(dst, fi.Mode().Perm()); err != nil {
-			return err
-		}
-		ents, err := cfs.ReadDir(p)
-		if err != nil {
-			return err
-		}
-		for _, e := range ents {
-			if err := copyContextTree(cfs, path.Join(p, e.Name()), filepath.Join(dst, e.Name())); err != nil {
-				return err
-			}
-		}
-		return os.Chmod(dst, fi.Mode().Perm()|fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
-	case fi.Mode().IsRegular():
-		if err := os.Link(host, dst); err == nil {
-			return nil
-		}
-		return copyRegular(host, dst, fi)
-	case fi.Mode()&fs.ModeSymlink != 0:
-		target, err := os.Readlink(host)
-		if err != nil {
-			return err
-		}
-		return os.Symlink(target, dst)
-	}
-	return nil // devices, sockets and pipes are not part of a context
+	return t, nil
 }
 
 // copyRegular copies the regular file src (described by fi) to dst.
@@ -301,71 +301,6 @@ func copyRegular(src, dst string, fi fs.FileInfo) error {
 		return err
 	}
 	return os.Chmod(dst, fi.Mode().Perm())
-}
-
-// cacheMount is type=cache: a directory kept in the store at
-// STOREROOT/cache/<id>, locked for the step as sharing says.
-func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *runMounts) (*sandbox.Mount, error) {
-	if m.From != "" || m.Source != "" {
-		return nil, errors.New("seeding a cache with from= or source= is not supported by this version of ibuild")
-	}
-	id := m.CacheID
-	if id == "" {
-		id = m.Target
-	}
-	if id == "" {
-		return nil, errors.New("needs a target")
-	}
-	root := filepath.Join(s.b.opts.Store.Root(), "cache")
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, err
-	}
-	base := filepath.Join(root, cacheDirName(id))
-	dir := base
-	var unlock func()
-	var err error
-	switch m.CacheSharing {
-	case instructions.MountSharingShared, "":
-		unlock, err = lockFile(ctx, base+".lock", lockShared, true)
-	case instructions.MountSharingLocked:
-		unlock, err = lockFile(ctx, base+".lock", lockExclusive, true)
-	case instructions.MountSharingPrivate:
-		// The first instance no one else uses; a new one when all are.
-		for n := 0; unlock == nil && err == nil; n++ {
-			dir = base
-			if n > 0 {
-				dir = base + "-" + strconv.Itoa(n)
-			}
-			unlock, err = lockFile(ctx, dir+".lock", lockExclusive, false)
-		}
-	default:
-		return nil, fmt.Errorf("sharing=%s: want shared, private or locked", m.CacheSharing)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lock cache %s: %w", id, err)
-	}
-	r.unlock = append(r.unlock, unlock)
-	if err := os.Mkdir(dir, 0o755); err == nil {
-		mode, uid, gid := uint64(0o755), uint64(0), uint64(0)
-		if m.Mode != nil {
-			mode = *m.Mode
-		}
-		if m.UID != nil {
-			uid = *m.UID
-		}
-		if m.GID != nil {
-			gid = *m.GID
-		}
-		if err := os.Chown(dir, int(uid), int(gid)); err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(dir, unixMode(uint32(mode))); err != nil {
-			return nil, err
-		}
-	} else if !errors.Is(err, fs.ErrExist) {
-		return nil, err
-	}
-	return &sandbox.Mount{Type: sandbox.MountBind, Source: dir, ReadOnly: m.ReadOnly}, nil
 }
 
 // cacheDirName is a file name for a cache id: its safe characters and a

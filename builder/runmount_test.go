@@ -243,9 +243,10 @@ var mountCases = []mountCase{{
 	opts:       func(t *testing.T, o *Options) { o.Isolation = IsolationNone },
 	wantErr:    []string{"RUN --mount", "--isolation none"},
 }, {
-	name:       "cache-seed-unsupported",
-	dockerfile: "FROM busybox:1\nRUN --mount=type=cache,target=/c,from=busybox:1 true\n",
-	wantErr:    []string{"not supported"},
+	// As BuildKit: source= of a cache must exist in it.
+	name:       "cache-source-missing",
+	dockerfile: "FROM busybox:1\nRUN --mount=type=cache,id=fresh,target=/c,source=nope true\n",
+	wantErr:    []string{"Dockerfile:2", "source /nope does not exist in cache fresh"},
 }}
 
 func TestRunMount(t *testing.T) {

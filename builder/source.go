@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
@@ -36,16 +38,39 @@ type sourceFS interface {
 	FromContext() bool
 }
 
-// contextFS is the build context directory, filtered by .dockerignore.
+// contextFS is the build context directory, filtered by its ignore file
+// (.dockerignore, .containerignore; see openContext).
 type contextFS struct {
-	root    string
-	ignore  *patternmatcher.PatternMatcher
-	ignored []string
+	root string
+	// ignoreFile is the ignore file in use ("" for none), for messages.
+	ignoreFile string
+	ignore     *patternmatcher.PatternMatcher
+	// exceptionPrefixes are the "!" patterns without a trailing "/*" or
+	// "/**", each with a "/" appended, when none has a wildcard: an
+	// excluded directory can then hold re-included paths only if it is
+	// a prefix of one of them. nil when a "!" pattern has wildcards (any
+	// excluded directory may hold one).
+	exceptionPrefixes []string
+
+	// mu guards the matcher (which compiles patterns lazily, so it is not
+	// safe for concurrent use) and holds.
+	mu sync.Mutex
+	// holds memoizes holdsIncluded for excluded directories.
+	holds map[string]bool
 }
 
-// openContext opens the build context at dir with the ignore file found
-// next to the Dockerfile (<Dockerfile>.dockerignore) or at the context root.
-func openContext(dir, dockerfilePath string) (*contextFS, error) {
+// openContext opens the build context at dir, filtered by the first ignore
+// file that exists of:
+//
+//   - ignoreFile, when given (--ignorefile: it must exist);
+//   - next to the Dockerfile: <Dockerfile>.dockerignore (BuildKit's), then
+//     <Dockerfile>.containerignore (buildah's); dockerfilePath is "" when
+//     the Dockerfile was not read from a file;
+//   - at the context root: .containerignore, then .dockerignore, as
+//     buildah reads them (docker knows only .dockerignore). A symlink
+//     there is followed only inside the context: one pointing out of it
+//     counts as no file.
+func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -57,13 +82,19 @@ func openContext(dir, dockerfilePath string) (*contextFS, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("build context %s is not a directory", dir)
 	}
-	c := &contextFS{root: abs}
-	var candidates []string
-	if dockerfilePath != "" {
-		candidates = append(candidates, dockerfilePath+".dockerignore")
+	c := &contextFS{root: abs, holds: map[string]bool{}}
+	if ignoreFile != "" {
+		data, err := dockerfile.ReadFile(ignoreFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ignorefile: %w", err)
+		}
+		return c, c.setIgnore(ignoreFile, data)
 	}
-	candidates = append(candidates, filepath.Join(abs, ".dockerignore"))
-	for _, f := range candidates {
+	var beside []string
+	if dockerfilePath != "" {
+		beside = []string{dockerfilePath + ".dockerignore", dockerfilePath + ".containerignore"}
+	}
+	for _, f := range beside {
 		data, err := dockerfile.ReadFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -74,18 +105,53 @@ func openContext(dir, dockerfilePath string) (*contextFS, error) {
 			}
 			return nil, fmt.Errorf("ignore file %w", err)
 		}
-		patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
+		return c, c.setIgnore(f, data)
+	}
+	for _, name := range []string{".containerignore", ".dockerignore"} {
+		rp, err := c.Resolve("/" + name)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
+			continue // a symlink loop: no file
 		}
-		pm, err := patternmatcher.New(patterns)
+		h := c.host(rp)
+		data, err := dockerfile.ReadFile(h)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			continue
+		}
+		if errors.Is(err, dockerfile.ErrNotRegular) {
+			return nil, fmt.Errorf("ignore file %w: make it a file, or remove it", err)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		c.ignore, c.ignored = pm, patterns
-		break
+		return c, c.setIgnore(filepath.Join(abs, name), data)
 	}
 	return c, nil
+}
+
+// setIgnore parses the ignore file f's content.
+func (c *contextFS) setIgnore(f string, data []byte) error {
+	patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("%s: %w", f, err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f, err)
+	}
+	c.ignore, c.ignoreFile = pm, f
+	c.exceptionPrefixes = []string{}
+	for _, p := range pm.Patterns() {
+		if !p.Exclusion() {
+			continue
+		}
+		s := strings.TrimSuffix(strings.TrimSuffix(p.String(), "/**"), "/*")
+		if strings.ContainsAny(s, `*[]?^\`) {
+			c.exceptionPrefixes = nil
+			break
+		}
+		c.exceptionPrefixes = append(c.exceptionPrefixes, s+"/")
+	}
+	return nil
 }
 
 func (c *contextFS) FromContext() bool { return true }
@@ -99,12 +165,76 @@ func (c *contextFS) excluded(p string) bool {
 	if rel == "" {
 		return false
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	m, err := c.ignore.MatchesOrParentMatches(rel)
 	return err == nil && m
 }
 
 func (c *contextFS) host(p string) string {
 	return filepath.Join(c.root, filepath.FromSlash(path.Clean("/"+p)))
+}
+
+// visible reports whether the in-context path p, a directory when dir is
+// set, is part of the filtered context: not excluded, or an excluded
+// directory that holds a path a "!" pattern re-includes. An excluded
+// directory holding none is absent, as in the context docker's client
+// sends (an excluded "secret/" leaves no empty directory behind).
+func (c *contextFS) visible(p string, dir bool) bool {
+	if !c.excluded(p) {
+		return true
+	}
+	return dir && c.holdsIncluded(p)
+}
+
+// holdsIncluded reports whether the excluded directory p holds, at any
+// depth, a path that is not excluded. Symlinks are not followed.
+func (c *contextFS) holdsIncluded(p string) bool {
+	if !c.mayHoldExceptions(p) {
+		return false
+	}
+	c.mu.Lock()
+	v, ok := c.holds[p]
+	c.mu.Unlock()
+	if ok {
+		return v
+	}
+	ents, err := os.ReadDir(c.host(p))
+	found := false
+	for _, e := range ents {
+		child := path.Join(p, e.Name())
+		if !c.excluded(child) || (e.IsDir() && c.holdsIncluded(child)) {
+			found = true
+			break
+		}
+	}
+	if err != nil {
+		found = false
+	}
+	c.mu.Lock()
+	c.holds[p] = found
+	c.mu.Unlock()
+	return found
+}
+
+// mayHoldExceptions reports whether the excluded directory p may hold
+// paths a "!" pattern re-includes, so it must be looked into (BuildKit's
+// rule: when the "!" patterns are plain paths, only directories on the
+// way to one of them).
+func (c *contextFS) mayHoldExceptions(p string) bool {
+	if c.ignore == nil || !c.ignore.Exclusions() {
+		return false
+	}
+	if c.exceptionPrefixes == nil {
+		return true
+	}
+	dirSlash := strings.TrimPrefix(path.Clean("/"+p), "/") + "/"
+	for _, e := range c.exceptionPrefixes {
+		if strings.HasPrefix(e, dirSlash) {
+			return true
+		}
+	}
+	return false
 }
 
 // Lstat expects p's parent directories to be resolved (no symlink among
@@ -115,7 +245,7 @@ func (c *contextFS) Lstat(p string) (fs.FileInfo, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if c.excluded(p) && !(fi.IsDir() && c.mayHaveExceptions()) {
+	if !c.visible(p, fi.IsDir()) {
 		return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
 	}
 	return fi, h, nil
@@ -128,19 +258,11 @@ func (c *contextFS) ReadDir(p string) ([]fs.DirEntry, error) {
 	}
 	out := ents[:0]
 	for _, e := range ents {
-		child := path.Join("/", p, e.Name())
-		if c.excluded(child) && !(e.IsDir() && c.mayHaveExceptions()) {
-			continue
+		if c.visible(path.Join("/", p, e.Name()), e.IsDir()) {
+			out = append(out, e)
 		}
-		out = append(out, e)
 	}
 	return out, nil
-}
-
-// mayHaveExceptions reports whether an excluded directory may still hold
-// files re-included by a "!" pattern, so it must be walked.
-func (c *contextFS) mayHaveExceptions() bool {
-	return c.ignore != nil && c.ignore.Exclusions()
 }
 
 func (c *contextFS) Resolve(p string) (string, error) {

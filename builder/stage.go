@@ -95,6 +95,7 @@ func (s *stageRun) build(ctx context.Context) error {
 	if err != nil {
 		return b.df.ErrorAt(s.st.Location, err)
 	}
+	c.dockerDefaults(base == nil)
 	s.c = c
 	s.baseLayers = len(c.layers)
 	defer c.removeUnpacked()

@@ -76,10 +76,11 @@ func TestWorkingContainerMatchesDockerfile(t *testing.T) {
 	}
 	var out []string
 	step("run", func(c *Container) error {
-		return c.Run(ctx, RunOptions{Args: []string{"/bin/sh", "-c", "mkdir -p /app && echo hello > /app/greeting && echo done"},
+		return c.Run(ctx, RunOptions{Args: []string{"/bin/sh", "-c", "mkdir -p /app && echo hello > /app/greeting && echo done $HOME"},
 			Output: func(l string) { out = append(out, l) }, Options: opts})
 	})
-	if strings.Join(out, "\n") != "done" {
+	// HOME as in a RUN step: root's home from the image's /etc/passwd.
+	if strings.Join(out, "\n") != "done /root" {
 		t.Errorf("run output %q", out)
 	}
 	step("copy", func(c *Container) error {

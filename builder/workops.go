@@ -54,7 +54,7 @@ func newOpsBuild(opts *Options, name, text, contextDir string, platform v1.Platf
 		defer os.RemoveAll(dir)
 		contextDir = dir
 	}
-	cfs, err := openContext(contextDir, "")
+	cfs, err := openContext(contextDir, "", "")
 	if err != nil {
 		return nil, err
 	}

@@ -224,13 +224,25 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 		defer unix.Close(target.fd)
-		if done, err := x.clear(n, hdr, target.fd, tbase); done || err != nil {
+		done, err := x.clear(n, hdr, target.fd, tbase)
+		if err != nil {
 			return err
 		}
-		if err := unix.Linkat(target.fd, tbase, parent.fd, base, 0); err != nil {
-			return &os.LinkError{Op: "link", Old: hdr.Linkname, New: name, Err: err}
+		if !done {
+			if err := unix.Linkat(target.fd, tbase, parent.fd, base, 0); err != nil {
+				return &os.LinkError{Op: "link", Old: hdr.Linkname, New: name, Err: err}
+			}
 		}
-		return nil
+		// The link's own header applies to the inode it shares with its
+		// target, so the last header wins, as with docker's and
+		// containerd's extractors: owner and xattrs always, mode and
+		// times unless the target is a symlink.
+		var st unix.Stat_t
+		if err := unix.Fstatat(parent.fd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "lstat", Path: name, Err: err}
+		}
+		n.symlink = st.Mode&unix.S_IFMT == unix.S_IFLNK
+		return x.setMeta(n, hdr, uint32(hdr.Mode&0o7777))
 	}
 	hides := hdr.Typeflag == tar.TypeDir && x.opts.Whiteouts == OverlayWhiteouts && x.isNonDir(n)
 	if _, err := x.clear(n, hdr, -1, ""); err != nil {

@@ -46,8 +46,8 @@ func (x *extractor) setMeta(n node, hdr *tar.Header, mode uint32) error {
 		}
 	}
 	x.setXattrs(n, hdr)
-	if hdr.Typeflag == tar.TypeDir {
-		return nil
+	if hdr.Typeflag == tar.TypeDir || (hdr.Typeflag == tar.TypeLink && n.symlink) {
+		return nil // directory times are set last; a symlink's stay its own
 	}
 	return setTimes(n.pfd, n.base, hdr.AccessTime, hdr.ModTime)
 }

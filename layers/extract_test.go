@@ -35,8 +35,11 @@ func symEnt(name, target string) ent {
 	return ent{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}}
 }
 
+// linkEnt is a hardlink entry with mode 0644, as archivers write the
+// shared inode's metadata on every name of it (the entry's header applies
+// to that inode when extracted).
 func linkEnt(name, target string) ent {
-	return ent{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target}}
+	return ent{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, Mode: 0o644}}
 }
 
 func buildTar(t testing.TB, es ...ent) []byte {
@@ -313,8 +316,13 @@ func TestExtractReplace(t *testing.T) {
 			buildTar(t, dirEnt("real/", 0o755), symEnt("d", "/real")),
 			buildTar(t, regEnt("d/x", "x", 0o644)),
 		}, map[string]string{"real": "dir 0755", "d": "symlink -> /real", "real/x": `file 0644 "x"`}},
-		{"hardlinks", [][]byte{buildTar(t, regEnt("a", "same", 0o640), linkEnt("b", "a"), linkEnt("sub/c", "/a"), linkEnt("a", "a"))},
-			map[string]string{"a": `file 0640 "same"`, "b": `file 0640 "same"`, "sub": "dir 0755", "sub/c": `file 0640 "same"`}},
+		{"hardlinks", [][]byte{buildTar(t, regEnt("a", "same", 0o644), linkEnt("b", "a"), linkEnt("sub/c", "/a"), linkEnt("a", "a"))},
+			map[string]string{"a": `file 0644 "same"`, "b": `file 0644 "same"`, "sub": "dir 0755", "sub/c": `file 0644 "same"`}},
+		// docker's and containerd's extractors apply each header to the
+		// inode: the last one of its names wins.
+		{"hardlink header sets the shared inode's mode", [][]byte{buildTar(t, regEnt("a", "same", 0o644),
+			with(linkEnt("b", "a"), func(h *tar.Header) { h.Mode = 0o600 }))},
+			map[string]string{"a": `file 0600 "same"`, "b": `file 0600 "same"`}},
 		{"missing parents are made", [][]byte{buildTar(t, regEnt("x/y/z", "z", 0o644))},
 			map[string]string{"x": "dir 0755", "x/y": "dir 0755", "x/y/z": `file 0644 "z"`}},
 		{"root entry", [][]byte{buildTar(t, dirEnt("./", 0o755), regEnt("./f", "f", 0o644))},
@@ -392,6 +400,42 @@ func TestExtractOwnership(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExtractHardlinkHeader checks that a hardlink entry's header applies
+// to the inode it shares with its target, as docker's extractor does (the
+// last header wins): owner, mode and mtime, and for a link to a symlink
+// only the owner.
+func TestExtractHardlinkHeader(t *testing.T) {
+	needRoot(t)
+	hdr := func(typ byte, name, link string, mode int64, uid, gid int, mtime int64, body string) ent {
+		return ent{hdr: tar.Header{Typeflag: typ, Name: name, Linkname: link, Mode: mode, Uid: uid, Gid: gid,
+			ModTime: time.Unix(mtime, 0), Size: int64(len(body))}, body: body}
+	}
+	layer := sqTar(t, // keeps the owners
+		hdr(tar.TypeReg, "target", "", 0o644, 1234, 5678, 1500000000, "shared\n"),
+		hdr(tar.TypeLink, "link", "target", 0o600, 42, 43, 1700000000, ""),
+		hdr(tar.TypeSymlink, "sym", "target", 0o777, 7, 7, 1600000000, ""),
+		hdr(tar.TypeLink, "symlink-hard", "sym", 0o600, 9, 9, 1700000000, ""))
+	root := t.TempDir()
+	mustDo(t, Extract(context.Background(), bytes.NewReader(layer), root, ExtractOptions{}))
+	for _, tc := range []struct {
+		name           string
+		uid, gid, mode uint32
+		mtime          int64
+	}{
+		{"target", 42, 43, 0o600, 1700000000},
+		{"link", 42, 43, 0o600, 1700000000},
+		{"sym", 9, 9, 0o777, 1600000000},
+		{"symlink-hard", 9, 9, 0o777, 1600000000},
+	} {
+		var st unix.Stat_t
+		mustDo(t, unix.Lstat(filepath.Join(root, tc.name), &st))
+		if st.Uid != tc.uid || st.Gid != tc.gid || st.Mode&0o7777 != tc.mode || st.Mtim.Sec != tc.mtime {
+			t.Errorf("%s: %d:%d %#o mtime %d, want %d:%d %#o mtime %d", tc.name,
+				st.Uid, st.Gid, st.Mode&0o7777, st.Mtim.Sec, tc.uid, tc.gid, tc.mode, tc.mtime)
+		}
 	}
 }
 

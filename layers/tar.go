@@ -184,15 +184,6 @@ func (t *tarWriter) entry(dirfd int, rel string, c *tarChild) error {
 	if typ == unix.S_IFSOCK {
 		return nil
 	}
-	if typ != unix.S_IFDIR && uint64(st.Nlink) > 1 {
-		id := fileID{uint64(st.Dev), uint64(st.Ino)}
-		if first, ok := t.links[id]; ok {
-			hdr.Typeflag = tar.TypeLink
-			hdr.Linkname = first
-			return t.writeHeader(hdr)
-		}
-		t.links[id] = name
-	}
 	xa, err := readXattrs(full)
 	if err != nil {
 		return fmt.Errorf("tar %s: %w", full, err)
@@ -207,6 +198,18 @@ func (t *tarWriter) entry(dirfd int, rel string, c *tarChild) error {
 			hdr.PAXRecords = make(map[string]string, len(xa.xattrs))
 		}
 		hdr.PAXRecords["SCHILY.xattr."+k] = v
+	}
+	if typ != unix.S_IFDIR && uint64(st.Nlink) > 1 {
+		id := fileID{uint64(st.Dev), uint64(st.Ino)}
+		if first, ok := t.links[id]; ok {
+			// A hardlink carries the inode's full metadata, as docker's
+			// archiver writes it: extractors apply each header to the
+			// shared inode.
+			hdr.Typeflag = tar.TypeLink
+			hdr.Linkname = first
+			return t.writeHeader(hdr)
+		}
+		t.links[id] = name
 	}
 	switch typ {
 	case unix.S_IFREG:

@@ -31,6 +31,9 @@ type Dockerfile struct {
 	Warnings []string
 	// lines holds the source lines, for error messages.
 	lines []string
+	// mountExtras are the buildah options of RUN --mount flags (see
+	// RunMountExtras).
+	mountExtras map[*instructions.RunCommand][]MountExtras
 }
 
 // Parse parses the Dockerfile content data. path is only used in messages.
@@ -71,9 +74,19 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 		return nil, &Error{Path: path, Err: errors.New("the Dockerfile has no instructions")}
 	}
 	for _, n := range res.AST.Children {
+		extras, err := takeBuildahMountOptions(n)
+		if err != nil {
+			return nil, df.wrap(err, n)
+		}
 		cmd, err := instructions.ParseInstructionWithLinter(n, lint)
 		if err != nil {
 			return nil, df.wrap(err, n)
+		}
+		if rc, ok := cmd.(*instructions.RunCommand); ok && extras != nil {
+			if df.mountExtras == nil {
+				df.mountExtras = map[*instructions.RunCommand][]MountExtras{}
+			}
+			df.mountExtras[rc] = extras
 		}
 		if len(df.Stages) == 0 {
 			if a, ok := cmd.(*instructions.ArgCommand); ok {

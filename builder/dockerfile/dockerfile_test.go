@@ -4,8 +4,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
 
 func TestParseErrorsNamePathAndLine(t *testing.T) {
@@ -154,5 +157,65 @@ func TestParseFixtures(t *testing.T) {
 		if !bad && err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+func TestBuildahMountOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		run     string
+		want    []MountExtras // nil: none recorded
+		source  []string      // the mounts' sources as BuildKit parsed them
+		wantErr string
+	}{
+		{name: "none", run: "RUN --mount=type=cache,target=/c true", source: []string{""}},
+		{name: "z and U on a bind", run: "RUN --mount=type=bind,source=src,target=/b,z,U true",
+			want: []MountExtras{{Relabel: "shared", RelabelOption: "z", Chown: true}}, source: []string{"src"}},
+		{name: "per mount", run: "RUN --mount=type=cache,target=/c --mount=type=bind,target=/b,relabel=private,Z true",
+			want: []MountExtras{{}, {Relabel: "private", RelabelOption: "relabel=private"}}, source: []string{"", ""}},
+		{name: "quoted fields kept", run: `RUN --mount=type=bind,\"source=a,b\",target=/b,U true`,
+			want: []MountExtras{{Chown: true}}, source: []string{"a,b"}},
+		{name: "a quoted z is not the option", run: `RUN --mount=type=bind,target=/b,\"z\" true`,
+			wantErr: "invalid field 'z'"},
+		{name: "lower-case u is not buildah's", run: "RUN --mount=type=bind,target=/b,u true", wantErr: "invalid field 'u'"},
+		{name: "bad relabel", run: "RUN --mount=type=bind,target=/b,relabel=yes true", wantErr: "relabel=yes: want relabel=shared or relabel=private"},
+		{name: "conflicting relabel", run: "RUN --mount=type=bind,target=/b,z,Z true", wantErr: "options z and Z ask for different relabeling"},
+		{name: "value on U", run: "RUN --mount=type=bind,target=/b,U=1 true", wantErr: "option U takes no value"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			df, err := Parse("Dockerfile", []byte("FROM scratch\n"+tc.run+"\n"))
+			var run *instructions.RunCommand
+			if err == nil {
+				run = df.Stages[0].Commands[0].(*instructions.RunCommand)
+				// BuildKit parses the mounts when the words are expanded.
+				err = run.Expand(func(w string) (string, error) { return w, nil })
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := df.RunMountExtras(run); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("extras %+v, want %+v", got, tc.want)
+			}
+			ms := instructions.GetMounts(run)
+			if len(ms) != len(tc.source) {
+				t.Fatalf("%d mounts, want %d", len(ms), len(tc.source))
+			}
+			for i, m := range ms {
+				if m.Source != tc.source[i] {
+					t.Errorf("mount %d: source %q, want %q", i, m.Source, tc.source[i])
+				}
+			}
+			// The instruction's text keeps what was written.
+			if !strings.Contains(run.String(), strings.TrimPrefix(tc.run, "RUN ")) {
+				t.Errorf("text %q lost options of %q", run.String(), tc.run)
+			}
+		})
 	}
 }

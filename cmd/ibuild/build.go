@@ -25,6 +25,7 @@ func buildCommand() *cli.Command {
 		ArgsUsage: "CONTEXT",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
+			&cli.StringFlag{Name: "ignorefile", Usage: "filter the context with this ignore file (default: <Dockerfile>.dockerignore, <Dockerfile>.containerignore, CONTEXT/.containerignore or CONTEXT/.dockerignore, the first that exists)"},
 			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name the image (repeatable)"},
 			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build arg: KEY=VALUE, or KEY to take it from the environment (repeatable)"},
 			&cli.StringFlag{Name: "target", Usage: "build this stage"},
@@ -83,6 +84,7 @@ func runBuild(c *cli.Context) error {
 		Store:            st,
 		ContextDir:       c.Args().First(),
 		Dockerfile:       c.String("file"),
+		IgnoreFile:       c.String("ignorefile"),
 		Tags:             c.StringSlice("tag"),
 		Target:           c.String("target"),
 		NoCache:          c.Bool("no-cache"),

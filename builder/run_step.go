@@ -42,9 +42,7 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if err := mkdirOnce(files); err != nil {
 		return nil, func() {}, err
 	}
-	if err := writeGeneratedFiles(files, spec.Files); err != nil {
-		return nil, func() {}, err
-	}
+	spec.Files, spec.FilesDir = generatedFileContent(), files
 	for _, p := range generatedFiles {
 		points = append(points, mountPointSpec{path: p})
 	}

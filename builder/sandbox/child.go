@@ -246,7 +246,14 @@ func mountSpecial(root string, spec *Spec) error {
 	if p, ok, err := mountPoint(root, "/proc", true); err != nil {
 		return err
 	} else if ok {
-		if err := unix.Mount("proc", p, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		err := unix.Mount("proc", p, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		if errors.Is(err, unix.EPERM) && spec.Isolation == "chroot" && inUserNamespace() {
+			// The host's pid namespace belongs to the initial user
+			// namespace: no new proc can be mounted for it from here, so
+			// the host's is bound, as buildah's chroot isolation does.
+			err = unix.Mount("/proc", p, "", unix.MS_BIND|unix.MS_REC, "")
+		}
+		if err != nil {
 			return fmt.Errorf("mount /proc: %w", err)
 		}
 		procOK = true
@@ -281,7 +288,7 @@ func mountSpecial(root string, spec *Spec) error {
 			if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 				return fmt.Errorf("bind %s: %w", r, err)
 			}
-			if err := remount(p, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
+			if err := readOnlyTree(p); err != nil {
 				return fmt.Errorf("make %s read-only: %w", r, err)
 			}
 		}

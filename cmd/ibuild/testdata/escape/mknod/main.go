@@ -1,8 +1,11 @@
 // Command mknod is an escape probe run in a RUN step: it makes device
 // nodes for the host's root disk ($HOSTDEV, major:minor) and for
 // /dev/mem and /dev/kmsg, in the root file system, in /dev and in /tmp,
-// and tries to read them. Reading one prints ESCAPED and exits 1;
-// CONTAINED else (mknod itself may work: CAP_MKNOD is in docker's set).
+// and tries to read them. Reading one prints ESCAPED and exits 1, as does
+// a node made on a file system mounted without nodev (then only a device
+// cgroup, which a daemonless builder does not set up, stands between the
+// step and the host's disk); CONTAINED else (mknod itself may work:
+// CAP_MKNOD is in docker's set).
 package main
 
 import (
@@ -39,6 +42,11 @@ func main() {
 			if err := unix.Mknod(p, n.mode|0o600, n.dev); err != nil {
 				fmt.Printf("mknod %s: %v\n", p, err)
 				continue
+			}
+			var st unix.Statfs_t
+			if err := unix.Statfs(dir, &st); err == nil && st.Flags&unix.ST_NODEV == 0 {
+				fmt.Printf("ESCAPED: made %s on a file system mounted without nodev\n", p)
+				escaped = true
 			}
 			f, err := os.Open(p)
 			if err != nil {

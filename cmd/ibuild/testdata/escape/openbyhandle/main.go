@@ -22,7 +22,7 @@ func main() {
 			fmt.Printf("%s: name_to_handle_at: %v\n", p, err)
 			continue
 		}
-		mfd, err := unix.Open(p, unix.O_RDONLY|unix.O_PATH, 0)
+		mfd, err := unix.Open(p, unix.O_RDONLY, 0)
 		if err != nil {
 			fmt.Printf("%s: open: %v\n", p, err)
 			continue

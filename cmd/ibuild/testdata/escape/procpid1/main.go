@@ -37,11 +37,13 @@ func main() {
 	}
 	try("open /proc/1/exe for writing", err)
 	if os.Getpid() != 1 {
-		err = unix.PtraceAttach(1)
+		// PTRACE_SEIZE does not stop the tracee: an old ibuild would
+		// otherwise stay stopped and hang the build.
+		err = unix.PtraceSeize(1)
 		if err == nil {
 			unix.PtraceDetach(1)
 		}
-		try("ptrace pid 1", err)
+		try("ptrace (seize) pid 1", err)
 	}
 	if escaped {
 		os.Exit(1)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/moby/patternmatcher"
 
 	"github.com/ibuild/ibuild/builder/ctxhash"
+	"github.com/ibuild/ibuild/builder/sandbox"
 )
 
 // fromKey is the key a stage's chain starts from: the base (image digest,
@@ -79,6 +81,13 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			Security string
 		}{mounts, instructions.GetNetwork(c), instructions.GetSecurity(c)}); err != nil {
 			return nil, err
+		}
+		// A step's capabilities can change what it makes; docker's default
+		// set leaves the key as it was.
+		if caps, err := s.b.opts.capabilities(); err != nil {
+			return nil, err
+		} else if !slices.Equal(caps, sandbox.DefaultCapabilities()) {
+			k.add("capabilities", strings.Join(caps, ","))
 		}
 		for i, m := range mounts {
 			if m.Type != instructions.MountTypeBind {

@@ -24,6 +24,17 @@ import (
 // in files, the image's tree).
 func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
+	caps, err := s.b.opts.capabilities()
+	if err != nil {
+		return err
+	}
+	spec.Capabilities = caps
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
+		if !s.b.opts.AllowInsecure {
+			return errors.New("RUN --security=insecure needs the security.insecure entitlement: allow it with --allow security.insecure (Options.AllowInsecure)")
+		}
+		spec.Insecure = true
+	}
 	if u := s.c.imageConfig().User; u != "" {
 		var err error
 		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {

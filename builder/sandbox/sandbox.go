@@ -93,6 +93,10 @@ type Spec struct {
 	// means DefaultCapabilities. Capabilities that the process itself
 	// does not hold in its bounding set are left out.
 	Capabilities []string `json:"capabilities"`
+	// Insecure is RUN --security=insecure, granted: the step holds every
+	// capability the process has, with no seccomp filter and no masked
+	// or read-only paths (namespaces and pivot_root stay).
+	Insecure bool `json:"insecure,omitempty"`
 	// Network is "host" or "none".
 	Network string `json:"network"`
 	// Isolation is "" (new mount, pid, uts and ipc namespaces),

@@ -1,10 +1,12 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/moby/sys/capability"
 	"golang.org/x/sys/unix"
@@ -22,6 +24,17 @@ func DefaultCapabilities() []string {
 		"CAP_KILL", "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP",
 		"CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
 	}
+}
+
+// allCapabilities names every capability the library knows (those the
+// process lacks are left out when applied).
+func allCapabilities() []string {
+	var all []string
+	for name := range knownCapabilities() {
+		all = append(all, name)
+	}
+	slices.Sort(all)
+	return all
 }
 
 // knownCapabilities maps "CAP_X" to the kernel's number, for every
@@ -87,15 +100,27 @@ func Capabilities(add, drop []string) ([]string, error) {
 	return out, nil
 }
 
+// identity is who a step runs as.
+type identity struct {
+	uid, gid uint32
+	groups   []uint32
+	// noSetGroups keeps the supplementary groups: a user namespace that
+	// maps a single gid without newgidmap denies setgroups.
+	noSetGroups bool
+}
+
 // confine gives the calling thread, and so the step it starts, its final
-// privileges: docker's seccomp profile for the capability set caps, then
-// caps as the bounding, permitted and effective sets, nothing inheritable
-// or ambient. The caller has locked its goroutine to the thread.
+// privileges, in this order: docker's seccomp profile for the capability
+// set caps; the bounding set cut to caps and nothing inheritable or
+// ambient; the step's user and groups; for root, caps as the permitted and
+// effective sets (another user has none, as in docker). Everything here
+// applies to this thread only: the caller has locked its goroutine to it
+// and starts the step from it.
 //
 // With filter false no seccomp filter is loaded (a process that may not
 // load one: root without CAP_SYS_ADMIN, under --isolation none, where the
 // pod's runtime already applied its own).
-func confine(caps []string, filter bool) error {
+func confine(caps []string, filter bool, id identity) error {
 	if caps == nil {
 		caps = DefaultCapabilities()
 	}
@@ -116,10 +141,6 @@ func confine(caps []string, filter bool) error {
 		}
 	}
 	known := knownCapabilities()
-	c, err := capability.NewPid2(0)
-	if err != nil {
-		return fmt.Errorf("capabilities: %w", err)
-	}
 	var keep []capability.Cap
 	for _, name := range caps {
 		v, ok := known[name]
@@ -132,10 +153,63 @@ func confine(caps []string, filter bool) error {
 			keep = append(keep, v)
 		}
 	}
-	c.Clear(capability.CAPS | capability.BOUNDS | capability.AMBS)
-	c.Set(capability.BOUNDING|capability.PERMITTED|capability.EFFECTIVE, keep...)
-	if err := c.Apply(capability.CAPS | capability.BOUNDS | capability.AMBS); err != nil {
-		return fmt.Errorf("capabilities: drop to %s: %w", strings.Join(caps, ","), err)
+	last, err := capability.LastCap()
+	if err != nil {
+		return fmt.Errorf("capabilities: %w", err)
+	}
+	for c := capability.Cap(0); c <= last; c++ {
+		if !slices.Contains(keep, c) {
+			if err := capability.DropBound(c); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("capabilities: drop %s from the bounding set: %w", c, err)
+			}
+		}
+	}
+	if err := capability.ResetAmbient(); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("capabilities: clear the ambient set: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capabilities: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capabilities: clear the inheritable set: %w", err)
+	}
+	if err := setIdentity(id); err != nil {
+		return err
+	}
+	if id.uid != 0 {
+		return nil // the kernel cleared the permitted and effective sets
+	}
+	data = [2]unix.CapUserData{}
+	for _, c := range keep {
+		data[c/32].Permitted |= 1 << (c % 32)
+		data[c/32].Effective |= 1 << (c % 32)
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capabilities: set %s: %w", strings.Join(caps, ","), err)
+	}
+	return nil
+}
+
+// setIdentity sets this thread's groups, gid and uid with raw system
+// calls (the libc and Go wrappers change every thread).
+func setIdentity(id identity) error {
+	if !id.noSetGroups {
+		var p unsafe.Pointer
+		if len(id.groups) > 0 {
+			p = unsafe.Pointer(&id.groups[0])
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(id.groups)), uintptr(p), 0); e != 0 {
+			return fmt.Errorf("set groups %v: %w", id.groups, e)
+		}
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(id.gid), uintptr(id.gid), uintptr(id.gid)); e != 0 {
+		return fmt.Errorf("set gid %d: %w", id.gid, e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(id.uid), uintptr(id.uid), uintptr(id.uid)); e != 0 {
+		return fmt.Errorf("set uid %d: %w", id.uid, e)
 	}
 	return nil
 }

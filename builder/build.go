@@ -58,6 +58,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	opts.Format = format
+	if _, err := opts.capabilities(); err != nil {
+		return nil, err
+	}
 	names := make([]string, 0, len(opts.Tags))
 	for _, t := range opts.Tags {
 		n, err := layers.NormalizeName(t)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/moby/patternmatcher"
 
 	"github.com/ibuild/ibuild/builder/ctxhash"
+	"github.com/ibuild/ibuild/builder/sandbox"
 )
 
 // executorRevision names the executor's semantics in every cache key: it
@@ -86,6 +88,13 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			Security string
 		}{mounts, instructions.GetNetwork(c), instructions.GetSecurity(c)}); err != nil {
 			return nil, err
+		}
+		// A step's capabilities can change what it makes; docker's default
+		// set leaves the key as it was.
+		if caps, err := s.b.opts.capabilities(); err != nil {
+			return nil, err
+		} else if !slices.Equal(caps, sandbox.DefaultCapabilities()) {
+			k.add("capabilities", strings.Join(caps, ","))
 		}
 		extras := s.b.df.RunMountExtras(c)
 		for i, m := range mounts {

@@ -103,7 +103,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	spec := sandbox.Spec{
 		Lowers: lowers, Upper: dirs["upper"], Work: dirs["work"], Merged: dirs["merged"],
 		Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
-		Network: network, Files: map[string]string{},
+		Network: network,
 	}
 	if isolation == IsolationChroot {
 		spec.Isolation = "chroot"
@@ -246,26 +246,18 @@ func supplementaryGroups(files fileReader, user string) []int {
 	return out
 }
 
-// writeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
-// /etc/hostname for a step into dir and records them in files.
-func writeGeneratedFiles(dir string, files map[string]string) error {
+// generatedFileContent is what a step sees in /etc/hosts,
+// /etc/resolv.conf (the host's) and /etc/hostname, by image path.
+func generatedFileContent() map[string]string {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil {
 		resolv = nil
 	}
-	content := map[string][]byte{
-		"/etc/hosts":       []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + sandboxHostname + "\n"),
-		"/etc/resolv.conf": resolv,
-		"/etc/hostname":    []byte(sandboxHostname + "\n"),
+	return map[string]string{
+		"/etc/hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + sandboxHostname + "\n",
+		"/etc/resolv.conf": string(resolv),
+		"/etc/hostname":    sandboxHostname + "\n",
 	}
-	for _, p := range generatedFiles {
-		h := filepath.Join(dir, filepath.Base(p))
-		if err := os.WriteFile(h, content[p], 0o644); err != nil {
-			return err
-		}
-		files[p] = h
-	}
-	return nil
 }
 
 // planMountPoints says, for mount points the sandbox will make, which

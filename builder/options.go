@@ -8,6 +8,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/ibuild/ibuild/builder/progress"
+	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
 )
@@ -101,6 +102,16 @@ type Options struct {
 	// Isolation is how RUN steps are isolated: "auto" (the default),
 	// "chroot", "userns" or "none"; see ParseIsolation.
 	Isolation string
+	// CapAdd and CapDrop change the capabilities RUN steps hold, from
+	// docker's default set (sandbox.DefaultCapabilities): names such as
+	// NET_ADMIN or CAP_NET_ADMIN, or ALL; added first, then dropped, as
+	// buildah's --cap-add and --cap-drop.
+	CapAdd, CapDrop []string
+	// AllowInsecure grants the security.insecure entitlement, as
+	// buildx's --allow security.insecure: RUN --security=insecure steps
+	// then hold every capability, with no seccomp filter and no masked
+	// paths. Without it such a step fails.
+	AllowInsecure bool
 	// Pull is the base images' pull policy: registry.PullMissing (the
 	// default, ""), PullAlways or PullNever. Images not in the store are
 	// pulled from their registry (see registry.Pull).
@@ -115,6 +126,11 @@ type Options struct {
 	// binfmtDir is where RUN looks for emulators; "" means
 	// DefaultBinfmtDir. Tests point it at a fixture.
 	binfmtDir string
+}
+
+// capabilities is the capability set of RUN steps.
+func (o *Options) capabilities() ([]string, error) {
+	return sandbox.Capabilities(o.CapAdd, o.CapDrop)
 }
 
 // registryConn is Registry with InsecureRegistries added.

@@ -39,7 +39,7 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	defer os.RemoveAll(tmp)
 	spec := sandbox.Spec{
 		Merged: root, Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
-		Network: network, Files: map[string]string{},
+		Network: network,
 	}
 	if isolation == IsolationChroot {
 		spec.Isolation = "chroot"

@@ -93,25 +93,13 @@ func placeGeneratedFiles(root string) (*generated, error) {
 		return g, nil
 	}
 	g.etcBefore = [2]unix.Timespec{st.Atim, st.Mtim}
-	tmp := map[string]string{}
-	dir, err := os.MkdirTemp("", "ibuild-files-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	if err := writeGeneratedFiles(dir, tmp); err != nil {
-		return nil, err
-	}
+	content := generatedFileContent()
 	for _, p := range generatedFiles {
 		target := filepath.Join(root, filepath.FromSlash(p))
 		if _, err := os.Lstat(target); err == nil {
 			continue
 		}
-		data, err := os.ReadFile(tmp[p])
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(target, data, 0o644); err != nil {
+		if err := os.WriteFile(target, []byte(content[p]), 0o644); err != nil {
 			g.remove()
 			return nil, err
 		}

@@ -25,6 +25,17 @@ import (
 // environment has none.
 func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
+	caps, err := s.b.opts.capabilities()
+	if err != nil {
+		return err
+	}
+	spec.Capabilities = caps
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
+		if !s.b.opts.AllowInsecure {
+			return errors.New("RUN --security=insecure needs the security.insecure entitlement: allow it with --allow security.insecure (Options.AllowInsecure)")
+		}
+		spec.Insecure = true
+	}
 	if u := s.c.imageConfig().User; u != "" {
 		var err error
 		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
@@ -68,9 +79,7 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if err := mkdirOnce(files); err != nil {
 		return nil, func() {}, err
 	}
-	if err := writeGeneratedFiles(files, spec.Files); err != nil {
-		return nil, func() {}, err
-	}
+	spec.Files, spec.FilesDir = generatedFileContent(), files
 	for _, p := range generatedFiles {
 		points = append(points, mountPointSpec{path: p})
 	}

@@ -3,6 +3,7 @@ package builder
 import (
 	"archive/tar"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path"
@@ -87,7 +88,30 @@ type runCase struct {
 // process, so the leak check finds no other test's sleep.
 var nap = strconv.Itoa(300000 + os.Getpid())
 
+// manyLayers is a Dockerfile body adding n one-file layers, the files
+// /layers/0 ... /layers/n-1.
+func manyLayers(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "COPY <<EOF /layers/%d\n%d\nEOF\n", i, i)
+	}
+	return b.String()
+}
+
 var runCases = []runCase{{
+	// mount(2) took every layer path in one page: RUN failed at 37
+	// layers. Docker's overlay2 handles 125 and more.
+	name:       "on-127-layers",
+	dockerfile: manyLayers(127) + "RUN ls /layers | wc -l > /count && cat /layers/126 >> /count\n",
+	check: func(t *testing.T, b *runBuild) {
+		if got := readFileIn(t, b.root, "count"); got != "127\n126\n" {
+			t.Errorf("count = %q", got)
+		}
+		if n := len(b.layers); n != 128 {
+			t.Errorf("%d layers above the base, want 128", n)
+		}
+	},
+}, {
 	name:       "writes-files",
 	dockerfile: "RUN echo hello > /greeting && mkdir -p /opt/app && echo x > /opt/app/f\n",
 	check: func(t *testing.T, b *runBuild) {

@@ -459,7 +459,7 @@ func (c *Container) Mount(ctx context.Context) (string, error) {
 	if len(dirs) == 0 {
 		dirs = []string{paths["empty"]}
 	}
-	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"]); err != nil {
+	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"], 0); err != nil {
 		return "", fmt.Errorf("mount %s: %w (rootless: run it inside `ibuild unshare`)", st.Name, err)
 	}
 	st.MountPoint = paths["merged"]

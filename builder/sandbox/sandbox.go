@@ -1,27 +1,38 @@
 // Package sandbox runs one RUN step: a process in new mount, pid, uts and
-// ipc namespaces (and a network namespace with only lo for --network=none),
-// chrooted into an overlay of the image's layers (or into a directory
-// holding the unpacked root file system, changed in place), with /proc, a minimal
-// /dev, a read-only /sys and generated /etc/hosts, /etc/resolv.conf and
-// /etc/hostname. The overlay's upper directory is what the step changed.
+// ipc namespaces (and a network namespace with only lo for --network=none)
+// whose root is an overlay of the image's layers (or a directory holding
+// the unpacked root file system, changed in place), entered with
+// pivot_root and the old root detached, so no path leads back to the
+// host's files. The root is mounted nodev. The step gets /proc with runc's
+// masked and read-only paths, a minimal /dev, a read-only /sys, and
+// /etc/hosts, /etc/resolv.conf and /etc/hostname written to a private
+// tmpfs. The overlay's upper directory is what the step changed.
+//
+// The step holds docker's default capabilities (DefaultCapabilities, or
+// the set the caller computed with Capabilities) in its bounding,
+// permitted and effective sets, none inheritable or ambient, and runs
+// under docker's default seccomp profile for that set.
+//
 // RUN --mount mounts (binds, read-only or throwaway overlays, tmpfs, and
 // files such as secrets written to a private tmpfs) are made in the same
-// mount namespace, so they never reach the upper directory. With the
-// "chroot" isolation only the mount namespace is new. With the "none"
-// isolation nothing is new and nothing is mounted: the step runs chrooted
-// into Merged, a plain directory the caller unpacked, which needs only
-// CAP_SYS_CHROOT (for unprivileged CI pods that allow neither user
-// namespaces nor mounts).
+// mount namespace, nodev, so they never reach the upper directory. With
+// the "chroot" isolation only the mount namespace is new (the root is
+// still entered with pivot_root). With the "none" isolation nothing is
+// new and nothing is mounted: the step runs chrooted into Merged, a plain
+// directory the caller unpacked, which needs only CAP_SYS_CHROOT (for
+// unprivileged CI pods that allow neither user namespaces nor mounts);
+// that is no security boundary.
 //
 // The step's processes are the children of a re-executed ibuild (pid 1 of
-// the new pid namespace); when it exits, the kernel kills whatever the step
-// left running and tears down every mount with the mount namespace, so a
+// the new pid namespace, undumpable so the step cannot open its /proc
+// entries); when it exits, the kernel kills whatever the step left
+// running and tears down every mount with the mount namespace, so a
 // killed build leaves no process and no mount behind.
 //
 // It needs to run as root: the real root, or the root of a user namespace
 // the caller entered (ibuild's command re-executes itself into one, as
 // buildah does). In a user namespace the overlays get the userxattr option
-// and read-only remounts keep the flags the kernel locked.
+// and remounts keep the flags the kernel locked.
 package sandbox
 
 import (
@@ -72,10 +83,20 @@ type Spec struct {
 	// Stdin is the step's standard input; empty means /dev/null.
 	Stdin    string `json:"stdin"`
 	Hostname string `json:"hostname"`
-	// Files are generated files bind-mounted over image paths
-	// (/etc/hosts, /etc/resolv.conf, /etc/hostname): image path -> host
-	// path.
-	Files map[string]string `json:"files"`
+	// Files are generated files (/etc/hosts, /etc/resolv.conf,
+	// /etc/hostname): image path -> content. They are written to a tmpfs
+	// the sandbox mounts on FilesDir (an empty directory) in its own
+	// mount namespace and bound over the image's paths.
+	Files    map[string]string `json:"files"`
+	FilesDir string            `json:"filesDir"`
+	// Capabilities are the step's capabilities ("CAP_CHOWN", ...); nil
+	// means DefaultCapabilities. Capabilities that the process itself
+	// does not hold in its bounding set are left out.
+	Capabilities []string `json:"capabilities"`
+	// Insecure is RUN --security=insecure, granted: the step holds every
+	// capability the process has, with no seccomp filter and no masked
+	// or read-only paths (namespaces and pivot_root stay).
+	Insecure bool `json:"insecure,omitempty"`
 	// Network is "host" or "none".
 	Network string `json:"network"`
 	// Isolation is "" (new mount, pid, uts and ipc namespaces),
@@ -89,6 +110,25 @@ type Spec struct {
 	// special mounts. Their targets are in-image paths whose symlinks the
 	// caller resolved.
 	Mounts []Mount `json:"mounts"`
+
+	// For tests: mount overlays with mount(2) as before Linux 6.8, and
+	// enter the root with the MS_MOVE fallback instead of pivot_root.
+	legacyOverlay bool
+	moveRoot      bool
+}
+
+// wireSpec is a Spec as sent to the sandbox's process, test switches
+// included.
+type wireSpec struct {
+	Spec
+	LegacyOverlay bool `json:"legacyOverlay,omitempty"`
+	MoveRoot      bool `json:"moveRoot,omitempty"`
+}
+
+func (w wireSpec) spec() Spec {
+	s := w.Spec
+	s.legacyOverlay, s.moveRoot = w.LegacyOverlay, w.MoveRoot
+	return s
 }
 
 // Mount types.
@@ -173,8 +213,10 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 		return errors.New("sandbox: no lower directory")
 	} else if len(spec.Lowers) == 0 && spec.Merged == "" {
 		return errors.New("sandbox: no root directory")
+	} else if len(spec.Files) > 0 && spec.FilesDir == "" {
+		return errors.New("sandbox: generated files need FilesDir")
 	}
-	data, err := json.Marshal(spec)
+	data, err := json.Marshal(wireSpec{Spec: spec, LegacyOverlay: spec.legacyOverlay, MoveRoot: spec.moveRoot})
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,9 @@ func runCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set KEY=VALUE for this command only (repeatable)"},
 			&cli.StringSliceFlag{Name: "mount", Usage: "a RUN --mount spec, e.g. type=cache,target=/root/.cache (repeatable)"},
 			&cli.StringFlag{Name: "network", Usage: "network: host (the default) or none"},
-			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation: auto, chroot, userns or none (as for build)"},
+			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation: auto, chroot, userns or none (as for build; none is no isolation)"},
+			&cli.StringSliceFlag{Name: "cap-add", Usage: "add a capability to the command's set, docker's default (repeatable)"},
+			&cli.StringSliceFlag{Name: "cap-drop", Usage: "drop a capability from the command's set (repeatable)"},
 			&cli.StringSliceFlag{Name: "secret", Usage: "offer a secret to --mount type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)"},
 			&cli.StringSliceFlag{Name: "ssh", Usage: "offer an SSH agent to --mount type=ssh: default or ID=SOCKET (repeatable)"},
 		},
@@ -153,6 +155,7 @@ func runCommand() *cli.Command {
 				}
 			}
 			o.Options.Isolation = isolation
+			o.Options.CapAdd, o.Options.CapDrop = c.StringSlice("cap-add"), c.StringSlice("cap-drop")
 			if o.Options.Secrets, err = parseSecrets(c.StringSlice("secret")); err != nil {
 				return err
 			}

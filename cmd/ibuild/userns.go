@@ -28,7 +28,7 @@ func init() {
 // new user and mount namespace, as buildah does, so RUN steps can run and
 // storage uses the kernel's overlay. It returns when the process stays
 // where it is: as root, inside the namespace already, with --isolation
-// chroot, or when no namespace can be made (auto keeps the native store,
+// none, or when no namespace can be made (auto keeps the native store,
 // whose builds work except for RUN). Otherwise it does not return: the
 // process exits with the re-executed one's status.
 //
@@ -36,12 +36,12 @@ func init() {
 // inside the namespace the process is root and would default to
 // /var/lib/ibuild.
 //
-// With --isolation auto the namespace is entered only when /etc/subuid and
+// With --isolation auto (or chroot) the namespace is entered only when /etc/subuid and
 // /etc/subgid give the user a range (65536 ids are mapped); with userns it
 // is entered with the user's single id when there is no range, after a
 // warning that chown to any other id will fail.
 func enterUserNamespace(c *cli.Context, isolation string) error {
-	if os.Geteuid() == 0 || (isolation != builder.IsolationAuto && isolation != builder.IsolationUserns) {
+	if os.Geteuid() == 0 || isolation == builder.IsolationNone {
 		return nil
 	}
 	reason := userNamespaceUnavailable()
@@ -59,7 +59,7 @@ func enterUserNamespace(c *cli.Context, isolation string) error {
 		return nil // RUN will say what it needs
 	}
 	if !full {
-		if isolation == builder.IsolationAuto {
+		if isolation != builder.IsolationUserns {
 			return nil
 		}
 		fmt.Fprintln(os.Stderr, "ibuild: warning: /etc/subuid and /etc/subgid give this user no range: the user namespace maps only your own uid and gid (as 0), so chown to any other id, and base images with files owned by other ids, fail")

@@ -76,6 +76,14 @@ func unprivilegedUser(t *testing.T, name string, subIDs bool) (int, int) {
 // output and the error.
 func buildAsUser(t *testing.T, uid, gid int, ctxDir string, args ...string) (string, string, error) {
 	t.Helper()
+	return buildAsUserIn(t, uid, gid, "", ctxDir, nil, args...)
+}
+
+// buildAsUserIn is buildAsUser with HOME set to home (one the user owns;
+// "" makes a fresh one in the work directory), global flags before the
+// command name and args after it.
+func buildAsUserIn(t *testing.T, uid, gid int, home, ctxDir string, global []string, args ...string) (string, string, error) {
+	t.Helper()
 	layertest.RequireTool(t, "setpriv")
 	layertest.RequireTool(t, "newuidmap")
 	work, err := os.MkdirTemp("", "ibuild-userns-")
@@ -92,18 +100,22 @@ func buildAsUser(t *testing.T, uid, gid int, ctxDir string, args ...string) (str
 	if out, err := exec.Command("cp", ibuildBin, work).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v %s", err, out)
 	}
-	if err := os.Mkdir(filepath.Join(work, "home"), 0o755); err != nil {
-		t.Fatal(err)
+	if home == "" {
+		home = filepath.Join(work, "home")
+		if err := os.Mkdir(home, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, gid), work).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v %s", err, out)
 	}
-	argv := []string{"--reuid=" + strconv.Itoa(uid), "--regid=" + strconv.Itoa(gid), "--clear-groups",
-		filepath.Join(work, "ibuild"), "build", "--progress", "plain"}
+	argv := append([]string{"--reuid=" + strconv.Itoa(uid), "--regid=" + strconv.Itoa(gid), "--clear-groups",
+		filepath.Join(work, "ibuild")}, global...)
+	argv = append(argv, "build", "--progress", "plain")
 	argv = append(append(argv, args...), filepath.Join(work, "ctx"))
 	cmd := exec.Command("setpriv", argv...)
 	cmd.Dir = work
-	cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "HOME=" + filepath.Join(work, "home"), "SOURCE_DATE_EPOCH=1700000000"}
+	cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "HOME=" + home, "SOURCE_DATE_EPOCH=1700000000"}
 	out, err := cmd.CombinedOutput()
 	return work, string(out), err
 }

@@ -396,15 +396,9 @@ func (s *stageRun) secretMount(m *instructions.Mount, scratch string, r *runMoun
 		}
 		return nil, "", nil
 	}
-	data := src.Value
-	if data == nil {
-		if src.File == "" {
-			return nil, "", fmt.Errorf("secret %q has neither a file nor a value", id)
-		}
-		var err error
-		if data, err = os.ReadFile(src.File); err != nil {
-			return nil, "", fmt.Errorf("secret %q: read %s: %w", id, src.File, errors.Unwrap(err))
-		}
+	data, err := readSecret(id, src)
+	if err != nil {
+		return nil, "", err
 	}
 	if m.Env != nil {
 		name := *m.Env
@@ -455,4 +449,41 @@ func (s *stageRun) sshMount(m *instructions.Mount, target string, r *runMounts) 
 	}
 	r.env = append(r.env, "SSH_AUTH_SOCK="+target)
 	return &sandbox.Mount{Type: sandbox.MountBind, Source: sock, File: true}, nil
+}
+
+// MaxSecretSize bounds a secret's bytes, as BuildKit bounds them.
+const MaxSecretSize = 500 << 10
+
+// readSecret returns the secret id's bytes: its Value, or at most
+// MaxSecretSize bytes of its File (a regular file, or what /dev/stdin and
+// the like lead to).
+func readSecret(id string, src SecretSource) ([]byte, error) {
+	tooBig := func(n int64) error {
+		return fmt.Errorf("secret %q is %d bytes, over the limit of %d (500 KiB, as BuildKit): pass a smaller secret, such as a token or a key, not a bundle", id, n, MaxSecretSize)
+	}
+	if src.Value != nil {
+		if len(src.Value) > MaxSecretSize {
+			return nil, tooBig(int64(len(src.Value)))
+		}
+		return src.Value, nil
+	}
+	if src.File == "" {
+		return nil, fmt.Errorf("secret %q has neither a file nor a value", id)
+	}
+	f, err := os.Open(src.File)
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: read %s: %w", id, src.File, errors.Unwrap(err))
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > MaxSecretSize {
+		return nil, tooBig(fi.Size())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSecretSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: read %s: %w", id, src.File, err)
+	}
+	if len(data) > MaxSecretSize {
+		return nil, tooBig(int64(len(data)))
+	}
+	return data, nil
 }

@@ -242,7 +242,7 @@ func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix strin
 			w.add(m, "missing", nil)
 			continue
 		}
-		if err := w.walk(m, rp, "", fi, host); err != nil {
+		if err := w.walk(ctx, m, rp, "", fi, host); err != nil {
 			return err
 		}
 	}
@@ -285,7 +285,10 @@ const imageBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // walk adds name (shown as name, found at p in the tree) and, for a
 // directory, everything below it that the step copies. rel is the path
 // below the copied root, for --exclude.
-func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
+func (w *srcWalk) walk(ctx context.Context, name, p, rel string, fi fs.FileInfo, host string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	meta := strconv.FormatUint(uint64(fi.Mode()&imageBits), 8)
 	if w.epoch {
 		meta += " t" + strconv.FormatInt(min(fi.ModTime().UnixNano(), w.epochNs)/1e9, 10)
@@ -312,7 +315,7 @@ func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
 			if err != nil {
 				return err
 			}
-			if err := w.walk(path.Join(name, e.Name()), cp, childRel, cfi, chost); err != nil {
+			if err := w.walk(ctx, path.Join(name, e.Name()), cp, childRel, cfi, chost); err != nil {
 				return err
 			}
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -92,7 +93,7 @@ func runBuild(c *cli.Context) error {
 		SquashAll:        c.Bool("squash-all"),
 	}
 	if opts.Dockerfile == "-" {
-		data, err := io.ReadAll(os.Stdin)
+		data, err := readStdin(c.Context)
 		if err != nil {
 			return fmt.Errorf("read Dockerfile from stdin: %w", err)
 		}
@@ -218,6 +219,27 @@ func runBuild(c *cli.Context) error {
 		fmt.Println(res.ID)
 	}
 	return nil
+}
+
+// readStdin reads standard input to its end, or returns ctx's error once
+// ctx is done: a pipe may stay open without data for as long as its
+// writer likes.
+func readStdin(ctx context.Context) ([]byte, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := io.ReadAll(os.Stdin)
+		done <- result{data, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // cacheOptions reads --cache-from (importing each cache now: manifests

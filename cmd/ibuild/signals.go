@@ -11,6 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// echoWindow is how soon after the first signal another one counts as
+// the same: run by an unprivileged user, ibuild is two processes (see
+// enterUserNamespace), and one Ctrl-C reaches the inner one twice, from
+// the terminal and forwarded by the outer one.
+const echoWindow = 250 * time.Millisecond
+
 // interrupted is the cause of the command's context when a signal
 // cancelled it.
 type interrupted struct{ sig syscall.Signal }
@@ -24,8 +30,9 @@ func (i *interrupted) exitCode() int { return 128 + int(i.sig) }
 // stopOnSignals returns a context the first signal received on sigs
 // cancels, with an *interrupted cause: every phase of a command watches
 // it, stops, removes its temporary files and returns, and the command
-// exits with 128+signal. A second signal does not wait for that: it
-// calls exit(128+signal) at once, as docker and buildah do. What is on
+// exits with 128+signal. A second signal (echoWindow or more later) does
+// not wait for that: it calls exit(128+signal) at once, as docker and
+// buildah do. What is on
 // disk stays consistent either way (the store writes every file under a
 // temporary name and renames it into place, the kernel drops the store
 // lock, and RUN steps die with their sandbox); a forced exit leaves its
@@ -44,9 +51,14 @@ func stopOnSignals(parent context.Context, sigs <-chan os.Signal, w io.Writer, e
 		first := &interrupted{sig: toSyscall(s)}
 		say(w, fmt.Sprintf("ibuild: %s received, stopping (send it again to exit at once)\n", unix.SignalName(first.sig)))
 		cancel(first)
-		s, ok = <-sigs
-		if !ok {
-			return
+		echo := time.Now().Add(echoWindow)
+		for {
+			if s, ok = <-sigs; !ok {
+				return
+			}
+			if !time.Now().Before(echo) {
+				break
+			}
 		}
 		again := &interrupted{sig: toSyscall(s)}
 		say(w, fmt.Sprintf("ibuild: %s received again, exiting now; temporary files left in the store are removed by ibuild prune\n", unix.SignalName(again.sig)))

@@ -62,10 +62,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 		// ARG changes no image: the steps that read it key its value.
 		return false, "", s.dispatch(ctx, cmd)
 	}
-	mark, err := s.c.mark(configOnly(cmd))
-	if err != nil {
-		return false, "", err
-	}
+	mark := s.c.mark()
 	k, kerr := s.stepKey(ctx, cmd)
 	if kerr != nil {
 		if errors.Is(kerr, context.Canceled) {
@@ -111,6 +108,11 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 		reason = "--no-cache"
 	} else {
 		reason = "--no-cache-filter " + s.name
+	}
+	if !configOnly(cmd) {
+		if err := s.c.markConfig(&mark); err != nil {
+			return false, "", err
+		}
 	}
 	if err := s.runOrShare(ctx, cmd, k); err != nil {
 		return false, "", err

@@ -54,18 +54,22 @@ type stepMark struct {
 	config []byte
 }
 
-// mark notes the container's state before a step. replayed says that a
-// hit runs the step again, so its record needs no config patch.
-func (c *Container) mark(replayed bool) (stepMark, error) {
-	m := stepMark{below: c.chainID(), history: len(c.config.History), layers: len(c.config.RootFS.DiffIDs)}
-	if !replayed {
-		b, err := json.Marshal(&c.config.Config)
-		if err != nil {
-			return m, fmt.Errorf("cache record: %w", err)
-		}
-		m.config = b
+// mark notes the container's state before a step.
+func (c *Container) mark() stepMark {
+	return stepMark{below: c.chainID(), history: len(c.config.History), layers: len(c.config.RootFS.DiffIDs)}
+}
+
+// markConfig adds the runtime config to m, before a step that is about to
+// run and that a hit does not run again: its record holds a patch of the
+// config. (Taken only then: a hit needs none, and it costs a copy of the
+// config.)
+func (c *Container) markConfig(m *stepMark) error {
+	b, err := json.Marshal(&c.config.Config)
+	if err != nil {
+		return fmt.Errorf("cache record: %w", err)
 	}
-	return m, nil
+	m.config = b
+	return nil
 }
 
 // cacheRecord is the cache record of the step that just ran, since m:

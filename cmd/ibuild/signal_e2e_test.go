@@ -87,18 +87,18 @@ func TestSignalStopsEveryPhase(t *testing.T) {
 			case <-b.done:
 			case <-time.After(stopBound):
 				b.kill()
-				t.Fatalf("ibuild still ran %v after %v, sent while %s\n%s", stopBound, tc.sig, what, b.out.String())
+				t.Fatalf("ibuild still ran %v after %s, sent while %s\n%s", stopBound, unix.SignalName(tc.sig), what, b.out.String())
 			}
-			t.Logf("%v sent while %s; ibuild exited (%v) %v later", tc.sig, what, b.cmd.ProcessState, time.Since(start).Round(time.Millisecond))
+			t.Logf("%s sent while %s; ibuild exited (%v) %v later", unix.SignalName(tc.sig), what, b.cmd.ProcessState, time.Since(start).Round(time.Millisecond))
 			wantExit(t, b, tc.sig)
 			if !strings.Contains(b.out.String(), "interrupted by "+unix.SignalName(tc.sig)) {
-				t.Errorf("ibuild did not say it was interrupted by %v:\n%s", tc.sig, b.out.String())
+				t.Errorf("ibuild did not say it was interrupted by %s:\n%s", unix.SignalName(tc.sig), b.out.String())
 			}
 			if run.check != nil {
 				run.check(t)
 			}
 			if left := tmpLeftovers(t, root, "*"); len(left) > 0 {
-				t.Errorf("ibuild handled %v but left temporary files: %v", tc.sig, left)
+				t.Errorf("ibuild handled %s but left temporary files: %v", unix.SignalName(tc.sig), left)
 			}
 			checkStoreAfterStop(t, root, before)
 		})
@@ -232,10 +232,11 @@ func stopPhases() []stopPhase {
 			}
 		}},
 		{name: "expand build args", sig: syscall.SIGINT, prepare: func(t *testing.T, root string) phaseRun {
-			// 2,000 ARGs before FROM, each expanding to 1 MiB: about 20 s.
+			// 4,000 ARGs before FROM, each expanding to 512 KiB: about
+			// 20 s of expansion (10 ns a byte).
 			head := "ARG B=" + strings.Repeat("b", 16<<10) + "\n"
-			refs := strings.Repeat("${B}", 64)
-			df := writeLines(t, head, 2000, func(w *bufio.Writer, i int) { fmt.Fprintf(w, "ARG X%d=%s\n", i%2, refs) })
+			refs := strings.Repeat("${B}", 32)
+			df := writeLines(t, head, 4000, func(w *bufio.Writer, i int) { fmt.Fprintf(w, "ARG X%d=%s\n", i%2, refs) })
 			f, err := os.OpenFile(df, os.O_APPEND|os.O_WRONLY, 0)
 			if err != nil {
 				t.Fatal(err)
@@ -246,12 +247,12 @@ func stopPhases() []stopPhase {
 			return phaseRun{
 				args: []string{"build", "--isolation", "chroot", "-t", "stopped:1", "-f", df, t.TempDir()},
 				reached: func(pid int) string {
-					// Parsing this file takes about 20 ms; after a second
+					// Parsing this file takes about 0.1 s; after a second
 					// of CPU the build is expanding.
 					if read(pid) == "" || cpuTime(pid) < time.Second {
 						return ""
 					}
-					return "expanding 2,000 build args of 1 MiB each"
+					return "expanding 4,000 build args of 512 KiB each"
 				},
 			}
 		}},
@@ -433,7 +434,7 @@ func wantExit(t *testing.T, b *runningBuild, sig syscall.Signal) {
 	t.Helper()
 	ws := b.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if ws.Signaled() || ws.ExitStatus() != 128+int(sig) {
-		t.Errorf("ibuild ended with %v after %v, want exit status %d\n%s", b.cmd.ProcessState, sig, 128+int(sig), b.out.String())
+		t.Errorf("ibuild ended with %v after %s, want exit status %d\n%s", b.cmd.ProcessState, unix.SignalName(sig), 128+int(sig), b.out.String())
 	}
 }
 

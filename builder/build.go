@@ -77,7 +77,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer unlock()
-	dfPath, data, err := readDockerfile(opts)
+	dfPath, data, err := readDockerfile(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +121,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		wg.Add(1)
 		go func(i int, p v1.Platform) {
 			defer wg.Done()
-			b, err := newBuild(&opts, dfPath, data, cfs, p, len(platforms) > 1, warn)
+			b, err := newBuild(ctx, &opts, dfPath, data, cfs, p, len(platforms) > 1, warn)
 			if err != nil {
 				errs[i] = err
 				return
@@ -172,12 +172,15 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			}
 		}
 	}
+	if err := tagResult(ctx, &opts, res); err != nil {
+		return nil, err
+	}
 	res.Warnings = warnings
 	return res, nil
 }
 
 // storeResult assembles the result of the platforms' images and writes
-// it to the store, tagged with names; unless it is to be pushed and has
+// it to the store (tagResult names it); unless it is to be pushed and has
 // layers from a registry cache that no step needed (not downloaded): it
 // is then only assembled in memory, for pushResult.
 func storeResult(ctx context.Context, opts *Options, images []v1.Image, platforms []v1.Platform, names []string, warn func(string)) (*Result, error) {
@@ -253,12 +256,22 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 		return nil, err
 	}
 	res.Descriptor, res.Digest, res.Stored = desc, desc.Digest, true
-	for _, n := range names {
+	return res, nil
+}
+
+// tagResult names the stored result with res.Names: the last thing a
+// build does, so that a build that fails (or is stopped) later, in an
+// output, a push or a cache export, tags nothing.
+func tagResult(ctx context.Context, opts *Options, res *Result) error {
+	if !res.Stored {
+		return nil
+	}
+	for _, n := range res.Names {
 		if err := opts.Store.Tag(ctx, n, res.Descriptor); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return res, nil
+	return nil
 }
 
 // missingLayers counts the distinct distributable layers of images that
@@ -306,7 +319,7 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 }
 
 // readDockerfile finds and reads the Dockerfile.
-func readDockerfile(opts Options) (string, []byte, error) {
+func readDockerfile(ctx context.Context, opts Options) (string, []byte, error) {
 	if opts.DockerfileContent != nil {
 		name := opts.Dockerfile
 		if name == "" || name == "-" {
@@ -319,7 +332,7 @@ func readDockerfile(opts Options) (string, []byte, error) {
 		candidates = []string{filepath.Join(opts.ContextDir, "Dockerfile"), filepath.Join(opts.ContextDir, "Containerfile")}
 	}
 	for _, c := range candidates {
-		data, err := dockerfile.ReadFile(c)
+		data, err := readFileContext(ctx, c)
 		if err == nil {
 			return c, data, nil
 		}
@@ -331,6 +344,28 @@ func readDockerfile(opts Options) (string, []byte, error) {
 		}
 	}
 	return "", nil, fmt.Errorf("no Dockerfile or Containerfile in %s (use -f to name one)", opts.ContextDir)
+}
+
+// readFileContext reads the file at path, or returns ctx's error once ctx
+// is done: a FIFO or a device may block the open or a read for as long as
+// its writer likes, or never end, so the read runs in a goroutine of its
+// own, which stops at its next read.
+func readFileContext(ctx context.Context, path string) ([]byte, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := dockerfile.ReadFile(path) // bounded, regular files only
+		done <- result{data, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // build is the build of one Dockerfile for one target platform.
@@ -362,8 +397,8 @@ type build struct {
 	emulator emulatorCheck
 }
 
-func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
-	df, err := dockerfile.Parse(dfPath, data)
+func newBuild(ctx context.Context, opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
+	df, err := dockerfile.ParseContext(ctx, dfPath, data)
 	if err != nil {
 		return nil, err
 	}
@@ -380,7 +415,7 @@ func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platfor
 	if opts.SourceDateEpoch != nil {
 		b.created = opts.SourceDateEpoch.UTC()
 	}
-	if err := b.initMetaArgs(); err != nil {
+	if err := b.initMetaArgs(ctx); err != nil {
 		return nil, err
 	}
 	for i := range df.Stages {
@@ -390,7 +425,7 @@ func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platfor
 		}
 	}
 	for i := range df.Stages {
-		sr, err := b.prepareStage(i)
+		sr, err := b.prepareStage(ctx, i)
 		if err != nil {
 			return nil, err
 		}
@@ -401,7 +436,7 @@ func newBuild(opts *Options, dfPath string, data []byte, cfs *contextFS, platfor
 
 // initMetaArgs evaluates the ARGs before the first FROM with the automatic
 // platform args and --build-arg overrides.
-func (b *build) initMetaArgs() error {
+func (b *build) initMetaArgs(ctx context.Context) error {
 	b.meta = &dockerfile.Vars{}
 	for k, v := range platformArgs(HostPlatform(), b.platform) {
 		b.meta.Set(k, v)
@@ -409,6 +444,9 @@ func (b *build) initMetaArgs() error {
 	for _, a := range b.df.MetaArgs {
 		words := b.exp.Words(b.meta)
 		for _, kv := range a.Args {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			b.metaNames[kv.Key] = true
 			if v, ok := b.opts.BuildArgs[kv.Key]; ok {
 				b.meta.Set(kv.Key, v)
@@ -448,7 +486,10 @@ func (b *build) stageRef(ref string) (int, bool) {
 }
 
 // prepareStage resolves stage i's base and its edges to other stages.
-func (b *build) prepareStage(i int) (*stageRun, error) {
+func (b *build) prepareStage(ctx context.Context, i int) (*stageRun, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	st := &b.df.Stages[i]
 	sr := &stageRun{b: b, index: i, st: st, baseStage: -1, platform: b.platform}
 	sr.name = st.Name
@@ -480,6 +521,9 @@ func (b *build) prepareStage(i int) (*stageRun, error) {
 	}
 	for _, cmd := range st.Commands {
 		for _, ref := range stageRefsOf(cmd) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
 			r, err := b.exp.Word(ref, b.meta)
 			if err != nil {
 				return nil, b.df.ErrorAt(cmd.Location(), err)

@@ -2,7 +2,6 @@ package builder
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"strconv"
@@ -25,20 +24,13 @@ func (s *stageRun) startKey(base v1.Image) {
 	}
 	s.key = k.sum()
 	s.step = 1
-	defer func() { s.step = 1 }()
-	p, err := s.historyPath()
-	if err != nil {
-		return
-	}
-	cur := digestInputs(k)
-	var old stepHistory
-	if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &old) == nil {
+	if old, ok := s.history().Steps[1]; ok {
 		desc := k.inputs["base"]
-		if s.fromReason = fromMissReason(old.Inputs, cur, strings.TrimPrefix(desc, "image ")); s.fromReason == "" {
+		if s.fromReason = fromMissReason(old, digestInputs(k), strings.TrimPrefix(desc, "image ")); s.fromReason == "" {
 			return // unchanged: nothing to write
 		}
 	}
-	_ = s.saveHistory(k)
+	s.saveHistory(k)
 }
 
 // useCache reports whether this stage's steps may be taken from the cache.
@@ -70,6 +62,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 		// ARG changes no image: the steps that read it key its value.
 		return false, "", s.dispatch(ctx, cmd)
 	}
+	mark := s.c.mark()
 	k, kerr := s.stepKey(ctx, cmd)
 	if kerr != nil {
 		if errors.Is(kerr, context.Canceled) {
@@ -99,7 +92,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 					return false, "", err
 				}
 			}
-			if err := s.c.applyCached(rec, layer); err == nil {
+			if err := s.c.applyCached(rec, layer, mark, configOnly(cmd)); err == nil {
 				s.key = key
 				cs.record(s, key, rec, layer)
 				return true, "", nil
@@ -107,7 +100,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 			// A record that does not fit this chain is ignored. A config-only
 			// step already ran, and its result stands.
 			if configOnly(cmd) {
-				return s.finishMiss(ctx, k, key, "the cache record did not match the image; rebuilt")
+				return s.finishMiss(ctx, k, key, mark, "the cache record did not match the image; rebuilt")
 			}
 		}
 		reason = s.missReason(k)
@@ -116,10 +109,15 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 	} else {
 		reason = "--no-cache-filter " + s.name
 	}
+	if !configOnly(cmd) {
+		if err := s.c.markConfig(&mark); err != nil {
+			return false, "", err
+		}
+	}
 	if err := s.runOrShare(ctx, cmd, k); err != nil {
 		return false, "", err
 	}
-	return s.finishMiss(ctx, k, key, reason)
+	return s.finishMiss(ctx, k, key, mark, reason)
 }
 
 // runOrShare runs a step that missed. A COPY or ADD first looks for its
@@ -169,17 +167,17 @@ func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *
 	return nil
 }
 
-// finishMiss records the result of a step that ran.
-func (s *stageRun) finishMiss(ctx context.Context, k *keyBuilder, key v1.Hash, reason string) (bool, string, error) {
+// finishMiss records the result of a step that ran, since mark.
+func (s *stageRun) finishMiss(ctx context.Context, k *keyBuilder, key v1.Hash, mark stepMark, reason string) (bool, string, error) {
 	cs := s.b.cache
-	rec, layer, err := s.c.cacheRecord()
+	rec, layer, err := s.c.cacheRecord(mark)
 	if err != nil {
 		return false, "", err
 	}
 	if err := cs.store.CachePut(ctx, key, rec); err != nil {
 		s.b.warn("build cache: " + err.Error())
 	}
-	_ = s.saveHistory(k)
+	s.saveHistory(k)
 	cs.record(s, key, rec, layer)
 	s.key = key
 	return false, reason, nil

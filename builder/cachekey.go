@@ -58,6 +58,7 @@ func (s *stageRun) fromKey(base v1.Image) (*keyBuilder, error) {
 	}
 	k.add("platform", s.platform.OS+"/"+s.platform.Architecture+"/"+s.platform.Variant)
 	k.add("options", b.cache.layerOptions+" format="+string(b.opts.Format))
+	k.add("records", cacheRecordVersion)
 	return k, nil
 }
 
@@ -135,7 +136,7 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			return nil, err
 		}
 		if c.From != "" {
-			from, err := s.b.exp.Word(c.From, s.scope())
+			from, err := s.b.exp.Word(c.From, s.view())
 			if err != nil {
 				return nil, err
 			}
@@ -272,7 +273,7 @@ func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix strin
 			w.add(m, "missing", nil)
 			continue
 		}
-		if err := w.walk(m, rp, "", fi, host); err != nil {
+		if err := w.walk(ctx, m, rp, "", fi, host); err != nil {
 			return err
 		}
 	}
@@ -315,7 +316,10 @@ const imageBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // walk adds name (shown as name, found at p in the tree) and, for a
 // directory, everything below it that the step copies. rel is the path
 // below the copied root, for --exclude.
-func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
+func (w *srcWalk) walk(ctx context.Context, name, p, rel string, fi fs.FileInfo, host string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	meta := strconv.FormatUint(uint64(fi.Mode()&imageBits), 8)
 	if w.epoch {
 		meta += " t" + strconv.FormatInt(min(fi.ModTime().UnixNano(), w.epochNs)/1e9, 10)
@@ -342,7 +346,7 @@ func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
 			if err != nil {
 				return err
 			}
-			if err := w.walk(path.Join(name, e.Name()), cp, childRel, cfi, chost); err != nil {
+			if err := w.walk(ctx, path.Join(name, e.Name()), cp, childRel, cfi, chost); err != nil {
 				return err
 			}
 		}
@@ -372,12 +376,14 @@ func (w *srcWalk) walk(name, p, rel string, fi fs.FileInfo, host string) error {
 	return nil
 }
 
-// stepHistory is what the last build of a step (identified by Dockerfile,
-// platform, stage and position) had as key inputs, as digests, so that a
-// miss can say which input changed. Values are hashed: build args may hold
-// things that should not sit in plain text in the store.
-type stepHistory struct {
-	Inputs map[string]string `json:"inputs"`
+// stageHistory is what the last build of each step of a stage (a stage
+// of a Dockerfile in a context, for a platform) had as key inputs, by
+// step number, as digests, so that a miss can say which input changed.
+// Values are hashed: build args may hold things that should not sit in
+// plain text in the store. A stage's history is one file, read once and
+// written once a build: a file a step cost a file creation a step.
+type stageHistory struct {
+	Steps map[int]map[string]string `json:"steps"`
 }
 
 func (s *stageRun) historyPath() (string, error) {
@@ -386,9 +392,25 @@ func (s *stageRun) historyPath() (string, error) {
 		return "", err
 	}
 	abs, _ := filepath.Abs(s.b.df.Path)
-	id := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d", s.b.ctx.root, abs,
-		PlatformString(s.platform), s.index, s.step)))
+	id := sha256.Sum256([]byte(fmt.Sprintf("stage\x00%s\x00%s\x00%s\x00%d", s.b.ctx.root, abs,
+		PlatformString(s.platform), s.index)))
 	return filepath.Join(dir, hex.EncodeToString(id[:16])+".json"), nil
+}
+
+// history is the stage's step history, read on first use.
+func (s *stageRun) history() *stageHistory {
+	if s.hist == nil {
+		s.hist = &stageHistory{}
+		if p, err := s.historyPath(); err == nil {
+			if b, err := os.ReadFile(p); err == nil {
+				_ = json.Unmarshal(b, s.hist)
+			}
+		}
+		if s.hist.Steps == nil {
+			s.hist.Steps = map[int]map[string]string{}
+		}
+	}
+	return s.hist
 }
 
 func digestInputs(k *keyBuilder) map[string]string {
@@ -400,32 +422,36 @@ func digestInputs(k *keyBuilder) map[string]string {
 	return out
 }
 
-// saveHistory records k's inputs as this step's latest.
-func (s *stageRun) saveHistory(k *keyBuilder) error {
+// saveHistory records k's inputs as the current step's latest;
+// flushHistory writes them.
+func (s *stageRun) saveHistory(k *keyBuilder) {
+	s.history().Steps[s.step] = digestInputs(k)
+	s.histChanged = true
+}
+
+// flushHistory writes the stage's step history if steps changed it.
+func (s *stageRun) flushHistory() {
+	if !s.histChanged {
+		return
+	}
+	s.histChanged = false
 	p, err := s.historyPath()
 	if err != nil {
-		return err
+		return
 	}
-	b, err := json.Marshal(stepHistory{Inputs: digestInputs(k)})
-	if err != nil {
-		return err
+	if b, err := json.Marshal(s.hist); err == nil {
+		_ = s.b.opts.Store.WriteCacheFile(p, b)
 	}
-	return s.b.opts.Store.WriteCacheFile(p, b)
 }
 
 // missReason compares k with the step's previous inputs and says what
 // changed, in words.
 func (s *stageRun) missReason(k *keyBuilder) string {
-	p, err := s.historyPath()
-	if err != nil {
-		return "no cache record"
-	}
-	b, err := os.ReadFile(p)
-	var old stepHistory
-	if err != nil || json.Unmarshal(b, &old) != nil {
+	old, ok := s.history().Steps[s.step]
+	if !ok {
 		return "no earlier build of this step in this store"
 	}
-	return explainMiss(old.Inputs, digestInputs(k), s.step == 2, s.fromReason)
+	return explainMiss(old, digestInputs(k), s.step == 2, s.fromReason)
 }
 
 // explainMiss names the inputs that differ between two builds of a step.
@@ -528,6 +554,8 @@ func fromMissReason(old, cur map[string]string, baseDesc string) string {
 		return "the build options changed (compression, format or SOURCE_DATE_EPOCH)"
 	case old["executor"] != cur["executor"]:
 		return "this version of ibuild builds differently (the cache was made by an older one)"
+	case old["records"] != cur["records"]:
+		return "the build cache format changed (records of an older ibuild are not used)"
 	}
 	return ""
 }

@@ -2,8 +2,6 @@ package builder
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +26,16 @@ type Container struct {
 	opts     containerOptions
 	// lastLayer is the layer the current step added, for its cache record.
 	lastLayer *layers.Descriptor
+	// chain is the chain ID of the layers of, for chainID.
+	chain struct {
+		of []v1.Hash
+		id string
+	}
+	// env indexes the positions of the ENV keys (see envAt).
+	env struct {
+		at  map[string]int
+		len int
+	}
 	// work is set for a working container (From, OpenContainer).
 	work *workState
 	// rootfs caches the merged view of layers and dirs the snapshot
@@ -146,13 +154,18 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 	return desc, nil
 }
 
-// chainID names the container's layers as a whole ("" for none).
+// chainID names the container's layers as a whole ("" for none). It is
+// remembered for the layers it was computed for: every step asks.
 func (c *Container) chainID() string {
 	ids := c.config.RootFS.DiffIDs
 	if len(ids) == 0 {
 		return ""
 	}
-	return layers.ChainIDs(ids)[len(ids)-1].String()
+	if !slices.Equal(c.chain.of, ids) {
+		c.chain.of = slices.Clone(ids)
+		c.chain.id = layers.ChainIDs(ids)[len(ids)-1].String()
+	}
+	return c.chain.id
 }
 
 // appendLayer adds the stored layer desc, with a history entry createdBy.
@@ -176,48 +189,6 @@ func (c *Container) Image() (v1.Image, error) {
 	cfg := c.config.DeepCopy()
 	cfg.RootFS.DiffIDs = append([]v1.Hash(nil), c.config.RootFS.DiffIDs...)
 	return assemble(cfg, append([]v1.Layer(nil), c.layers...), c.opts.format, nil)
-}
-
-// cacheRecord is the cache record of the step that just ran: the config
-// now, and the layer it added.
-func (c *Container) cacheRecord() (*layers.CacheRecord, v1.Layer, error) {
-	b, err := json.Marshal(&c.config)
-	if err != nil {
-		return nil, nil, fmt.Errorf("cache record: %w", err)
-	}
-	rec := &layers.CacheRecord{Config: b}
-	var l v1.Layer
-	if c.lastLayer != nil {
-		d := *c.lastLayer
-		rec.Layer = &d
-		l = c.layers[len(c.layers)-1]
-	}
-	return rec, l, nil
-}
-
-// applyCached takes a step's result from the cache: the recorded config
-// and layer. A record whose layers do not continue this container's is
-// refused.
-func (c *Container) applyCached(rec *layers.CacheRecord, layer v1.Layer) error {
-	var cfg v1.ConfigFile
-	if err := json.Unmarshal(rec.Config, &cfg); err != nil {
-		return fmt.Errorf("cache record: %w", err)
-	}
-	have := c.config.RootFS.DiffIDs
-	want := len(have)
-	if rec.Layer != nil {
-		want++
-	}
-	if len(cfg.RootFS.DiffIDs) != want || !slices.Equal(cfg.RootFS.DiffIDs[:len(have)], have) ||
-		(rec.Layer != nil && cfg.RootFS.DiffIDs[len(have)] != rec.Layer.DiffID) {
-		return errors.New("cache record does not continue this image")
-	}
-	c.config = cfg
-	if layer != nil {
-		c.layers = append(c.layers, layer)
-		c.rootfs, c.dirs = nil, nil
-	}
-	return nil
 }
 
 // RootFS is a read-only merged view of the container's layers, extracted

@@ -99,7 +99,7 @@ func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
 		if spec.chmod != nil {
 			mode = *spec.chmod
 		}
-		if err := l.writeFile(path.Join(dir, path.Base(target)), strings.NewReader(f.data), mode, defOwner, l.now); err != nil {
+		if err := l.writeFile(ctx, path.Join(dir, path.Base(target)), strings.NewReader(f.data), mode, defOwner, l.now); err != nil {
 			return err
 		}
 	}
@@ -198,7 +198,7 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 	if err != nil {
 		return err
 	}
-	return copyEntry(l, spec, fi, host, path.Join(dir, path.Base(target)))
+	return copyEntry(ctx, l, spec, fi, host, path.Join(dir, path.Base(target)))
 }
 
 // copyTree copies the contents of the source directory src into the
@@ -255,7 +255,7 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 			}
 			continue
 		}
-		if err := copyEntry(l, spec, cfi, chost, childDst); err != nil {
+		if err := copyEntry(ctx, l, spec, cfi, chost, childDst); err != nil {
 			return err
 		}
 	}
@@ -291,7 +291,7 @@ func ownerFor(spec *copySpec, fi fs.FileInfo, host string) owner {
 }
 
 // copyEntry copies one non-directory source to the resolved layer path dst.
-func copyEntry(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
+func copyEntry(ctx context.Context, l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
 	o := ownerFor(spec, fi, host)
 	mode := fi.Mode()
 	if spec.chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
@@ -318,7 +318,7 @@ func copyEntry(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) er
 			return err
 		}
 		defer f.Close()
-		return l.writeFile(dst, f, mode, o, fi.ModTime())
+		return l.writeFile(ctx, dst, f, mode, o, fi.ModTime())
 	default:
 		return l.special(dst, fi, o)
 	}

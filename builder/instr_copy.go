@@ -22,7 +22,7 @@ func (s *stageRun) copyCmd(ctx context.Context, c *instructions.CopyCommand) err
 		return err
 	}
 	if c.From != "" {
-		from, err := s.b.exp.Word(c.From, s.scope())
+		from, err := s.b.exp.Word(c.From, s.view())
 		if err != nil {
 			return err
 		}

@@ -10,12 +10,9 @@ import (
 
 // exposeCmd runs EXPOSE: "80", "80/udp", "8000-8002/tcp".
 func (s *stageRun) exposeCmd(c *instructions.ExposeCommand) error {
-	expand := s.b.exp.Words(s.scope())
+	expand := s.b.exp.Words(s.view())
 	cfg := s.c.imageConfig()
-	ports := make(map[string]struct{}, len(cfg.ExposedPorts))
-	for k := range cfg.ExposedPorts {
-		ports[k] = struct{}{}
-	}
+	var ports []string
 	for _, raw := range c.Ports {
 		words, err := expand.Word(raw)
 		if err != nil {
@@ -26,12 +23,15 @@ func (s *stageRun) exposeCmd(c *instructions.ExposeCommand) error {
 			if err != nil {
 				return err
 			}
-			for _, p := range list {
-				ports[p] = struct{}{}
-			}
+			ports = append(ports, list...)
 		}
 	}
-	cfg.ExposedPorts = ports
+	if cfg.ExposedPorts == nil {
+		cfg.ExposedPorts = make(map[string]struct{}, len(ports))
+	}
+	for _, p := range ports {
+		cfg.ExposedPorts[p] = struct{}{}
+	}
 	s.c.addHistory(cmdText(c))
 	return nil
 }

@@ -7,14 +7,13 @@ import (
 // label runs LABEL.
 func (s *stageRun) label(c *instructions.LabelCommand) error {
 	cfg := s.c.imageConfig()
-	labels := make(map[string]string, len(cfg.Labels)+len(c.Labels))
-	for k, v := range cfg.Labels {
-		labels[k] = v
+	if cfg.Labels == nil {
+		cfg.Labels = make(map[string]string, len(c.Labels))
 	}
+	// In place: copying the map would make n LABELs cost O(n^2).
 	for _, kv := range c.Labels {
-		labels[kv.Key] = kv.Value
+		cfg.Labels[kv.Key] = kv.Value
 	}
-	cfg.Labels = labels
 	s.c.addHistory(cmdText(c))
 	return nil
 }

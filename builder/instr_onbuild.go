@@ -8,7 +8,7 @@ import (
 // the image is used as a base.
 func (s *stageRun) onbuild(c *instructions.OnbuildCommand) error {
 	cfg := s.c.imageConfig()
-	cfg.OnBuild = append(append([]string(nil), cfg.OnBuild...), c.Expression)
+	cfg.OnBuild = append(cfg.OnBuild, c.Expression)
 	s.c.addHistory(cmdText(c))
 	return nil
 }

@@ -10,18 +10,17 @@ import (
 // volume runs VOLUME.
 func (s *stageRun) volume(c *instructions.VolumeCommand) error {
 	cfg := s.c.imageConfig()
-	vols := make(map[string]struct{}, len(cfg.Volumes)+len(c.Volumes))
-	for k := range cfg.Volumes {
-		vols[k] = struct{}{}
-	}
 	for _, v := range c.Volumes {
-		v = strings.TrimSpace(v)
-		if v == "" {
+		if strings.TrimSpace(v) == "" {
 			return errors.New("VOLUME specified can not be an empty string")
 		}
-		vols[v] = struct{}{}
 	}
-	cfg.Volumes = vols
+	if cfg.Volumes == nil {
+		cfg.Volumes = make(map[string]struct{}, len(c.Volumes))
+	}
+	for _, v := range c.Volumes {
+		cfg.Volumes[strings.TrimSpace(v)] = struct{}{}
+	}
 	s.c.addHistory(cmdText(c))
 	return nil
 }

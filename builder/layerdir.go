@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -171,8 +172,10 @@ func clearTarget(h, p string) error {
 	return os.Remove(h)
 }
 
-// writeFile creates the regular file p (resolved parent) from r.
-func (l *layerDir) writeFile(p string, r io.Reader, mode fs.FileMode, o owner, mtime time.Time) error {
+// writeFile creates the regular file p (resolved parent) from r. It
+// copies 64 MiB at a time (in the kernel when r is a file), and stops
+// between two with ctx's error once ctx is done.
+func (l *layerDir) writeFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode, o owner, mtime time.Time) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {
 		return err
@@ -181,9 +184,19 @@ func (l *layerDir) writeFile(p string, r io.Reader, mode fs.FileMode, o owner, m
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
+	for {
+		if err := ctx.Err(); err != nil {
+			f.Close()
+			return err
+		}
+		_, err := io.CopyN(f, r, 64<<20)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err

@@ -45,6 +45,10 @@ type stageRun struct {
 	key v1.Hash
 	// fromReason says why the stage's start differs from its last build.
 	fromReason string
+	// hist is the stage's step history (see history); histChanged says
+	// that steps of this build changed it.
+	hist        *stageHistory
+	histChanged bool
 	// stepTmp and prefetched hold ADD URL downloads made while computing
 	// the current step's key, for the step to use.
 	stepTmp    string
@@ -100,6 +104,7 @@ func (s *stageRun) build(ctx context.Context) error {
 	s.baseLayers = len(c.layers)
 	defer c.removeUnpacked()
 	s.startKey(base)
+	defer s.flushHistory()
 
 	cmds, err := s.onbuildTriggers()
 	if err != nil {
@@ -207,15 +212,47 @@ func (s *stageRun) emit(e progress.Event) {
 }
 
 // scope is the variable scope instructions expand against: the stage's ARGs
-// under the image's ENV (ENV wins, as in docker).
+// under the image's ENV (ENV wins, as in docker), as a copy its caller
+// may change. Instructions that only read it take view.
 func (s *stageRun) scope() *dockerfile.Vars {
 	return s.args.Overlay(dockerfile.NewVars(s.c.imageConfig().Env))
+}
+
+// view is scope without the copy: a Dockerfile's every instruction
+// expands its words, and copying ENV for each made n ENVs cost O(n^2).
+func (s *stageRun) view() scopeView { return scopeView{c: s.c, args: s.args} }
+
+// scopeView reads the image's ENV over the stage's ARGs, as they are when
+// read (shell.EnvGetter).
+type scopeView struct {
+	c    *Container
+	args *dockerfile.Vars
+}
+
+func (v scopeView) Get(k string) (string, bool) {
+	if val, ok := v.c.envGet(k); ok {
+		return val, true
+	}
+	return v.args.Get(k)
+}
+
+// Keys lists the ARGs, then the ENV keys that are no ARG, as scope's
+// Keys does.
+func (v scopeView) Keys() []string {
+	keys := v.args.Keys()
+	for _, e := range v.c.imageConfig().Env {
+		k, _, _ := strings.Cut(e, "=")
+		if _, ok := v.args.Get(k); !ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // expand expands cmd's words in place, if it has any, within the
 // expansion limits of one instruction.
 func (s *stageRun) expand(cmd instructions.Command) error {
-	words := s.b.exp.Words(s.scope())
+	words := s.b.exp.Words(s.view())
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
 		if err := e.Expand(words.Word); err != nil {
 			return err

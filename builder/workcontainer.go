@@ -78,7 +78,7 @@ func From(ctx context.Context, store *layers.Store, image string, opts FromOptio
 	}
 	bo := opts.Options
 	bo.Store = store
-	b, err := newOpsBuild(&bo, "ibuild from", "FROM scratch\n", "", platform)
+	b, err := newOpsBuild(ctx, &bo, "ibuild from", "FROM scratch\n", "", platform)
 	if err != nil {
 		return nil, err
 	}

@@ -27,7 +27,7 @@ import (
 // newOpsBuild is a one-stage build of text (which starts with FROM) whose
 // stage runs on a working container; contextDir is where COPY and ADD
 // read ("" for an empty one).
-func newOpsBuild(opts *Options, name, text, contextDir string, platform v1.Platform) (*build, error) {
+func newOpsBuild(ctx context.Context, opts *Options, name, text, contextDir string, platform v1.Platform) (*build, error) {
 	if opts.Progress == nil {
 		opts.Progress = progress.Discard{}
 	}
@@ -61,7 +61,7 @@ func newOpsBuild(opts *Options, name, text, contextDir string, platform v1.Platf
 	warn := func(msg string) {
 		opts.Progress.Emit(progress.Event{Kind: progress.Warning, Time: opts.Now(), Message: msg})
 	}
-	return newBuild(opts, name, []byte(text), cfs, platform, false, warn)
+	return newBuild(ctx, opts, name, []byte(text), cfs, platform, false, warn)
 }
 
 // apply runs Dockerfile instructions (text, without FROM) on the working
@@ -76,7 +76,7 @@ func (c *Container) apply(ctx context.Context, opts Options, verb, text, context
 		return fmt.Errorf("container %s is mounted at %s: ibuild umount %s first", c.work.state.Name, mp, c.work.state.Name)
 	}
 	opts.Store = c.store
-	b, err := newOpsBuild(&opts, verb, "FROM scratch\n"+text, contextDir, c.platform)
+	b, err := newOpsBuild(ctx, &opts, verb, "FROM scratch\n"+text, contextDir, c.platform)
 	if err != nil {
 		return err
 	}

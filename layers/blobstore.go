@@ -266,6 +266,10 @@ func validHash(h v1.Hash) bool {
 	return true
 }
 
+// ContextReader returns r, failing with ctx's error at the first read
+// after ctx is done: a copy from it stops there.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
 // ctxReader stops a copy when its context is done.
 type ctxReader struct {
 	ctx context.Context

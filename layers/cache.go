@@ -15,12 +15,13 @@ import (
 )
 
 // CacheRecord is what one build step produced, found again by the step's
-// cache key: the image config after the step and the layer it added, if
+// cache key: what it did to the image config and the layer it added, if
 // any. Records live in Root/cache/records/<key hex>.json; every layer a
 // record names is a garbage-collection root until the record is removed
 // (PruneCache), so Prune never leaves a record pointing at nothing.
 type CacheRecord struct {
-	// Config is the image config (a v1.ConfigFile) after the step.
+	// Config is the builder's record of what the step did to the image
+	// config (its format is the builder's, and versioned there).
 	Config json.RawMessage `json:"config"`
 	// Layer is the layer the step added; nil for a step that made none.
 	Layer *Descriptor `json:"layer,omitempty"`

@@ -190,6 +190,13 @@ func findEntry(f *authFile, keys []string) (authEntry, bool) {
 
 // Resolve implements authn.Keychain.
 func (k keychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	return k.ResolveContext(context.Background(), target)
+}
+
+// ResolveContext implements authn.ContextKeychain: go-containerregistry
+// passes the request's context, so a credential helper that hangs is
+// stopped with the command.
+func (k keychain) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
 	keys := lookupKeys(target)
 	if p := k.a.containersAuthFile(); p != "" {
 		f, err := readAuthFile(p)
@@ -210,7 +217,7 @@ func (k keychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
 		return authn.Anonymous, err
 	}
 	if h := helperFor(f.CredHelpers, keys); h != "" {
-		return k.helper(h, target.RegistryStr())
+		return k.helper(ctx, h, target.RegistryStr())
 	}
 	if e, ok := findEntry(f, keys); ok {
 		c, err := e.config(p)
@@ -222,7 +229,7 @@ func (k keychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
 		}
 	}
 	if f.CredsStore != "" {
-		return k.helper(f.CredsStore, target.RegistryStr())
+		return k.helper(ctx, f.CredsStore, target.RegistryStr())
 	}
 	return authn.Anonymous, nil
 }
@@ -252,8 +259,9 @@ func helperServer(reg string) string {
 	return reg
 }
 
-// helper runs docker-credential-NAME get for reg.
-func (k keychain) helper(helperName, reg string) (authn.Authenticator, error) {
+// helper runs docker-credential-NAME get for reg, for at most a minute,
+// and kills it when ctx is done.
+func (k keychain) helper(ctx context.Context, helperName, reg string) (authn.Authenticator, error) {
 	bin := "docker-credential-" + helperName
 	path := ""
 	for _, d := range filepath.SplitList(k.a.HelperPath) {
@@ -269,13 +277,19 @@ func (k keychain) helper(helperName, reg string) (authn.Authenticator, error) {
 	if path == "" {
 		return nil, fmt.Errorf("credential helper %s for %s: not found", bin, reg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, "get")
+	// A process the helper started may hold its output open after it
+	// was killed: do not wait for it.
+	cmd.WaitDelay = time.Second
 	cmd.Stdin = strings.NewReader(helperServer(reg))
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("credential helper %s for %s: %w", bin, reg, cerr)
+		}
 		msg := strings.TrimSpace(out.String() + " " + stderr.String())
 		if strings.Contains(strings.ToLower(msg), "credentials not found") {
 			return authn.Anonymous, nil

@@ -34,7 +34,8 @@ import (
 //
 // Its config blob is a cacheConfig: the diff ID and uncompressed size of
 // each manifest layer (same order), and the records: a step's cache key,
-// the image config after the step, and the index of the layer it added in
+// what it did to the image config (layers.CacheRecord), and the index of
+// the layer it added in
 // "layers" (absent for a step that added none). Layer blobs are the
 // image layers themselves, so an image built from the cache and pushed to
 // the same registry can mount them.

@@ -128,7 +128,7 @@ func (x *Index) Digests(ctx context.Context, files []File) ([]Digest, error) {
 				if errs[w] != nil {
 					continue
 				}
-				e, err := hashFile(files[i])
+				e, err := hashFile(ctx, files[i])
 				if err != nil {
 					errs[w] = err
 					continue
@@ -162,8 +162,9 @@ feed:
 }
 
 // hashFile reads f and returns its index entry, with f's metadata as it
-// was before the read.
-func hashFile(f File) (*entry, error) {
+// was before the read. It stops, with ctx's error, at the first 256 KiB
+// block after ctx is done.
+func hashFile(ctx context.Context, f File) (*entry, error) {
 	hashed := time.Now().UnixNano()
 	fh, err := os.Open(f.Host)
 	if err != nil {
@@ -172,8 +173,18 @@ func hashFile(f File) (*entry, error) {
 	defer fh.Close()
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
-	if _, err := io.CopyBuffer(h, fh, buf); err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Rel, err)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n, err := fh.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.Rel, err)
+		}
 	}
 	e := newEntry(f.Info)
 	e.hashed = hashed

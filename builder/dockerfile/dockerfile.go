@@ -2,8 +2,10 @@ package dockerfile
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -38,6 +40,12 @@ type Dockerfile struct {
 
 // Parse parses the Dockerfile content data. path is only used in messages.
 func Parse(path string, data []byte) (*Dockerfile, error) {
+	return ParseContext(context.Background(), path, data)
+}
+
+// ParseContext is Parse that stops soon after ctx is done, with ctx's
+// error.
+func ParseContext(ctx context.Context, path string, data []byte) (*Dockerfile, error) {
 	if len(data) > MaxFileSize {
 		return nil, &Error{Path: path, Err: &LimitError{What: "the Dockerfile", Size: int64(len(data)), Limit: MaxFileSize, Hint: fileHint}}
 	}
@@ -48,8 +56,11 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 	if err := df.checkHeredocNesting(); err != nil {
 		return nil, err
 	}
-	res, err := parser.Parse(bytes.NewReader(data))
+	res, err := parser.Parse(ctxReader{ctx, bytes.NewReader(data)})
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
 		return nil, df.wrap(err, nil)
 	}
 	df.EscapeToken = res.EscapeToken
@@ -74,6 +85,9 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 		return nil, &Error{Path: path, Err: errors.New("the Dockerfile has no instructions")}
 	}
 	for _, n := range res.AST.Children {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		extras, err := takeBuildahMountOptions(n)
 		if err != nil {
 			return nil, df.wrap(err, n)
@@ -121,6 +135,20 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 		seen[st.Name] = i
 	}
 	return df, nil
+}
+
+// ctxReader fails with ctx's error once ctx is done: the parser reads its
+// input as it goes, so a parse stops at its next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // wrap turns a parser error into an Error carrying path, line and text.

@@ -1,6 +1,7 @@
 package dockerfile
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -217,5 +218,24 @@ func TestBuildahMountOptions(t *testing.T) {
 				t.Errorf("text %q lost options of %q", run.String(), tc.run)
 			}
 		})
+	}
+}
+
+// TestParseContextStopsWhenCancelled parses a long Dockerfile with a
+// cancelled context: the parse stops with the context's error instead of
+// reading every line.
+func TestParseContextStopsWhenCancelled(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("FROM scratch\n")
+	for range 100000 {
+		b.WriteString("LABEL a=b\n")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ParseContext(ctx, "Dockerfile", []byte(b.String())); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ParseContext with a cancelled context: %v", err)
+	}
+	if _, err := ParseContext(context.Background(), "Dockerfile", []byte(b.String())); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -258,7 +258,10 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	if spec.Network == "none" {
 		flags |= syscall.CLONE_NEWNET
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: uintptr(flags), Pdeathsig: syscall.SIGKILL}
+	// The step's processes are the sandbox's process group: without a
+	// pid namespace (chroot, none), killing the sandbox alone would leave
+	// them running, holding the output pipe open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: uintptr(flags), Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		outW.Close()
 		specW.Close()
@@ -271,7 +274,7 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 		specW.Write(data)
 		specW.Close()
 	}()
-	stop := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
+	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	defer stop()
 
 	var tail []string

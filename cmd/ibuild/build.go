@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -98,7 +99,7 @@ func runBuild(c *cli.Context) error {
 		SquashAll:        c.Bool("squash-all"),
 	}
 	if opts.Dockerfile == "-" {
-		data, err := dockerfile.ReadLimited(os.Stdin, "the Dockerfile on standard input")
+		data, err := readStdin(c.Context)
 		if err != nil {
 			return fmt.Errorf("-f -: %w", err)
 		}
@@ -228,6 +229,27 @@ func runBuild(c *cli.Context) error {
 		fmt.Println(res.ID)
 	}
 	return nil
+}
+
+// readStdin reads standard input to its end, or returns ctx's error once
+// ctx is done: a pipe may stay open without data for as long as its
+// writer likes.
+func readStdin(ctx context.Context) ([]byte, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := dockerfile.ReadLimited(os.Stdin, "the Dockerfile on standard input")
+		done <- result{data, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // cacheOptions reads --cache-from (importing each cache now: manifests

@@ -28,10 +28,22 @@ func main() {
 		return
 	}
 	tuneGC()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx := stopOnSignals(context.Background(), sigs, os.Stderr, os.Exit)
 	app := newApp()
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	err := app.RunContext(ctx, os.Args)
+	var stopped *interrupted
+	if err != nil && errors.As(context.Cause(ctx), &stopped) {
+		// The command failed because the signal stopped it; say so
+		// rather than "context canceled".
+		if !errors.Is(err, context.Canceled) {
+			fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(err.Error()))
+		}
+		fmt.Fprintln(os.Stderr, "ibuild:", stopped)
+		os.Exit(stopped.exitCode())
+	}
+	if err != nil {
 		// Errors quote Dockerfile text, file names and references:
 		// control characters in them are shown escaped.
 		fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(err.Error()))

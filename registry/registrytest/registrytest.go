@@ -1,7 +1,8 @@
 // Package registrytest starts registries for tests: Debian's
 // docker-registry (distribution v2) on a free 127.0.0.1 port, and a
-// reverse proxy in front of one that counts requests and can corrupt
-// blobs. It is for tests only.
+// reverse proxy in front of one that counts requests, can corrupt blobs,
+// fail or drop requests, and slow blob transfers down. It is for tests
+// only.
 package registrytest
 
 import (
@@ -210,6 +211,10 @@ type Proxy struct {
 	dropMax   int
 	dropReqs  int
 	dropped   int
+	// rate, when above 0, is how many blob bytes a second one transfer
+	// moves (Throttle); served counts the blob bytes sent to clients.
+	rate   int64
+	served int64
 }
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
@@ -232,6 +237,9 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		}
 		p.mu.Unlock()
 		if !bad {
+			if strings.Contains(resp.Request.URL.Path, "/blobs/") {
+				resp.Body = &proxyBody{ReadCloser: resp.Body, p: p, count: &p.served}
+			}
 			return nil
 		}
 		b, err := io.ReadAll(resp.Body)
@@ -280,7 +288,20 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			return
 		}
 		if upload && r.Body != nil {
-			r.Body = &countingBody{ReadCloser: r.Body, p: p}
+			p.mu.Lock()
+			slow := p.rate > 0
+			p.mu.Unlock()
+			if slow {
+				// Take the whole body first, so that a client that goes
+				// away is noticed (the request's context ends) rather
+				// than its socket buffers drained at the slow rate.
+				b, err := io.ReadAll(r.Body)
+				if err != nil {
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(b))
+			}
+			r.Body = &proxyBody{ReadCloser: r.Body, p: p, count: &p.uploaded}
 		}
 		rp.ServeHTTP(w, r)
 	}))
@@ -340,16 +361,29 @@ func dropConn(w http.ResponseWriter, r *http.Request, target *url.URL) {
 	conn.Close()
 }
 
-type countingBody struct {
+// proxyBody is a blob body passing through the proxy: it adds what is
+// read to count and, while the proxy is throttled, moves at most 16 KiB a
+// read at the proxy's rate.
+type proxyBody struct {
 	io.ReadCloser
-	p *Proxy
+	p     *Proxy
+	count *int64
 }
 
-func (b *countingBody) Read(q []byte) (int, error) {
+func (b *proxyBody) Read(q []byte) (int, error) {
+	b.p.mu.Lock()
+	rate := b.p.rate
+	b.p.mu.Unlock()
+	if rate > 0 && len(q) > 16<<10 {
+		q = q[:16<<10]
+	}
 	n, err := b.ReadCloser.Read(q)
 	b.p.mu.Lock()
-	b.p.uploaded += int64(n)
+	*b.count += int64(n)
 	b.p.mu.Unlock()
+	if rate > 0 && n > 0 {
+		time.Sleep(time.Duration(int64(n) * int64(time.Second) / rate))
+	}
 	return n, err
 }
 
@@ -361,6 +395,24 @@ func (p *Proxy) Uploaded() int64 {
 	n := p.uploaded
 	p.uploaded = 0
 	return n
+}
+
+// Throttle limits every blob transfer through the proxy (GET of a blob,
+// PATCH or PUT of an upload) to bytesPerSecond, from the next read of its
+// body on; 0 lifts the limit. A client that gives up ends the transfer at
+// once.
+func (p *Proxy) Throttle(bytesPerSecond int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate = bytesPerSecond
+}
+
+// Served returns how many blob bytes GET responses carried to clients so
+// far.
+func (p *Proxy) Served() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.served
 }
 
 // FailEvery makes the proxy answer every nth blob request (HEAD, GET,

@@ -135,7 +135,7 @@ func (s *stageRun) commitChanges(ctx context.Context, c *instructions.RunCommand
 	}
 	// The directory already holds what the layer holds.
 	s.c.syncedUnpacked()
-	s.layerSize = desc.Size
+	s.layerSize = desc.ReportedSize()
 	return nil
 }
 

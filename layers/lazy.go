@@ -95,7 +95,7 @@ func (s *Store) LazyLayer(diffIDs []v1.Hash, d Descriptor, opts CommitOptions) v
 // blob is not made yet (a working container committed with another
 // compression), else l.
 func (s *Store) Relazy(l v1.Layer, opts CommitOptions) v1.Layer {
-	ll, ok := l.(*lazyLayer)
+	ll, ok := asLazy(l)
 	if !ok {
 		return l
 	}
@@ -108,7 +108,7 @@ func (s *Store) Relazy(l v1.Layer, opts CommitOptions) v1.Layer {
 // LayerDescriptor is l's Descriptor when l is a layer of this package's
 // (stored or lazy), without making a blob.
 func LayerDescriptor(l v1.Layer) (Descriptor, bool) {
-	switch l := l.(type) {
+	switch l := unwrap(l).(type) {
 	case *lazyLayer:
 		return l.Descriptor(), true
 	case *blobLayer:
@@ -127,7 +127,7 @@ func (s *Store) Materialize(ctx context.Context, ls []v1.Layer, jobs int) error 
 	var wg sync.WaitGroup
 	errs := make([]error, len(ls))
 	for i, l := range ls {
-		ll, ok := l.(*lazyLayer)
+		ll, ok := asLazy(l)
 		if !ok {
 			continue
 		}
@@ -315,4 +315,35 @@ func (s *Store) hasSnapshot(chain v1.Hash) bool {
 	}
 	_, err = st.Layer(chain.Hex)
 	return err == nil
+}
+
+// unwrap is the layer under wrappers that rename a layer's media type
+// (they have an Unwrap method).
+func unwrap(l v1.Layer) v1.Layer {
+	for range 8 {
+		u, ok := l.(interface{ Unwrap() v1.Layer })
+		if !ok {
+			break
+		}
+		l = u.Unwrap()
+	}
+	return l
+}
+
+func asLazy(l v1.Layer) (*lazyLayer, bool) {
+	ll, ok := unwrap(l).(*lazyLayer)
+	return ll, ok
+}
+
+// layerName names layer index (from 0) of an image in messages: by its
+// blob digest when it has one, else by its diff ID, without making a blob.
+func layerName(l v1.Layer, index int) string {
+	if d, ok := LayerDescriptor(l); ok {
+		if d.Lazy() {
+			return fmt.Sprintf("layer %d (diff ID %s)", index+1, d.DiffID)
+		}
+		return fmt.Sprintf("layer %d (%s)", index+1, d.Digest)
+	}
+	digest, _ := l.Digest()
+	return fmt.Sprintf("layer %d (%s)", index+1, digest)
 }

@@ -149,6 +149,20 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 	return desc, nil
 }
 
+// addLinkedLayerDir is addLayerDir for a directory whose files are hard
+// links into the stage's unpacked root (a step run over it in place),
+// which later steps change: the blob is made now and the directory is not
+// kept as the snapshot, which would change with them.
+func (c *Container) addLinkedLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
+	defer os.RemoveAll(dir)
+	desc, err := c.store.Blobs().CommitDir(ctx, dir, c.opts.commit)
+	if err != nil {
+		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
+	}
+	c.appendLayer(c.store.Blobs().Layer(desc), desc, createdBy)
+	return desc, nil
+}
+
 // layerFor is the layer desc on top of the container's current layers:
 // a stored blob, or a lazy layer living in its snapshot.
 func (c *Container) layerFor(desc layers.Descriptor) v1.Layer {

@@ -129,7 +129,7 @@ func (s *stageRun) commitChanges(ctx context.Context, c *instructions.RunCommand
 	if err := layers.WriteChangesDir(ctx, root, changes, upper); err != nil {
 		return err
 	}
-	desc, err := s.c.addLayerDir(ctx, upper, cmdText(c))
+	desc, err := s.c.addLinkedLayerDir(ctx, upper, cmdText(c))
 	if err != nil {
 		return err
 	}

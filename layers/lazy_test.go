@@ -36,6 +36,14 @@ func lazyFixture(t *testing.T, dir string, epoch time.Time) {
 	if err := os.WriteFile(filepath.Join(opq, "f"), []byte("new"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Fixed times for what was just made or changed: two fixtures made
+	// seconds apart must be the same layer.
+	future := epoch.Add(24 * time.Hour)
+	for _, p := range []string{"app/gone", "opq/f", "opq", "app"} {
+		if err := unix.Lutimes(filepath.Join(dir, p), []unix.Timeval{unix.NsecToTimeval(future.UnixNano()), unix.NsecToTimeval(future.UnixNano())}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestCommitSnapshotMatchesCommitDir: a layer committed as a snapshot and

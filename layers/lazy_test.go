@@ -20,7 +20,12 @@ import (
 func lazyFixture(t *testing.T, dir string, epoch time.Time) {
 	t.Helper()
 	adoptFixture(t, dir, epoch)
+	future := epoch.Add(24 * time.Hour)
+	tv := []unix.Timeval{unix.NsecToTimeval(future.UnixNano()), unix.NsecToTimeval(future.UnixNano())}
 	if os.Geteuid() != 0 {
+		if err := unix.Lutimes(filepath.Join(dir, "app/link"), tv); err != nil {
+			t.Fatal(err)
+		}
 		return
 	}
 	if err := unix.Mknod(filepath.Join(dir, "app/gone"), unix.S_IFCHR, 0); err != nil {
@@ -38,9 +43,8 @@ func lazyFixture(t *testing.T, dir string, epoch time.Time) {
 	}
 	// Fixed times for what was just made or changed: two fixtures made
 	// seconds apart must be the same layer.
-	future := epoch.Add(24 * time.Hour)
-	for _, p := range []string{"app/gone", "opq/f", "opq", "app"} {
-		if err := unix.Lutimes(filepath.Join(dir, p), []unix.Timeval{unix.NsecToTimeval(future.UnixNano()), unix.NsecToTimeval(future.UnixNano())}); err != nil {
+	for _, p := range []string{"app/link", "app/gone", "opq/f", "opq", "app"} {
+		if err := unix.Lutimes(filepath.Join(dir, p), tv); err != nil {
 			t.Fatal(err)
 		}
 	}

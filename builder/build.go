@@ -166,6 +166,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			}
 		}
 		entries := cache.exportEntries(isFinal)
+		// The result's layers have their blobs already; mode=max exports
+		// other stages' too, made as the export reads them.
+		var ls []v1.Layer
+		for _, e := range entries {
+			if e.Layer != nil && e.Final {
+				ls = append(ls, e.Layer)
+			}
+		}
+		if err := opts.Store.Materialize(ctx, ls, opts.Jobs); err != nil {
+			return nil, fmt.Errorf("--cache-to: %w", err)
+		}
 		for _, exp := range opts.CacheTo {
 			if err := exp.ExportCache(ctx, entries); err != nil {
 				return nil, fmt.Errorf("--cache-to: %w", err)
@@ -206,6 +217,11 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			})
 		}
 		res.Index, top = idx, idx
+	}
+	// The result's layers leave the build: make the blobs of those that
+	// are still snapshots only, --jobs at a time.
+	if err := materialize(ctx, opts, images); err != nil {
+		return nil, err
 	}
 	// Outputs read every layer anyway: then the result is stored too.
 	if len(opts.Push) > 0 && len(opts.Outputs) == 0 {
@@ -287,6 +303,9 @@ func missingLayers(st *layers.Store, images []v1.Image) (int, error) {
 			if mt, err := l.MediaType(); err == nil && !mt.IsDistributable() {
 				continue
 			}
+			if ld, ok := layers.LayerDescriptor(l); ok && ld.Lazy() {
+				continue // in a local snapshot
+			}
 			d, err := l.Digest()
 			if err != nil {
 				return 0, err
@@ -297,6 +316,20 @@ func missingLayers(st *layers.Store, images []v1.Image) (int, error) {
 		}
 	}
 	return len(seen), nil
+}
+
+// materialize makes the blobs of the images' lazy layers (see
+// layers.CommitSnapshot), opts.Jobs at a time.
+func materialize(ctx context.Context, opts *Options, images []v1.Image) error {
+	var all []v1.Layer
+	for _, img := range images {
+		ls, err := img.Layers()
+		if err != nil {
+			return err
+		}
+		all = append(all, ls...)
+	}
+	return opts.Store.Materialize(ctx, all, opts.Jobs)
 }
 
 // pushResult pushes the result to opts.Push, from memory: layers from a

@@ -126,8 +126,9 @@ func (cs *cacheSession) acquire(ctx context.Context, key v1.Hash) (release func(
 	}
 }
 
-// get finds key's record locally, then in the imported caches.
-func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, error) {
+// get finds key's record locally, then in the imported caches. A local
+// record's layer is read as the layer on top of c's.
+func (cs *cacheSession) get(key v1.Hash, c *Container) (*layers.CacheRecord, v1.Layer, bool, error) {
 	rec, ok, err := cs.store.CacheGet(key)
 	if err != nil {
 		return nil, nil, false, err
@@ -135,7 +136,7 @@ func (cs *cacheSession) get(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool, e
 	if ok {
 		var l v1.Layer
 		if rec.Layer != nil {
-			l = cs.store.Blobs().Layer(*rec.Layer)
+			l = c.layerFor(*rec.Layer)
 		}
 		return rec, l, true, nil
 	}

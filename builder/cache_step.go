@@ -9,6 +9,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/ibuild/ibuild/layers"
 )
 
 // startKey sets the stage's first cache key from its base, and works out
@@ -82,7 +84,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 			return false, "", err
 		}
 		defer release()
-		rec, layer, ok, err := cs.get(key)
+		rec, layer, ok, err := cs.get(key, s.c)
 		if err != nil {
 			return false, "", err
 		}
@@ -152,15 +154,22 @@ func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *
 	}
 	defer release()
 	if desc, ok := cs.store.LayerMemo(key); ok && s.useCache() {
-		s.c.appendLayer(*desc, cmdText(cmd))
-		s.layerSize = desc.Size
+		s.c.appendLayer(s.c.layerFor(*desc), *desc, cmdText(cmd))
+		s.layerSize = desc.ReportedSize()
 		return nil
 	}
 	if err := s.dispatch(ctx, cmd); err != nil {
 		return err
 	}
 	if s.c.lastLayer != nil {
-		if err := cs.store.PutLayerMemo(key, *s.c.lastLayer); err != nil {
+		d := *s.c.lastLayer
+		below := len(s.c.config.RootFS.DiffIDs) - 1
+		ch := layers.ChainIDs(s.c.config.RootFS.DiffIDs)[below]
+		var chain *v1.Hash
+		if d.Lazy() {
+			chain = &ch
+		}
+		if err := cs.store.PutLayerMemo(key, d, chain); err != nil {
 			s.b.warn("build cache: " + err.Error())
 		}
 	}

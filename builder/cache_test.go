@@ -320,7 +320,7 @@ func TestCacheRun(t *testing.T) {
 	df := "FROM busybox:1\nARG V=1\n" +
 		"RUN echo v=$V > /v\n" +
 		"RUN --mount=type=bind,source=data,target=/d cat /d/x > /x\n" +
-		"RUN --mount=type=secret,id=s cat /run/secrets/s > /dev/null && date +%s%N > /ran\n"
+		"RUN --mount=type=secret,id=s cat /run/secrets/s > /dev/null && cat /proc/sys/kernel/random/uuid > /ran\n"
 	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), SourceDateEpoch: &epoch,
 		Secrets: map[string]SecretSource{"s": {File: filepath.Join(dir, "secret")}}}
 	build := func(name string, change func()) (*stepLog, *Result) {

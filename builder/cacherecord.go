@@ -102,6 +102,10 @@ func (c *Container) cacheRecord(m stepMark) (*layers.CacheRecord, v1.Layer, erro
 		d := *c.lastLayer
 		rec.Layer = &d
 		l = c.layers[len(c.layers)-1]
+		if d.Lazy() {
+			ch := layers.ChainIDs(c.config.RootFS.DiffIDs)
+			rec.Chain = &ch[len(ch)-1]
+		}
 	}
 	return rec, l, nil
 }

@@ -141,17 +141,42 @@ func (c *Container) addHistory(createdBy string) {
 // removed.
 func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
 	defer os.RemoveAll(dir)
+	l, desc, err := c.store.CommitSnapshot(ctx, dir, c.config.RootFS.DiffIDs, c.opts.commit)
+	if err != nil {
+		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
+	}
+	c.appendLayer(l, desc, createdBy)
+	return desc, nil
+}
+
+// addLinkedLayerDir is addLayerDir for a directory whose files are hard
+// links into the stage's unpacked root (a step run over it in place),
+// which later steps change: the blob is made now and the directory is not
+// kept as the snapshot, which would change with them.
+func (c *Container) addLinkedLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
+	defer os.RemoveAll(dir)
 	desc, err := c.store.Blobs().CommitDir(ctx, dir, c.opts.commit)
 	if err != nil {
 		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
 	}
-	diffIDs := append(slices.Clone(c.config.RootFS.DiffIDs), desc.DiffID)
-	if _, err := c.store.AdoptSnapshot(ctx, dir, diffIDs, desc.UncompressedSize, c.opts.commit.SourceDateEpoch); err != nil && c.opts.warn != nil {
-		// Only a shortcut is lost: the layer is extracted when needed.
-		c.opts.warn("keeping the layer directory as its snapshot: " + err.Error())
-	}
-	c.appendLayer(desc, createdBy)
+	c.appendLayer(c.store.Blobs().Layer(desc), desc, createdBy)
 	return desc, nil
+}
+
+// layerFor is the layer desc on top of the container's current layers:
+// a stored blob, or a lazy layer living in its snapshot.
+func (c *Container) layerFor(desc layers.Descriptor) v1.Layer {
+	return c.store.LazyLayer(append(slices.Clone(c.config.RootFS.DiffIDs), desc.DiffID), desc, c.opts.commit)
+}
+
+// lazyChain is the chain ID of the snapshot holding the lazy layer desc on
+// top of the container's current layers (nil for a stored blob).
+func (c *Container) lazyChain(desc layers.Descriptor) *v1.Hash {
+	if !desc.Lazy() {
+		return nil
+	}
+	ch := layers.ChainIDs(append(slices.Clone(c.config.RootFS.DiffIDs), desc.DiffID))
+	return &ch[len(ch)-1]
 }
 
 // chainID names the container's layers as a whole ("" for none). It is
@@ -168,9 +193,10 @@ func (c *Container) chainID() string {
 	return c.chain.id
 }
 
-// appendLayer adds the stored layer desc, with a history entry createdBy.
-func (c *Container) appendLayer(desc layers.Descriptor, createdBy string) {
-	c.layers = append(c.layers, c.store.Blobs().Layer(desc))
+// appendLayer adds the layer l (described by desc), with a history entry
+// createdBy.
+func (c *Container) appendLayer(l v1.Layer, desc layers.Descriptor, createdBy string) {
+	c.layers = append(c.layers, l)
 	c.lastLayer = &desc
 	c.config.Created = v1.Time{Time: c.opts.created}
 	c.config.RootFS.DiffIDs = append(c.config.RootFS.DiffIDs, desc.DiffID)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -77,14 +78,21 @@ func (f Format) layerType(mt types.MediaType) types.MediaType {
 
 // builtImage is an image assembled in memory from a config and layers. The
 // manifest and config bytes are computed once, so its digest is stable.
+// The manifest is made only when asked for: it needs the layers' blobs,
+// which for layers committed as snapshots are made then (see
+// layers.CommitSnapshot); the config, the layers and the image ID do not.
 type builtImage struct {
-	layers   []v1.Layer
-	types    []types.MediaType
-	cfg      *v1.ConfigFile
-	rawCfg   []byte
+	layers      []v1.Layer
+	types       []types.MediaType
+	cfg         *v1.ConfigFile
+	rawCfg      []byte
+	format      Format
+	annotations map[string]string
+
+	once     sync.Once
 	manifest *v1.Manifest
 	rawMan   []byte
-	format   Format
+	manErr   error
 }
 
 var _ v1.Image = (*builtImage)(nil)
@@ -99,40 +107,51 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer, format Format, annotations map[
 	if err != nil {
 		return nil, err
 	}
-	img := &builtImage{layers: ls, cfg: cfg, rawCfg: rawCfg, format: format}
-	m := &v1.Manifest{
-		SchemaVersion: 2,
-		MediaType:     format.manifestType(),
-		Config: v1.Descriptor{
-			MediaType: format.configType(),
-			Size:      int64(len(rawCfg)),
-			Digest:    sha256Hash(rawCfg),
-		},
-		Annotations: annotations,
-	}
+	img := &builtImage{layers: ls, cfg: cfg, rawCfg: rawCfg, format: format, annotations: annotations}
 	for i, l := range ls {
-		d, err := l.Digest()
-		if err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i, err)
-		}
-		sz, err := l.Size()
-		if err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i, err)
-		}
 		mt, err := l.MediaType()
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", i, err)
 		}
-		mt = format.layerType(mt)
-		img.types = append(img.types, mt)
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: mt, Size: sz, Digest: d})
+		img.types = append(img.types, format.layerType(mt))
 	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	img.manifest, img.rawMan = m, raw
 	return img, nil
+}
+
+// built makes the manifest, once.
+func (i *builtImage) built() error {
+	i.once.Do(func() {
+		m := &v1.Manifest{
+			SchemaVersion: 2,
+			MediaType:     i.format.manifestType(),
+			Config: v1.Descriptor{
+				MediaType: i.format.configType(),
+				Size:      int64(len(i.rawCfg)),
+				Digest:    sha256Hash(i.rawCfg),
+			},
+			Annotations: i.annotations,
+		}
+		for k, l := range i.layers {
+			d, err := l.Digest()
+			if err != nil {
+				i.manErr = fmt.Errorf("layer %d: %w", k, err)
+				return
+			}
+			sz, err := l.Size()
+			if err != nil {
+				i.manErr = fmt.Errorf("layer %d: %w", k, err)
+				return
+			}
+			m.Layers = append(m.Layers, v1.Descriptor{MediaType: i.types[k], Size: sz, Digest: d})
+		}
+		raw, err := json.Marshal(m)
+		if err != nil {
+			i.manErr = err
+			return
+		}
+		i.manifest, i.rawMan = m, raw
+	})
+	return i.manErr
 }
 
 func sha256Hash(b []byte) v1.Hash {
@@ -147,9 +166,14 @@ func (i *builtImage) Layers() ([]v1.Layer, error) {
 	}
 	return out, nil
 }
-func (i *builtImage) MediaType() (types.MediaType, error) { return i.manifest.MediaType, nil }
-func (i *builtImage) Size() (int64, error)                { return int64(len(i.rawMan)), nil }
-func (i *builtImage) ConfigName() (v1.Hash, error)        { return i.manifest.Config.Digest, nil }
+func (i *builtImage) MediaType() (types.MediaType, error) { return i.format.manifestType(), nil }
+func (i *builtImage) Size() (int64, error) {
+	if err := i.built(); err != nil {
+		return 0, err
+	}
+	return int64(len(i.rawMan)), nil
+}
+func (i *builtImage) ConfigName() (v1.Hash, error) { return sha256Hash(i.rawCfg), nil }
 func (i *builtImage) ConfigFile() (*v1.ConfigFile, error) {
 	var c v1.ConfigFile
 	if err := json.NewDecoder(bytes.NewReader(i.rawCfg)).Decode(&c); err != nil {
@@ -158,15 +182,31 @@ func (i *builtImage) ConfigFile() (*v1.ConfigFile, error) {
 	return &c, nil
 }
 func (i *builtImage) RawConfigFile() ([]byte, error) { return i.rawCfg, nil }
-func (i *builtImage) Digest() (v1.Hash, error)       { return sha256Hash(i.rawMan), nil }
+func (i *builtImage) Digest() (v1.Hash, error) {
+	if err := i.built(); err != nil {
+		return v1.Hash{}, err
+	}
+	return sha256Hash(i.rawMan), nil
+}
 func (i *builtImage) Manifest() (*v1.Manifest, error) {
+	if err := i.built(); err != nil {
+		return nil, err
+	}
 	m := *i.manifest
 	return &m, nil
 }
-func (i *builtImage) RawManifest() ([]byte, error) { return i.rawMan, nil }
+func (i *builtImage) RawManifest() ([]byte, error) {
+	if err := i.built(); err != nil {
+		return nil, err
+	}
+	return i.rawMan, nil
+}
 func (i *builtImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
-	if h == i.manifest.Config.Digest {
-		return static.NewLayer(i.rawCfg, i.manifest.Config.MediaType), nil
+	if h == sha256Hash(i.rawCfg) {
+		return static.NewLayer(i.rawCfg, i.format.configType()), nil
+	}
+	if err := i.built(); err != nil {
+		return nil, err
 	}
 	for k, d := range i.manifest.Layers {
 		if d.Digest == h {

@@ -153,7 +153,7 @@ func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy str
 	if err != nil {
 		return err
 	}
-	s.layerSize = desc.Size
+	s.layerSize = desc.ReportedSize()
 	return nil
 }
 

@@ -132,7 +132,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err != nil {
 		return err
 	}
-	s.layerSize = desc.Size
+	s.layerSize = desc.ReportedSize()
 	return nil
 }
 

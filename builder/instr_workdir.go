@@ -67,6 +67,6 @@ func (s *stageRun) ensureDir(ctx context.Context, dir, createdBy string) (bool, 
 	if err != nil {
 		return false, err
 	}
-	s.layerSize = desc.Size
+	s.layerSize = desc.ReportedSize()
 	return true, nil
 }

@@ -28,7 +28,7 @@ COPY busybox /bin/busybox
 COPY etc/ /etc/
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 COPY app/ /app/
-RUN date +%s%N > /stamp
+RUN cat /proc/sys/kernel/random/uuid > /stamp
 RUN cat /app/a.txt > /app/built && echo done >> /app/built
 COPY --link late.txt /late.txt
 `

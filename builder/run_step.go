@@ -129,13 +129,13 @@ func (s *stageRun) commitChanges(ctx context.Context, c *instructions.RunCommand
 	if err := layers.WriteChangesDir(ctx, root, changes, upper); err != nil {
 		return err
 	}
-	desc, err := s.c.addLayerDir(ctx, upper, cmdText(c))
+	desc, err := s.c.addLinkedLayerDir(ctx, upper, cmdText(c))
 	if err != nil {
 		return err
 	}
 	// The directory already holds what the layer holds.
 	s.c.syncedUnpacked()
-	s.layerSize = desc.Size
+	s.layerSize = desc.ReportedSize()
 	return nil
 }
 

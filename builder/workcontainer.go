@@ -273,8 +273,11 @@ func readContainerState(dir string) (*ContainerState, error) {
 func (st *ContainerState) container(store *layers.Store) (*Container, error) {
 	c := &Container{store: store, platform: st.Platform, config: *st.Config.DeepCopy(),
 		opts: containerOptions{created: time.Now().UTC()}}
-	for _, d := range st.Layers {
-		c.layers = append(c.layers, store.Blobs().Layer(d))
+	for i, d := range st.Layers {
+		if i >= len(c.config.RootFS.DiffIDs) {
+			break // reported below
+		}
+		c.layers = append(c.layers, store.LazyLayer(c.config.RootFS.DiffIDs[:i+1], d, layers.CommitOptions{}))
 	}
 	if len(c.layers) != len(c.config.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("container %s is inconsistent: %d layers, %d diffIDs", st.Name, len(c.layers), len(c.config.RootFS.DiffIDs))
@@ -312,7 +315,9 @@ func (c *Container) save(ctx context.Context) error {
 	}
 	var pins []v1.Hash
 	for _, d := range st.Layers {
-		pins = append(pins, d.Digest)
+		if !d.Lazy() {
+			pins = append(pins, d.Digest)
+		}
 	}
 	pins = append(pins, layers.ChainIDs(st.Config.RootFS.DiffIDs)...)
 	if err := c.store.SetRoot(ctx, "container-"+st.Name, pins); err != nil {
@@ -359,6 +364,9 @@ func (c *Container) Remove(ctx context.Context) error {
 
 // descriptorOf describes a layer of the store for the state file.
 func descriptorOf(l v1.Layer) (layers.Descriptor, error) {
+	if d, ok := layers.LayerDescriptor(l); ok {
+		return d, nil // a lazy layer stays lazy
+	}
 	var d layers.Descriptor
 	var err error
 	if d.MediaType, err = l.MediaType(); err != nil {

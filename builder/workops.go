@@ -404,6 +404,15 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	}
 	defer unlock()
 	c.opts.format = format
+	// Layers still only in snapshots get their blobs made now, compressed
+	// as asked.
+	commit := layers.CommitOptions{Compression: o.Compression, Level: o.CompressionLevel}
+	for i, l := range c.layers {
+		c.layers[i] = c.store.Relazy(l, commit)
+	}
+	if err := c.store.Materialize(ctx, c.layers, runtime.NumCPU()); err != nil {
+		return nil, v1.Descriptor{}, fmt.Errorf("commit: %w", err)
+	}
 	img, err := c.Image()
 	if err != nil {
 		return nil, v1.Descriptor{}, err

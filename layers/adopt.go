@@ -30,55 +30,98 @@ import (
 // snapshotter cannot take a directory (vfs, or overlay without root
 // privileges, whose whiteout format differs); the caller then removes dir.
 func (s *Store) AdoptSnapshot(ctx context.Context, dir string, diffIDs []v1.Hash, size int64, epoch *time.Time) (bool, error) {
+	res, err := s.adopt(ctx, dir, diffIDs, size, epoch)
+	return res == adoptDone, err
+}
+
+// adoptResult says what adopt did with a directory.
+type adoptResult int
+
+const (
+	// adoptRefused: the snapshotter cannot take the directory (or the
+	// layer below has no snapshot); it is left alone.
+	adoptRefused adoptResult = iota
+	// adoptDone: the directory became the snapshot.
+	adoptDone
+	// adoptExists: the snapshot existed already (same chain, so the same
+	// content); the directory is left alone.
+	adoptExists
+)
+
+// canAdopt reports whether a directory committed on top of the layers
+// below can become its layer's snapshot.
+func (s *Store) canAdopt(below []v1.Hash) bool {
+	if s.snapshotter == SnapshotterNative {
+		return true
+	}
+	st, err := s.containerStorage(true)
+	if err != nil {
+		return false
+	}
+	s.cs.mu.Lock()
+	driver := s.cs.driver
+	s.cs.mu.Unlock()
+	if driver != SnapshotterOverlay || os.Geteuid() != 0 || unshare.IsRootless() {
+		return false
+	}
+	if len(below) == 0 {
+		return true
+	}
+	chains := ChainIDs(below)
+	_, err = st.Layer(chains[len(chains)-1].Hex)
+	return err == nil
+}
+
+func (s *Store) adopt(ctx context.Context, dir string, diffIDs []v1.Hash, size int64, epoch *time.Time) (adoptResult, error) {
 	if len(diffIDs) == 0 {
-		return false, nil
+		return adoptRefused, nil
 	}
 	unlock, err := s.Lock(ctx, false)
 	if err != nil {
-		return false, err
+		return adoptRefused, err
 	}
 	defer unlock()
 	chains := ChainIDs(diffIDs)
 	chain := chains[len(chains)-1]
 	diffID := diffIDs[len(diffIDs)-1]
 	if !validHash(chain) || !validHash(diffID) {
-		return false, fmt.Errorf("adopt snapshot: invalid diff ID %q", diffID)
+		return adoptRefused, fmt.Errorf("adopt snapshot: invalid diff ID %q", diffID)
 	}
 	if s.snapshotter == SnapshotterNative {
 		return s.adoptNative(ctx, dir, chain, epoch)
 	}
 	st, err := s.containerStorage(true)
 	if err != nil {
-		return false, fmt.Errorf("adopt snapshot: %w", err)
+		return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 	}
 	s.cs.mu.Lock()
 	driver := s.cs.driver
 	s.cs.mu.Unlock()
 	if driver != SnapshotterOverlay || os.Geteuid() != 0 || unshare.IsRootless() {
-		return false, nil
+		return adoptRefused, nil
 	}
 	parent := ""
 	if len(chains) > 1 {
 		parent = chains[len(chains)-2].Hex
 		if _, err := st.Layer(parent); err != nil {
-			return false, nil
+			return adoptRefused, nil
 		}
 	}
 	lockPath := s.snapshotDir(chain) + ".lock"
 	if _, err := st.Layer(chain.Hex); err == nil {
-		return false, nil
+		return adoptExists, nil
 	}
 	unlockSnap, err := lockFile(ctx, lockPath, true)
 	if err != nil {
-		return false, err
+		return adoptRefused, err
 	}
 	defer unlockSnap()
 	touchNow(lockPath)
 	if _, err := st.Layer(chain.Hex); err == nil {
-		return false, nil
+		return adoptExists, nil
 	}
 	if err := normalizeSnapshotDir(dir, epoch); err != nil {
-		return false, fmt.Errorf("adopt snapshot: %w", err)
+		return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 	}
 	d := &dirDiffer{src: dir, diffID: diffID, size: size}
 	opts := &graphdriver.ApplyDiffWithDifferOpts{}
@@ -88,46 +131,46 @@ func (s *Store) AdoptSnapshot(ctx context.Context, dir string, diffIDs []v1.Hash
 			_ = st.CleanupStagedLayer(out)
 		}
 		if d.moved {
-			return false, fmt.Errorf("adopt snapshot: %w", err)
+			return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 		}
-		return false, nil
+		return adoptRefused, nil
 	}
 	if _, err := st.ApplyStagedLayer(storage.ApplyStagedLayerOptions{
 		ID: chain.Hex, ParentLayer: parent, DiffOutput: out, DiffOptions: opts,
 	}); err != nil {
 		_ = st.CleanupStagedLayer(out)
 		if errors.Is(err, storage.ErrDuplicateID) {
-			return true, nil
+			return adoptExists, nil
 		}
-		return true, fmt.Errorf("adopt snapshot: %w", err)
+		return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 	}
-	return true, nil
+	return adoptDone, nil
 }
 
 // adoptNative renames dir to the native snapshot of chain.
-func (s *Store) adoptNative(ctx context.Context, dir string, chain v1.Hash, epoch *time.Time) (bool, error) {
+func (s *Store) adoptNative(ctx context.Context, dir string, chain v1.Hash, epoch *time.Time) (adoptResult, error) {
 	target := s.snapshotDir(chain)
 	if isRealDir(target) {
-		return false, nil
+		return adoptExists, nil
 	}
 	lockPath := target + ".lock"
 	unlock, err := lockFile(ctx, lockPath, true)
 	if err != nil {
-		return false, err
+		return adoptRefused, err
 	}
 	defer unlock()
 	touchNow(lockPath)
 	if isRealDir(target) {
-		return false, nil
+		return adoptExists, nil
 	}
 	if err := normalizeSnapshotDir(dir, epoch); err != nil {
-		return false, fmt.Errorf("adopt snapshot: %w", err)
+		return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 	}
 	if err := os.Rename(dir, target); err != nil {
-		return false, fmt.Errorf("adopt snapshot: %w", err)
+		return adoptRefused, fmt.Errorf("adopt snapshot: %w", err)
 	}
 	syncDir(filepath.Dir(target))
-	return true, nil
+	return adoptDone, nil
 }
 
 // normalizeSnapshotDir makes dir what extracting its tar would give: the

@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"sync/atomic"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -22,7 +23,14 @@ import (
 // partial blob that looks whole.
 type BlobStore struct {
 	dir string
+	// compressedIn counts the uncompressed bytes CommitTar compressed.
+	compressedIn atomic.Int64
 }
+
+// CompressedBytes is how many uncompressed bytes this BlobStore has put
+// through a compressor since it was opened (a statistic: builds compress
+// only what they export).
+func (s *BlobStore) CompressedBytes() int64 { return s.compressedIn.Load() }
 
 // OpenBlobStore opens (creating if needed) the blob store rooted at dir.
 func OpenBlobStore(dir string) (*BlobStore, error) {

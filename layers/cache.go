@@ -24,7 +24,12 @@ type CacheRecord struct {
 	// config (its format is the builder's, and versioned there).
 	Config json.RawMessage `json:"config"`
 	// Layer is the layer the step added; nil for a step that made none.
+	// A lazy one (no blob yet, see CommitSnapshot) lives in the snapshot
+	// Chain names.
 	Layer *Descriptor `json:"layer,omitempty"`
+	// Chain is the chain ID of the layer (and those below), for a lazy
+	// Layer: its snapshot is kept while the record is.
+	Chain *v1.Hash `json:"chain,omitempty"`
 }
 
 // CacheEntry is one step's cache record with its key and layer, as a
@@ -62,13 +67,8 @@ func (s *Store) CacheGet(key v1.Hash) (rec *CacheRecord, ok bool, err error) {
 		// treat it as absent; the step runs and rewrites it.
 		return nil, false, nil
 	}
-	if rec.Layer != nil {
-		if !validHash(rec.Layer.Digest) || !validHash(rec.Layer.DiffID) {
-			return nil, false, nil
-		}
-		if _, err := os.Lstat(s.blobs.Path(rec.Layer.Digest)); err != nil {
-			return nil, false, nil
-		}
+	if rec.Layer != nil && !s.layerPresent(*rec.Layer, rec.Chain) {
+		return nil, false, nil
 	}
 	_ = touchNow(p)
 	return rec, true, nil
@@ -127,6 +127,22 @@ func (s *Store) writeCacheFile(path string, b []byte) error {
 	return nil
 }
 
+// layerPresent reports whether the layer d can be read: its blob, or for a
+// lazy one the snapshot of chain.
+func (s *Store) layerPresent(d Descriptor, chain *v1.Hash) bool {
+	if !validHash(d.DiffID) {
+		return false
+	}
+	if d.Lazy() {
+		return chain != nil && validHash(*chain) && s.hasSnapshot(*chain)
+	}
+	if !validHash(d.Digest) {
+		return false
+	}
+	_, err := os.Lstat(s.blobs.Path(d.Digest))
+	return err == nil
+}
+
 func (s *Store) cachePath(key v1.Hash) string {
 	return filepath.Join(s.root, "cache", "records", key.Hex+".json")
 }
@@ -174,16 +190,15 @@ func (s *Store) PruneCache(ctx context.Context, keep time.Duration) (CachePruneR
 }
 
 // cacheLayers lists the layer digests cache records name, for Prune.
-func (s *Store) cacheLayers() ([]v1.Hash, error) {
+func (s *Store) cacheLayers() (blobs, chains []v1.Hash, err error) {
 	dir := filepath.Join(s.root, "cache", "records")
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read cache records: %w", err)
+		return nil, nil, fmt.Errorf("read cache records: %w", err)
 	}
-	var out []v1.Hash
 	for _, e := range ents {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
@@ -193,15 +208,20 @@ func (s *Store) cacheLayers() ([]v1.Hash, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read cache records: %w", err)
+			return nil, nil, fmt.Errorf("read cache records: %w", err)
 		}
 		var rec CacheRecord
-		if json.Unmarshal(b, &rec) != nil || rec.Layer == nil || !validHash(rec.Layer.Digest) {
+		if json.Unmarshal(b, &rec) != nil || rec.Layer == nil {
 			continue
 		}
-		out = append(out, rec.Layer.Digest)
+		if validHash(rec.Layer.Digest) {
+			blobs = append(blobs, rec.Layer.Digest)
+		}
+		if rec.Chain != nil && validHash(*rec.Chain) {
+			chains = append(chains, *rec.Chain)
+		}
 	}
-	return out, nil
+	return blobs, chains, nil
 }
 
 // LayerMemo returns the layer stored under key by PutLayerMemo, if its
@@ -217,22 +237,27 @@ func (s *Store) LayerMemo(key v1.Hash) (*Descriptor, bool) {
 	if err != nil {
 		return nil, false
 	}
-	var d Descriptor
-	if json.Unmarshal(b, &d) != nil || !validHash(d.Digest) || !validHash(d.DiffID) {
+	var m layerMemo
+	if json.Unmarshal(b, &m) != nil || !s.layerPresent(m.Descriptor, m.Chain) {
 		return nil, false
 	}
-	if _, err := os.Lstat(s.blobs.Path(d.Digest)); err != nil {
-		return nil, false
-	}
-	return &d, true
+	return &m.Descriptor, true
 }
 
-// PutLayerMemo records d under key (see LayerMemo).
-func (s *Store) PutLayerMemo(key v1.Hash, d Descriptor) error {
+// layerMemo is what PutLayerMemo records: a layer, and for a lazy one the
+// chain ID of its snapshot.
+type layerMemo struct {
+	Descriptor
+	Chain *v1.Hash `json:"chain,omitempty"`
+}
+
+// PutLayerMemo records d under key (see LayerMemo); chain is the chain ID
+// of a lazy layer's snapshot.
+func (s *Store) PutLayerMemo(key v1.Hash, d Descriptor, chain *v1.Hash) error {
 	if !validHash(key) {
 		return fmt.Errorf("cache: invalid key %q", key)
 	}
-	b, err := json.Marshal(d)
+	b, err := json.Marshal(layerMemo{d, chain})
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,7 @@ func (s *BlobStore) CommitTar(ctx context.Context, tarStream io.Reader, opts Com
 	if err == nil {
 		err = out.Flush()
 	}
+	s.compressedIn.Add(diff.n)
 	if err != nil {
 		return Descriptor{}, err
 	}

@@ -268,8 +268,7 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 	if !validHash(chain) || !validHash(diffID) {
 		return fmt.Errorf("snapshot: invalid diff ID %q", diffID)
 	}
-	digest, _ := l.Digest()
-	src := fmt.Sprintf("layer %d (%s)", index+1, digest)
+	src := layerName(l, index)
 	check := func(lay *storage.Layer) error {
 		if lay.UncompressedDigest.String() != diffID.String() {
 			return fmt.Errorf("snapshot %s: stored layer %s has diff ID %s, the image config says %s", src, chain.Hex, lay.UncompressedDigest, diffID)

@@ -119,8 +119,7 @@ func (s *Store) snapshot(ctx context.Context, chain, diffID v1.Hash, l v1.Layer,
 	if isRealDir(dir) {
 		return dir, nil // another caller extracted it while we waited
 	}
-	digest, _ := l.Digest()
-	src := fmt.Sprintf("layer %d (%s)", index+1, digest)
+	src := layerName(l, index)
 	tmp, err := os.MkdirTemp(filepath.Join(s.root, "tmp"), "snapshot-"+chain.Hex[:12]+"-")
 	if err != nil {
 		return "", fmt.Errorf("snapshot %s: %w", src, err)

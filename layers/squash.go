@@ -71,10 +71,7 @@ func (s *Store) Squash(ctx context.Context, ls []v1.Layer, opts SquashOptions) (
 // extractLayer extracts l, the layer at index i of the squashed range,
 // into dir, reading it to the end so a verifying reader checks it all.
 func extractLayer(ctx context.Context, l v1.Layer, dir string, i int, mode WhiteoutMode, warn func(string)) error {
-	src := fmt.Sprintf("layer %d", i+1)
-	if d, err := l.Digest(); err == nil {
-		src += " (" + d.String() + ")"
-	}
+	src := layerName(l, i)
 	rc, err := l.Uncompressed()
 	if err != nil {
 		return fmt.Errorf("%s: %w", src, err)

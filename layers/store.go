@@ -530,12 +530,17 @@ func (s *Store) reachable() (*marks, error) {
 			return nil, err
 		}
 	}
-	cached, err := s.cacheLayers()
+	cached, chains, err := s.cacheLayers()
 	if err != nil {
 		return nil, err
 	}
 	for _, h := range cached {
 		m.blobs[h] = true
+	}
+	// The snapshots of lazy layers records name are those layers'
+	// only copy.
+	for _, h := range chains {
+		m.chains[h] = true
 	}
 	return m, nil
 }

@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -52,6 +53,53 @@ type Descriptor struct {
 	// DiffID and UncompressedSize are those of the uncompressed tar.
 	DiffID           v1.Hash
 	UncompressedSize int64
+	// TarEpoch is, for a lazy layer (no Digest yet: see CommitSnapshot),
+	// the SourceDateEpoch its tar was made with, which making the blob
+	// must use again.
+	TarEpoch *time.Time `json:",omitempty"`
+}
+
+// descriptorJSON is a Descriptor as stored: the digest and size of a lazy
+// one are left out (a zero v1.Hash does not round-trip through JSON).
+type descriptorJSON struct {
+	MediaType        types.MediaType `json:"MediaType,omitempty"`
+	Digest           *v1.Hash        `json:"Digest,omitempty"`
+	Size             int64           `json:"Size,omitempty"`
+	DiffID           v1.Hash
+	UncompressedSize int64
+	TarEpoch         *time.Time `json:",omitempty"`
+}
+
+// MarshalJSON writes d; a lazy d has no Digest field.
+func (d Descriptor) MarshalJSON() ([]byte, error) {
+	j := descriptorJSON{MediaType: d.MediaType, Size: d.Size, DiffID: d.DiffID, UncompressedSize: d.UncompressedSize, TarEpoch: d.TarEpoch}
+	if !d.Lazy() {
+		j.Digest = &d.Digest
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote (and the older form, which
+// always had a Digest).
+func (d *Descriptor) UnmarshalJSON(b []byte) error {
+	var j descriptorJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*d = Descriptor{MediaType: j.MediaType, Size: j.Size, DiffID: j.DiffID, UncompressedSize: j.UncompressedSize, TarEpoch: j.TarEpoch}
+	if j.Digest != nil {
+		d.Digest = *j.Digest
+	}
+	return nil
+}
+
+// ReportedSize is the layer's size as progress reports it: the
+// compressed size once the blob is made, else the tar's.
+func (d Descriptor) ReportedSize() int64 {
+	if d.Lazy() {
+		return d.UncompressedSize
+	}
+	return d.Size
 }
 
 // TarOptions controls how a directory becomes a layer tar.

@@ -453,6 +453,20 @@ func (e *CacheExport) ExportCache(ctx context.Context, entries []layers.CacheEnt
 	return nil
 }
 
+// blobDescriptor describes l's blob (making it, for a lazy layer).
+func blobDescriptor(l v1.Layer, diffID v1.Hash, size int64) (layers.Descriptor, error) {
+	d := layers.Descriptor{DiffID: diffID, UncompressedSize: size}
+	var err error
+	if d.Digest, err = l.Digest(); err != nil {
+		return d, err
+	}
+	if d.Size, err = l.Size(); err != nil {
+		return d, err
+	}
+	d.MediaType, err = l.MediaType()
+	return d, err
+}
+
 // cacheImage is a cache manifest as a v1.Image, for remote.Write.
 type cacheImage struct {
 	cfg      cacheConfig
@@ -479,6 +493,14 @@ func encodeCache(entries []layers.CacheEntry, all bool) (*cacheImage, error) {
 		seen[e.Key] = true
 		r := cacheRecord{Key: e.Key, Config: e.Record.Config}
 		if d := e.Record.Layer; d != nil {
+			if d.Lazy() {
+				// A layer still only in a snapshot: its blob is made now.
+				md, err := blobDescriptor(e.Layer, d.DiffID, d.UncompressedSize)
+				if err != nil {
+					return nil, fmt.Errorf("layer %s: %w", d.DiffID, err)
+				}
+				d = &md
+			}
 			i, ok := index[d.Digest]
 			if !ok {
 				i = len(descs)

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
@@ -481,8 +482,41 @@ func (b *build) prepareStage(i int) (*stageRun, error) {
 	}
 	if sr.baseStage >= 0 {
 		sr.deps = append(sr.deps, dep{stage: sr.baseStage, line: line(st.Location), via: st.SourceCode})
+		// The base stage's ONBUILD triggers run in this stage: their
+		// --from stages are this stage's dependencies too.
+		for _, ref := range onbuildStageRefs(&b.df.Stages[sr.baseStage]) {
+			r, err := b.exp.Word(ref, b.meta)
+			if err != nil {
+				return nil, b.df.ErrorAt(st.Location, err)
+			}
+			if j, ok := b.stageRef(r); ok {
+				sr.deps = append(sr.deps, dep{stage: j, line: line(st.Location), via: st.SourceCode})
+			}
+		}
 	}
 	return sr, nil
+}
+
+// onbuildStageRefs lists the --from references of a stage's ONBUILD
+// triggers; triggers that do not parse are reported when they run.
+func onbuildStageRefs(st *instructions.Stage) []string {
+	var out []string
+	for _, cmd := range st.Commands {
+		ob, ok := cmd.(*instructions.OnbuildCommand)
+		if !ok {
+			continue
+		}
+		res, err := parser.Parse(strings.NewReader(ob.Expression))
+		if err != nil {
+			continue
+		}
+		for _, n := range res.AST.Children {
+			if c, err := instructions.ParseCommand(n); err == nil {
+				out = append(out, stageRefsOf(c)...)
+			}
+		}
+	}
+	return out
 }
 
 type dep struct {

@@ -6,8 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"sort"
-	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
@@ -48,6 +46,7 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	}
 	defer os.RemoveAll(dir)
 	dl := &downloadFS{files: map[string]string{}}
+	var names []string // in the order written, as BuildKit copies them
 	for _, u := range urls {
 		f := s.prefetched[u]
 		if f == nil {
@@ -61,6 +60,9 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 		if err := os.Chtimes(f.path, f.modTime, f.modTime); err != nil {
 			return err
 		}
+		if _, dup := dl.files["/"+f.name]; !dup {
+			names = append(names, "/"+f.name)
+		}
 		dl.files["/"+f.name] = f.path
 	}
 	// URL sources are not extracted (docker's rule) and keep their remote
@@ -68,14 +70,8 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if len(local) > 0 {
 		return fmt.Errorf("ADD mixing URLs and local files is not supported; split it into two ADD instructions")
 	}
-	for name := range dl.files {
-		spec.srcs = append(spec.srcs, name)
-	}
-	sort.Strings(spec.srcs)
+	spec.srcs = names
 	spec.from, spec.fromName, spec.unpack = dl, "download", false
-	if len(urls) > 1 && !strings.HasSuffix(spec.dest, "/") {
-		return fmt.Errorf("when using ADD with more than one source file, the destination must be a directory and end with a /")
-	}
 	return s.commitCopy(ctx, spec, cmdText(c))
 }
 

@@ -44,6 +44,9 @@ type layerDir struct {
 	// from it, so hardlinks stay hardlinks.
 	links map[[2]uint64]string
 	root  bool
+	// newDirMode, when set, is the mode of directories the step creates
+	// (COPY --chmod gives them its mode, as BuildKit does); else 0755.
+	newDirMode *fs.FileMode
 }
 
 func newLayerDir(dir string, base *layers.RootFS, now time.Time) *layerDir {
@@ -148,7 +151,11 @@ func (l *layerDir) ensureDir(cand string, o owner) error {
 	if err := os.Mkdir(h, 0o755); err != nil {
 		return err
 	}
-	if err := l.setMeta(h, fs.ModeDir|0o755, o, false); err != nil {
+	mode := fs.FileMode(0o755)
+	if l.newDirMode != nil {
+		mode = *l.newDirMode
+	}
+	if err := l.setMeta(h, fs.ModeDir|mode, o, false); err != nil {
 		return err
 	}
 	l.dirTimes[h] = l.now

@@ -206,11 +206,11 @@ func resolveRunUser(spec string, files fileReader) (uid, gid uint32, groups []ui
 		uid, gid, name = uint32(e.uid), uint32(e.gid), e.name
 	}
 	if hasGroup {
-		o, err := resolveOwner("0:"+groupPart, files)
+		g, err := resolveGroup(groupPart, files)
 		if err != nil {
 			return 0, 0, nil, err
 		}
-		gid = uint32(o.GID)
+		gid = uint32(g)
 		return uid, gid, []uint32{gid}, nil
 	}
 	groups = []uint32{gid}

@@ -110,7 +110,9 @@ func busyboxImage(t testing.TB, p v1.Platform, applets []string) v1.Image {
 		if a == "busybox" {
 			continue
 		}
-		must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "bin/" + a, Linkname: "bin/busybox", ModTime: mod}))
+		// A hard link's header carries its inode's metadata, as tar
+		// writes it: extractors apply it to the shared inode.
+		must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "bin/" + a, Linkname: "bin/busybox", Mode: 0o755, ModTime: mod}))
 	}
 	file("etc/passwd", 0o644, []byte(busyboxPasswd))
 	file("etc/group", 0o644, []byte(busyboxGroup))

@@ -429,24 +429,30 @@ func (e *env) ibuild(ctx context.Context, c *compatCase, ref string) error {
 	return err
 }
 
-// locatedLike checks that ibuild's refusal carries the location BuildKit
-// gave (the Dockerfile's name and line), or some location when BuildKit
-// gave none.
+// locatedLike checks that ibuild's refusal carries a location BuildKit
+// gave (the Dockerfile's name and one of the lines it shows), or, when
+// BuildKit gave none, names the Dockerfile or ignore file at fault.
 func locatedLike(bkOut string, ibErr error, dockerfile string) string {
 	base := filepath.Base(dockerfile)
 	msg := ibErr.Error()
-	lineRE := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(base) + `:(\d+)`)
-	if m := lineRE.FindStringSubmatch(bkOut); m != nil {
-		want := base + ":" + m[1]
-		if !strings.Contains(msg, want) {
-			return fmt.Sprintf("both refuse it, but ibuild's error does not name %s:\nibuild: %v\nBuildKit:\n%s", want, msg, lastLines(bkOut, 12))
+	lineRE := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(base) + `:(\d+)$`)
+	var want []string
+	for _, m := range lineRE.FindAllStringSubmatch(bkOut, -1) {
+		w := base + ":" + m[1]
+		if strings.Contains(msg, w) {
+			return ""
 		}
-		return ""
+		want = append(want, w)
 	}
-	if !regexp.MustCompile(regexp.QuoteMeta(base) + `(:\d+)?`).MatchString(msg) {
-		return fmt.Sprintf("both refuse it, but ibuild's error does not name the Dockerfile:\nibuild: %v\nBuildKit:\n%s", msg, lastLines(bkOut, 12))
+	if len(want) > 0 {
+		return fmt.Sprintf("both refuse it, but ibuild's error does not name %s:\nibuild: %v\nBuildKit:\n%s", strings.Join(want, " or "), msg, lastLines(bkOut, 12))
 	}
-	return ""
+	for _, f := range []string{base, ".dockerignore", ".containerignore"} {
+		if strings.Contains(msg, f) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("both refuse it, but ibuild's error does not name the Dockerfile:\nibuild: %v\nBuildKit:\n%s", msg, lastLines(bkOut, 12))
 }
 
 func lastLines(s string, n int) string {

@@ -31,8 +31,14 @@ const sandboxHostname = "ibuild"
 // generatedFiles are provided for every step and never land in a layer.
 var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
 
-// mountDirs are the directories the sandbox mounts over.
+// mountDirs are the directories the sandbox mounts over. Those the image
+// lacks stay in the step's layer as empty root-owned 0755 directories: the
+// runtime BuildKit uses (runc) creates them and BuildKit keeps them, so
+// docker build's images have them.
 var mountDirs = []string{"/proc", "/dev", "/sys"}
+
+// persistentPoint reports whether a mount point is one of mountDirs.
+func persistentPoint(p string) bool { return slices.Contains(mountDirs, p) }
 
 // run handles RUN: the command runs in the sandbox over the image's layers
 // and what it changed becomes a layer.
@@ -315,6 +321,18 @@ func cleanMountPoints(upper string, created []mountPointSpec, parents []string, 
 		}
 		if pt.dir != fi.IsDir() || (!pt.dir && (!fi.Mode().IsRegular() || fi.Size() != 0)) {
 			continue // the step replaced it: it is the step's
+		}
+		if persistentPoint(pt.path) {
+			if pt.dir {
+				// Kept, with the mode and owner runc gives it.
+				if err := os.Chmod(h, 0o755); err != nil {
+					return err
+				}
+				if err := os.Lchown(h, 0, 0); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		if pt.dir {
 			if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {

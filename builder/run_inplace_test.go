@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,8 +109,15 @@ func TestRunVFS(t *testing.T) {
 	wantFile(t, root, "/tokcopy", "s3cret\n")
 	wantFile(t, root, "/data/beside", "beside\n")
 	wantFile(t, root, "/work/dir/f", "here\n")
-	for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/etc/group", "/proc", "/dev", "/sys",
+	for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/etc/group",
 		"/var/cache/new", "/run", "/data/cachedir", "/data/link"} {
 		wantAbsent(t, root, p)
+	}
+	// The base's RUN left the /proc, /dev, /sys mount points (as docker
+	// build does) on both stores.
+	for _, p := range []string{"/proc", "/dev", "/sys"} {
+		if st := statOf(t, root, p); st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			t.Errorf("%s is not a directory", p)
+		}
 	}
 }

@@ -93,11 +93,22 @@ var runCases = []runCase{{
 	check: func(t *testing.T, b *runBuild) {
 		wantFile(t, b.root, "/greeting", "hello\n")
 		wantFile(t, b.root, "/opt/app/f", "x\n")
-		// Nothing else: no /etc/hosts, /etc/resolv.conf, /etc/hostname, nor
-		// the /proc, /sys, /dev mount points (the base has none of them).
+		// Nothing else: no /etc/hosts, /etc/resolv.conf, /etc/hostname.
 		wantNames(t, b.top(t), "greeting", "opt", "opt/app", "opt/app/f")
-		for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/proc", "/sys", "/dev"} {
+		for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"} {
 			wantAbsent(t, b.root, p)
+		}
+		// The base's RUN (on an image without /proc, /sys, /dev) left
+		// those mount points, empty, root-owned, 0755, as docker build
+		// (BuildKit with runc) leaves them; this step found them there.
+		for _, p := range []string{"/dev", "/proc", "/sys"} {
+			st := statOf(t, b.root, p)
+			if st.Mode&syscall.S_IFMT != syscall.S_IFDIR || st.Mode&0o7777 != 0o755 || st.Uid != 0 || st.Gid != 0 {
+				t.Errorf("%s: mode %o owner %d:%d, want a root-owned 0755 directory", p, st.Mode, st.Uid, st.Gid)
+			}
+			if ents, err := os.ReadDir(filepath.Join(b.root, p)); err != nil || len(ents) != 0 {
+				t.Errorf("%s holds %v (%v), want it empty", p, ents, err)
+			}
 		}
 		if len(b.layers) != 1 {
 			t.Errorf("one RUN added %d layers", len(b.layers))

@@ -398,6 +398,7 @@ func (b *build) initMetaArgs() error {
 	for k, v := range platformArgs(HostPlatform(), b.platform) {
 		b.meta.Set(k, v)
 	}
+	b.meta.Set("TARGETSTAGE", b.targetStageName())
 	for _, a := range b.df.MetaArgs {
 		for _, kv := range a.Args {
 			b.metaNames[kv.Key] = true
@@ -419,6 +420,18 @@ func (b *build) initMetaArgs() error {
 		}
 	}
 	return nil
+}
+
+// targetStageName is the automatic TARGETSTAGE arg, as BuildKit gives
+// it: the --target stage, else the last stage's name, else "default".
+func (b *build) targetStageName() string {
+	if b.opts.Target != "" {
+		return b.opts.Target
+	}
+	if n := len(b.df.Stages); n > 0 && b.df.Stages[n-1].Name != "" {
+		return b.df.Stages[n-1].Name
+	}
+	return "default"
 }
 
 func (b *build) markUsed(k string) {

@@ -483,6 +483,12 @@ func (b *build) prepareStage(i int) (*stageRun, error) {
 		sr.platform = p
 	}
 	for _, cmd := range st.Commands {
+		if c, ok := cmd.(*instructions.CopyCommand); ok && c.From != "" {
+			// BuildKit refuses a variable in COPY --from, in every stage.
+			if r, err := b.exp.Word(c.From, dockerfile.NewVars(nil)); err != nil || r != c.From {
+				return nil, b.df.ErrorAt(cmd.Location(), errors.New("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"))
+			}
+		}
 		for _, ref := range stageRefsOf(cmd) {
 			r, err := b.exp.Word(ref, b.meta)
 			if err != nil {

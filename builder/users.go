@@ -60,7 +60,7 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 		return o, nil
 	}
 	if groupPart == "" {
-		return owner{}, fmt.Errorf("empty group in %q", spec)
+		return o, nil // "user:" and ":" as BuildKit: no group given
 	}
 	if g, ok := lookupGroup(files, groupPart); ok {
 		o.GID = g

@@ -158,6 +158,9 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 	if len(sh) == 0 {
 		sh = defaultShell
 	}
+	if name, _, ok := shebangHeredoc(c); ok {
+		return append(append([]string(nil), sh...), path.Join(heredocScriptDir, name)), ""
+	}
 	if len(files) == 1 && len(c.CmdLine) == 1 && strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
 		return append(append([]string(nil), sh...), heredocData(files[0])), ""
 	}
@@ -166,6 +169,25 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 		script += "\n" + f.Data + f.Name
 	}
 	return append(append([]string(nil), sh...), script), ""
+}
+
+// heredocScriptDir is where a RUN heredoc script with a shebang line is
+// mounted (read-only, executable) for its step, as BuildKit does; it is
+// inside the sandbox's /dev, so it never reaches a layer.
+const heredocScriptDir = "/dev/pipes"
+
+// shebangHeredoc reports a RUN that is a single heredoc whose content
+// starts with "#!": BuildKit runs it as an executable script file, not as
+// shell input.
+func shebangHeredoc(c *instructions.RunCommand) (name, data string, ok bool) {
+	if !c.PrependShell || len(c.Files) != 1 || len(c.CmdLine) != 1 || !strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
+		return "", "", false
+	}
+	data = heredocData(c.Files[0])
+	if !strings.HasPrefix(data, "#!") {
+		return "", "", false
+	}
+	return c.Files[0].Name, data, true
 }
 
 func heredocData(f instructions.ShellInlineFile) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -51,6 +52,16 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	for _, p := range mountDirs {
 		points = append(points, mountPointSpec{path: p, dir: true})
 	}
+	if name, data, ok := shebangHeredoc(c); ok {
+		script := filepath.Join(tmp, "heredoc-script")
+		if err := os.WriteFile(script, []byte(data), 0o755); err != nil {
+			return nil, func() {}, err
+		}
+		if err := os.Chmod(script, 0o755); err != nil {
+			return nil, func() {}, err
+		}
+		spec.Mounts = append(spec.Mounts, sandbox.Mount{Type: sandbox.MountBind, Source: script, Target: path.Join(heredocScriptDir, name), File: true, ReadOnly: true})
+	}
 	ms := instructions.GetMounts(c)
 	if len(ms) == 0 {
 		return points, func() {}, nil
@@ -59,7 +70,7 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if err != nil {
 		return nil, func() {}, err
 	}
-	spec.Mounts = rm.mounts
+	spec.Mounts = append(spec.Mounts, rm.mounts...)
 	spec.Env = append(spec.Env, rm.env...)
 	return append(points, rm.points...), rm.close, nil
 }

@@ -88,6 +88,15 @@ type runCase struct {
 var nap = strconv.Itoa(300000 + os.Getpid())
 
 var runCases = []runCase{{
+	name: "shebang-heredoc",
+	// As BuildKit: a RUN heredoc starting with #! is an executable script
+	// mounted at /dev/pipes/NAME for the step, run by the shell.
+	dockerfile: "RUN <<EOF\n#!/bin/sh\necho \"$0\" > /script-name\nEOF\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/script-name", "/dev/pipes/EOF\n")
+		wantNames(t, b.top(t), "script-name")
+	},
+}, {
 	name:       "writes-files",
 	dockerfile: "RUN echo hello > /greeting && mkdir -p /opt/app && echo x > /opt/app/f\n",
 	check: func(t *testing.T, b *runBuild) {

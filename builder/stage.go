@@ -220,7 +220,7 @@ func (s *stageRun) expand(cmd instructions.Command) error {
 		}
 	}
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
-		raw := func(w string) (string, error) { return s.b.exp.Raw(w, env) }
+		raw := func(w string) (string, error) { return s.b.exp.HeredocFile(w, env) }
 		if err := e.ExpandRaw(raw); err != nil {
 			return err
 		}

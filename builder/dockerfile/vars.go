@@ -138,12 +138,12 @@ func (e *Expander) Word(word string, env shell.EnvGetter) (string, error) {
 	return out, err
 }
 
-// Raw expands variables in s without removing quotes or escapes, as used
-// for heredoc bodies.
-func (e *Expander) Raw(s string, env shell.EnvGetter) (string, error) {
-	lex := shell.NewLex(e.escape)
-	lex.RawQuotes = true
-	lex.RawEscapes = true
+// HeredocFile expands the body of a COPY or ADD heredoc as BuildKit does:
+// variables and backslash escapes (always "\\", whatever the escape
+// directive says) are processed, quotes are kept.
+func (e *Expander) HeredocFile(s string, env shell.EnvGetter) (string, error) {
+	lex := shell.NewLex('\\')
+	lex.SkipProcessQuotes = true
 	out, _, err := lex.ProcessWord(s, env)
 	return out, err
 }

@@ -29,7 +29,9 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 const sandboxHostname = "ibuild"
 
 // generatedFiles are provided for every step and never land in a layer.
-var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
+// As with BuildKit there is no /etc/hostname (the host name is set in the
+// step's UTS namespace).
+var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf"}
 
 // mountDirs are the directories the sandbox mounts over. Those the image
 // lacks stay in the step's layer as empty root-owned 0755 directories: the
@@ -274,8 +276,8 @@ func supplementaryGroups(files fileReader, user string) []int {
 	return out
 }
 
-// writeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
-// /etc/hostname for a step into dir and records them in files.
+// writeGeneratedFiles writes /etc/hosts and /etc/resolv.conf for a step
+// into dir and records them in files.
 func writeGeneratedFiles(dir string, files map[string]string) error {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil {
@@ -284,7 +286,6 @@ func writeGeneratedFiles(dir string, files map[string]string) error {
 	content := map[string][]byte{
 		"/etc/hosts":       []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + sandboxHostname + "\n"),
 		"/etc/resolv.conf": resolv,
-		"/etc/hostname":    []byte(sandboxHostname + "\n"),
 	}
 	for _, p := range generatedFiles {
 		h := filepath.Join(dir, filepath.Base(p))

@@ -21,7 +21,7 @@ import (
 // not land in a layer.
 const vfsDockerfile = "FROM busybox:1\n" +
 	"RUN mkdir -p /data && mkdir -m 1777 /tmp && echo x > /data/f && echo keep > /etc/keep && rm /etc/group && chown 1000:50 /data/f && ln -s /data/f /data/link\n" +
-	"RUN cat /etc/hosts /etc/resolv.conf /etc/hostname > /dev/null && test \"$(hostname)\" = ibuild && test -d /proc/self && echo hi > /dev/null && head -c 4 /dev/zero | wc -c > /zero && ls /proc/1/cmdline > /dev/null\n" +
+	"RUN cat /etc/hosts /etc/resolv.conf > /dev/null && test ! -e /etc/hostname && test \"$(hostname)\" = ibuild && test -d /proc/self && echo hi > /dev/null && head -c 4 /dev/zero | wc -c > /zero && ls /proc/1/cmdline > /dev/null\n" +
 	"USER app\n" +
 	"RUN id -u > /tmp/uid && id -G > /tmp/groups\n" +
 	"USER root\n" +

@@ -82,8 +82,8 @@ type generated struct {
 	etcAfter           *[2]unix.Timespec
 }
 
-// placeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
-// /etc/hostname into root where absent. Nothing is made when /etc is
+// placeGeneratedFiles writes /etc/hosts and /etc/resolv.conf into root
+// where absent. Nothing is made when /etc is
 // not a directory.
 func placeGeneratedFiles(root string) (*generated, error) {
 	g := &generated{root: root}

@@ -25,11 +25,15 @@ import (
 // in files, the image's tree).
 func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
-	if u := s.c.imageConfig().User; u != "" {
-		var err error
-		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
-			return fmt.Errorf("USER %s: %w", u, err)
-		}
+	// Without USER the step runs as uid 0, with root's supplementary
+	// groups from /etc/group, as with BuildKit.
+	u := s.c.imageConfig().User
+	if u == "" {
+		u = "0"
+	}
+	var err error
+	if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
+		return fmt.Errorf("USER %s: %w", u, err)
 	}
 	return nil
 }

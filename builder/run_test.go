@@ -88,6 +88,14 @@ type runCase struct {
 var nap = strconv.Itoa(300000 + os.Getpid())
 
 var runCases = []runCase{{
+	name: "root-supplementary-groups",
+	// Without USER a step runs as root with root's groups from /etc/group
+	// (BuildKit, like containerd, adds them).
+	dockerfile: "RUN echo wheel:x:10:root >> /etc/group\nRUN id -G > /root-groups\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/root-groups", "0 10\n")
+	},
+}, {
 	name: "shebang-heredoc",
 	// As BuildKit: a RUN heredoc starting with #! is an executable script
 	// mounted at /dev/pipes/NAME for the step, run by the shell.

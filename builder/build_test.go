@@ -45,6 +45,13 @@ type caseOptions struct {
 // setups prepare fixtures whose inputs git cannot hold (archives made with
 // the system's tools, modes).
 var setups = map[string]func(t *testing.T, dir string){
+	"copy-parents-modes": func(t *testing.T, dir string) {
+		for _, d := range []string{"foo1", "foo1/foo2"} {
+			if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	},
 	"add-archives": func(t *testing.T, dir string) {
 		ctx := filepath.Join(dir, "ctx")
 		src := filepath.Join(dir, "src")

@@ -164,6 +164,9 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 	target := dest
 	if pivot != "" {
 		target = path.Join(dest, strings.TrimPrefix(match, pivot))
+		if err := copyParentDirs(l, spec, match, pivot, dest, fi.IsDir(), defOwner); err != nil {
+			return err
+		}
 	} else if !fi.IsDir() && destIsDir {
 		target = path.Join(dest, path.Base(match))
 	}
@@ -188,6 +191,40 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 		return err
 	}
 	return copyEntry(l, spec, fi, host, path.Join(dir, path.Base(target)))
+}
+
+// copyParentDirs makes, for COPY --parents, the directories between the
+// pivot and match (match itself too when it is a directory) that the
+// destination lacks, with their source directories' metadata, as
+// BuildKit's copy of the pivot filtered to match does.
+func copyParentDirs(l *layerDir, spec *copySpec, match, pivot, dest string, matchIsDir bool, defOwner owner) error {
+	rel := strings.TrimPrefix(strings.TrimPrefix(match, pivot), "/")
+	comps := strings.Split(rel, "/")
+	if !matchIsDir {
+		comps = comps[:len(comps)-1]
+	}
+	src, dst := pivot, dest
+	for _, c := range comps {
+		if c == "" {
+			continue
+		}
+		src, dst = path.Join(src, c), path.Join(dst, c)
+		if l.isDir(mustResolve(l, dst)) {
+			continue
+		}
+		fi, host, err := spec.from.Lstat(src)
+		if err != nil || !fi.IsDir() {
+			continue // the copy itself reports it
+		}
+		r, err := l.mkdirAll(dst, defOwner)
+		if err != nil {
+			return err
+		}
+		if err := applyDirMeta(l, spec, fi, host, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copyTree copies the contents of the source directory src into the

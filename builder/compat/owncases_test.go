@@ -15,6 +15,18 @@ import (
 // made with the system's tools): the fixture is copied to a temporary
 // directory first.
 var ownSetups = map[string]func(t *testing.T, c *compatCase){
+	"copy-parents-modes": func(t *testing.T, c *compatCase) {
+		dir := filepath.Join(t.TempDir(), "ctx")
+		if out, err := exec.Command("cp", "-a", c.ContextDir, dir).CombinedOutput(); err != nil {
+			t.Fatalf("copy %s: %v\n%s", c.ContextDir, err, out)
+		}
+		for _, d := range []string{"foo1", "foo1/foo2"} {
+			if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.ContextDir, c.Dockerfile = dir, filepath.Join(dir, "Dockerfile")
+	},
 	"add-archives": func(t *testing.T, c *compatCase) {
 		dir := t.TempDir()
 		src, ctx := filepath.Join(dir, "src"), filepath.Join(dir, "ctx")

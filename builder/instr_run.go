@@ -163,7 +163,7 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 	if name, _, ok := shebangHeredoc(c); ok {
 		return append(append([]string(nil), sh...), path.Join(heredocScriptDir, name)), ""
 	}
-	if len(files) == 1 && len(c.CmdLine) == 1 && strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
+	if len(files) == 1 && len(c.CmdLine) == 1 && parser.MustParseHeredoc(c.CmdLine[0]) != nil {
 		return append(append([]string(nil), sh...), heredocData(files[0])), ""
 	}
 	script := strings.Join(c.CmdLine, " ")
@@ -182,7 +182,7 @@ const heredocScriptDir = "/dev/pipes"
 // starts with "#!": BuildKit runs it as an executable script file, not as
 // shell input.
 func shebangHeredoc(c *instructions.RunCommand) (name, data string, ok bool) {
-	if !c.PrependShell || len(c.Files) != 1 || len(c.CmdLine) != 1 || !strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
+	if !c.PrependShell || len(c.Files) != 1 || len(c.CmdLine) != 1 || parser.MustParseHeredoc(c.CmdLine[0]) == nil {
 		return "", "", false
 	}
 	data = heredocData(c.Files[0])

@@ -88,6 +88,14 @@ type runCase struct {
 var nap = strconv.Itoa(300000 + os.Getpid())
 
 var runCases = []runCase{{
+	name: "heredoc-then-command",
+	// "<<EOF sh > f" is not a heredoc alone: the line and the heredoc go
+	// to the shell together (BuildKit), so the redirection applies.
+	dockerfile: "RUN <<EOF sh > /out\necho from-heredoc\nEOF\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/out", "from-heredoc\n")
+	},
+}, {
 	name: "root-supplementary-groups",
 	// Without USER a step runs as root with root's groups from /etc/group
 	// (BuildKit, like containerd, adds them).

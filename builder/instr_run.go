@@ -49,6 +49,13 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	if err := s.expand(c); err != nil {
 		return err
 	}
+	// ibuild has no CDI devices: like BuildKit without a CDI spec for it,
+	// a required --device fails and an optional one is left out.
+	for _, d := range instructions.GetDevices(c) {
+		if d.Required {
+			return fmt.Errorf("--device=%s: required device %q is not registered (ibuild provides no CDI devices)", d.Name, d.Name)
+		}
+	}
 	network := instructions.GetNetwork(c)
 	if network == instructions.NetworkDefault || network == "" {
 		network = s.b.opts.Network

@@ -88,6 +88,16 @@ type runCase struct {
 var nap = strconv.Itoa(300000 + os.Getpid())
 
 var runCases = []runCase{{
+	name:       "device-required",
+	dockerfile: "RUN --device=vendor1.com/device=foo,required echo never > /x\n",
+	wantErr:    []string{"Dockerfile:2", `required device "vendor1.com/device=foo" is not registered`},
+}, {
+	name:       "device-optional",
+	dockerfile: "RUN --device=vendor1.com/device=foo echo ran > /x\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/x", "ran\n")
+	},
+}, {
 	name: "heredoc-then-command",
 	// "<<EOF sh > f" is not a heredoc alone: the line and the heredoc go
 	// to the shell together (BuildKit), so the redirection applies.

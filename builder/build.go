@@ -418,6 +418,34 @@ func (b *build) initMetaArgs() error {
 			}
 			b.meta.Set(kv.Key, v)
 		}
+		if err := b.checkEpochArg(&a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkEpochArg validates a global ARG SOURCE_DATE_EPOCH as BuildKit does:
+// its value is a Unix time in seconds. (BuildKit also accepts the name of
+// a source-only stage there; ibuild does not.)
+func (b *build) checkEpochArg(a *instructions.ArgCommand) error {
+	for _, kv := range a.Args {
+		if kv.Key != "SOURCE_DATE_EPOCH" {
+			continue
+		}
+		v, ok := b.meta.Get(kv.Key)
+		if !ok || v == "" {
+			continue
+		}
+		if _, err := strconv.ParseInt(v, 10, 64); err == nil {
+			continue
+		}
+		for _, st := range b.df.Stages {
+			if strings.EqualFold(st.Name, v) {
+				return b.df.ErrorAt(a.Location(), fmt.Errorf("SOURCE_DATE_EPOCH=%s names a stage: taking the time from a stage is not supported by ibuild; give a Unix time", v))
+			}
+		}
+		return b.df.ErrorAt(a.Location(), fmt.Errorf("invalid SOURCE_DATE_EPOCH: %s", v))
 	}
 	return nil
 }

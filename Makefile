@@ -63,7 +63,7 @@ COMPAT_PARALLEL ?= 3
 COMPAT_LOG ?= bin/compat.log
 compat:
 	@mkdir -p $(dir $(COMPAT_LOG)); echo "compat: running the suite (log: $(COMPAT_LOG))"; IBUILD_COMPAT=all IBUILD_COMPAT_RUN='$(COMPAT_RUN)' \
-	$(GO) test $(GOFLAGS) -count=1 -timeout 90m -parallel $(COMPAT_PARALLEL) -run '^TestCompat$$' -v ./builder/compat \
+	$(GO) test $(GOFLAGS) -count=1 -timeout 45m -parallel $(COMPAT_PARALLEL) -run '^TestCompat$$' -v ./builder/compat \
 		> $(COMPAT_LOG) 2>&1; rc=$$?; \
 	grep -E '^compat: (skip|DIFFERS|[0-9]+ cases|.* matches docker now)' $(COMPAT_LOG); grep -E -- '^(--- FAIL|FAIL|ok)' $(COMPAT_LOG) | tail -3; \
 	grep -E '^compat: [0-9]+/[0-9]+ cases match' $(COMPAT_LOG) | tail -1; exit $$rc

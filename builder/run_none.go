@@ -54,6 +54,16 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 	if err != nil {
 		return err
 	}
+	// Nothing is mounted on them here, but the /proc, /dev and /sys the
+	// image lacks land in the layer as with the other isolations (and
+	// docker build): see mountDirs.
+	var dirs []mountPointSpec
+	for _, p := range mountDirs {
+		dirs = append(dirs, mountPointSpec{path: p, dir: true})
+	}
+	if _, err := makeMountPoints(root, dirs); err != nil {
+		return err
+	}
 	if err := s.runSandbox(ctx, c, spec); err != nil {
 		return err
 	}

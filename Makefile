@@ -9,7 +9,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 20s
 TESTTIMEOUT ?= 25m
 
-.PHONY: build install demo test test-deps unit fuzz bench lint clean
+.PHONY: build install demo test test-deps unit fuzz bench lint clean compat
 
 build:
 	CGO_ENABLED=1 $(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ibuild
@@ -50,6 +50,24 @@ bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \
 	IBUILD_BENCH_PUSH_MB=$${IBUILD_BENCH_PUSH_MB:-500} \
 	$(GO) test $(GOFLAGS) -p 1 -count=1 -run '^$$' -bench . -benchtime 20s -benchmem -timeout 60m ./...
+
+# compat runs the docker-exact suite: every case of the three corpora
+# (buildah v1.42.0's tests/bud, BuildKit v0.34.2's Dockerfile integration
+# tests, testdata/dockerfiles and testdata/compat) built by BuildKit
+# v0.34.2 and by ibuild, images compared. Needs root, runc and
+# docker-registry; builds BuildKit into /var/cache/ibuild-compat on first
+# use (a few minutes). COMPAT_RUN=REGEXP narrows it to matching case names;
+# the full log goes to COMPAT_LOG.
+# Ends with "compat: P/T cases match docker (BuildKit v0.34.2); D documented
+# deviations". See docs/dockerfile.md.
+COMPAT_PARALLEL ?= 3
+COMPAT_LOG ?= bin/compat.log
+compat:
+	@mkdir -p $(dir $(COMPAT_LOG)); echo "compat: running the suite (log: $(COMPAT_LOG))"; IBUILD_COMPAT=all IBUILD_COMPAT_RUN='$(COMPAT_RUN)' \
+	$(GO) test $(GOFLAGS) -count=1 -timeout 45m -parallel $(COMPAT_PARALLEL) -run '^TestCompat$$' -v ./builder/compat \
+		> $(COMPAT_LOG) 2>&1; rc=$$?; \
+	grep -E '^compat: (skip|DIFFERS|[0-9]+ cases|.* matches docker now)' $(COMPAT_LOG); grep -E -- '^(--- FAIL|FAIL|ok)' $(COMPAT_LOG) | tail -3; \
+	grep -E '^compat: [0-9]+/[0-9]+ cases match' $(COMPAT_LOG) | tail -1; exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
@@ -474,6 +475,7 @@ func (b *build) initMetaArgs(ctx context.Context) error {
 	for k, v := range platformArgs(HostPlatform(), b.platform) {
 		b.meta.Set(k, v)
 	}
+	b.meta.Set("TARGETSTAGE", b.targetStageName())
 	for _, a := range b.df.MetaArgs {
 		words := b.exp.Words(b.meta)
 		for _, kv := range a.Args {
@@ -497,8 +499,48 @@ func (b *build) initMetaArgs(ctx context.Context) error {
 			}
 			b.meta.Set(kv.Key, v)
 		}
+		if err := b.checkEpochArg(&a); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// checkEpochArg validates a global ARG SOURCE_DATE_EPOCH as BuildKit does:
+// its value is a Unix time in seconds. (BuildKit also accepts the name of
+// a source-only stage there; ibuild does not.)
+func (b *build) checkEpochArg(a *instructions.ArgCommand) error {
+	for _, kv := range a.Args {
+		if kv.Key != "SOURCE_DATE_EPOCH" {
+			continue
+		}
+		v, ok := b.meta.Get(kv.Key)
+		if !ok || v == "" {
+			continue
+		}
+		if _, err := strconv.ParseInt(v, 10, 64); err == nil {
+			continue
+		}
+		for _, st := range b.df.Stages {
+			if strings.EqualFold(st.Name, v) {
+				return b.df.ErrorAt(a.Location(), fmt.Errorf("SOURCE_DATE_EPOCH=%s names a stage: taking the time from a stage is not supported by ibuild; give a Unix time", v))
+			}
+		}
+		return b.df.ErrorAt(a.Location(), fmt.Errorf("invalid SOURCE_DATE_EPOCH: %s", v))
+	}
+	return nil
+}
+
+// targetStageName is the automatic TARGETSTAGE arg, as BuildKit gives
+// it: the --target stage, else the last stage's name, else "default".
+func (b *build) targetStageName() string {
+	if b.opts.Target != "" {
+		return b.opts.Target
+	}
+	if n := len(b.df.Stages); n > 0 && b.df.Stages[n-1].Name != "" {
+		return b.df.Stages[n-1].Name
+	}
+	return "default"
 }
 
 func (b *build) markUsed(k string) {
@@ -553,6 +595,12 @@ func (b *build) prepareStage(ctx context.Context, i int) (*stageRun, error) {
 		sr.platform = p
 	}
 	for _, cmd := range st.Commands {
+		if c, ok := cmd.(*instructions.CopyCommand); ok && c.From != "" {
+			// BuildKit refuses a variable in COPY --from, in every stage.
+			if r, err := b.exp.Word(c.From, dockerfile.NewVars(nil)); err != nil || r != c.From {
+				return nil, b.df.ErrorAt(cmd.Location(), errors.New("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"))
+			}
+		}
 		for _, ref := range stageRefsOf(cmd) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -568,8 +616,41 @@ func (b *build) prepareStage(ctx context.Context, i int) (*stageRun, error) {
 	}
 	if sr.baseStage >= 0 {
 		sr.deps = append(sr.deps, dep{stage: sr.baseStage, line: line(st.Location), via: st.SourceCode})
+		// The base stage's ONBUILD triggers run in this stage: their
+		// --from stages are this stage's dependencies too.
+		for _, ref := range onbuildStageRefs(&b.df.Stages[sr.baseStage]) {
+			r, err := b.exp.Word(ref, b.meta)
+			if err != nil {
+				return nil, b.df.ErrorAt(st.Location, err)
+			}
+			if j, ok := b.stageRef(r); ok {
+				sr.deps = append(sr.deps, dep{stage: j, line: line(st.Location), via: st.SourceCode})
+			}
+		}
 	}
 	return sr, nil
+}
+
+// onbuildStageRefs lists the --from references of a stage's ONBUILD
+// triggers; triggers that do not parse are reported when they run.
+func onbuildStageRefs(st *instructions.Stage) []string {
+	var out []string
+	for _, cmd := range st.Commands {
+		ob, ok := cmd.(*instructions.OnbuildCommand)
+		if !ok {
+			continue
+		}
+		res, err := parser.Parse(strings.NewReader(ob.Expression))
+		if err != nil {
+			continue
+		}
+		for _, n := range res.AST.Children {
+			if c, err := instructions.ParseCommand(n); err == nil {
+				out = append(out, stageRefsOf(c)...)
+			}
+		}
+	}
+	return out
 }
 
 type dep struct {

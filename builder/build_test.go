@@ -117,6 +117,13 @@ var setups = map[string]func(t *testing.T, dir string){
 			t.Fatal(err)
 		}
 	},
+	"copy-parents-modes": func(t *testing.T, dir string) {
+		for _, d := range []string{"foo1", "foo1/foo2"} {
+			if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	},
 	"add-archives": func(t *testing.T, dir string) {
 		ctx := filepath.Join(dir, "ctx")
 		src := filepath.Join(dir, "src")

@@ -78,7 +78,7 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	base := filepath.Join(root, cacheDirName(id))
+	base := filepath.Join(root, cacheDirName(cacheKey(id, m)))
 	if from != nil {
 		key := from.chain
 		if mkdirCache {
@@ -252,4 +252,20 @@ func newSeededCache(dir string, from *fromTree, mkdirCache bool, mode uint64, o 
 		return err
 	}
 	return nil
+}
+
+// cacheKey identifies a cache: its id, and the uid, gid and mode it is
+// made with when any is given. As in BuildKit, where such a cache grows
+// from a directory made with them, "id=x,uid=1" and "id=x" are two caches.
+func cacheKey(id string, m *instructions.Mount) string {
+	if m.UID == nil && m.GID == nil && m.Mode == nil {
+		return id
+	}
+	show := func(p *uint64, format string) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprintf(format, *p)
+	}
+	return id + "\x00uid=" + show(m.UID, "%d") + ",gid=" + show(m.GID, "%d") + ",mode=" + show(m.Mode, "%o")
 }

@@ -71,24 +71,47 @@ func parseChmod(s string) (*fs.FileMode, error) {
 	return &m, nil
 }
 
-// copyInto performs spec into the layer l.
+// copyInto performs spec into the layer l. As BuildKit does, each source
+// (and each match of a wildcard) is copied on its own, in order: a
+// destination without a trailing slash is a directory only when it is one
+// at that moment, so several files copied to /f leave the last one there,
+// and a wildcard matching nothing copies nothing. Sources from the context
+// or a stage go first, heredocs after. Directories the copy creates take
+// --chmod's permission bits.
 func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
-	nsrc := len(spec.srcs) + len(spec.inline)
-	destIsDir := strings.HasSuffix(spec.dest, "/")
-	if nsrc > 1 && !destIsDir {
-		return fmt.Errorf("when using %s with more than one source file, the destination must be a directory and end with a /", spec.instr)
-	}
+	slash := strings.HasSuffix(spec.dest, "/")
 	dest := path.Clean(spec.dest)
-	if !destIsDir && l.isDir(mustResolve(l, dest)) {
-		destIsDir = true
+	destIsDir := func() bool { return slash || l.isDir(mustResolve(l, dest)) }
+	if spec.chmod != nil {
+		m := *spec.chmod & fs.ModePerm
+		l.newDirMode = &m
 	}
 	defOwner := owner{}
 	if spec.chown != nil {
 		defOwner = *spec.chown
 	}
+	for _, src := range spec.srcs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pattern, pivot := splitParents(src, spec.parents)
+		matches := []string{pattern}
+		if hasGlob(pattern) {
+			m, err := globSources(spec.from, pattern)
+			if err != nil {
+				return err
+			}
+			matches = m
+		}
+		for _, m := range matches {
+			if err := copyOne(ctx, l, spec, m, pivot, dest, destIsDir(), defOwner); err != nil {
+				return err
+			}
+		}
+	}
 	for _, f := range spec.inline {
 		target := dest
-		if destIsDir {
+		if destIsDir() {
 			target = path.Join(dest, f.name)
 		}
 		dir, err := l.mkdirAll(path.Dir(target), defOwner)
@@ -101,33 +124,6 @@ func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
 		}
 		if err := l.writeFile(ctx, path.Join(dir, path.Base(target)), strings.NewReader(f.data), mode, defOwner, l.now); err != nil {
 			return err
-		}
-	}
-	for _, src := range spec.srcs {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		pattern, pivot := splitParents(src, spec.parents)
-		var matches []string
-		if hasGlob(pattern) {
-			m, err := globSources(spec.from, pattern)
-			if err != nil {
-				return err
-			}
-			if len(m) == 0 {
-				return fmt.Errorf("no source files were specified: %s matches no file in the %s", src, spec.fromName)
-			}
-			matches = m
-			if !destIsDir && (len(m) > 1) {
-				destIsDir = true
-			}
-		} else {
-			matches = []string{pattern}
-		}
-		for _, m := range matches {
-			if err := copyOne(ctx, l, spec, m, pivot, dest, destIsDir, defOwner); err != nil {
-				return err
-			}
 		}
 	}
 	return l.finish()
@@ -172,6 +168,9 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 	target := dest
 	if pivot != "" {
 		target = path.Join(dest, strings.TrimPrefix(match, pivot))
+		if err := copyParentDirs(l, spec, match, pivot, dest, fi.IsDir(), defOwner); err != nil {
+			return err
+		}
 	} else if !fi.IsDir() && destIsDir {
 		if err := spec.nameless[match]; err != nil {
 			return err
@@ -199,6 +198,40 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 		return err
 	}
 	return copyEntry(ctx, l, spec, fi, host, path.Join(dir, path.Base(target)))
+}
+
+// copyParentDirs makes, for COPY --parents, the directories between the
+// pivot and match (match itself too when it is a directory) that the
+// destination lacks, with their source directories' metadata, as
+// BuildKit's copy of the pivot filtered to match does.
+func copyParentDirs(l *layerDir, spec *copySpec, match, pivot, dest string, matchIsDir bool, defOwner owner) error {
+	rel := strings.TrimPrefix(strings.TrimPrefix(match, pivot), "/")
+	comps := strings.Split(rel, "/")
+	if !matchIsDir {
+		comps = comps[:len(comps)-1]
+	}
+	src, dst := pivot, dest
+	for _, c := range comps {
+		if c == "" {
+			continue
+		}
+		src, dst = path.Join(src, c), path.Join(dst, c)
+		if l.isDir(mustResolve(l, dst)) {
+			continue
+		}
+		fi, host, err := spec.from.Lstat(src)
+		if err != nil || !fi.IsDir() {
+			continue // the copy itself reports it
+		}
+		r, err := l.mkdirAll(dst, defOwner)
+		if err != nil {
+			return err
+		}
+		if err := applyDirMeta(l, spec, fi, host, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copyTree copies the contents of the source directory src into the

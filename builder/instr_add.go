@@ -7,8 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"sort"
-	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
@@ -52,6 +50,7 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	}
 	defer os.RemoveAll(dir)
 	dl := &downloadFS{files: map[string]string{}}
+	var names []string // in the order written, as BuildKit copies them
 	for _, u := range urls {
 		f := s.prefetched[u]
 		if f == nil {
@@ -75,18 +74,15 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 			name = "download"
 			spec.nameless = map[string]error{"/" + name: err}
 		}
+		if _, dup := dl.files["/"+name]; !dup {
+			names = append(names, "/"+name)
+		}
 		dl.files["/"+name] = f.path
 	}
 	// URL sources are not extracted (docker's rule) and keep their remote
 	// name; they are copied from a small tree of the downloads.
-	for name := range dl.files {
-		spec.srcs = append(spec.srcs, name)
-	}
-	sort.Strings(spec.srcs)
+	spec.srcs = names
 	spec.from, spec.fromName, spec.unpack = dl, "download", false
-	if len(urls) > 1 && !strings.HasSuffix(spec.dest, "/") {
-		return fmt.Errorf("when using ADD with more than one source file, the destination must be a directory and end with a /")
-	}
 	return s.commitCopy(ctx, spec, cmdText(c))
 }
 

@@ -47,7 +47,9 @@ func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instruction
 	}
 	dest := sd.DestPath
 	if dest == "" {
-		return fmt.Errorf("%s needs a destination", spec.instr)
+		// BuildKit: an empty destination (say, a variable that expands
+		// to nothing) is the working directory.
+		dest = "./"
 	}
 	if !path.IsAbs(dest) {
 		wd := s.c.imageConfig().WorkingDir

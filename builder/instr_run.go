@@ -29,10 +29,18 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 const sandboxHostname = "ibuild"
 
 // generatedFiles are provided for every step and never land in a layer.
-var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
+// As with BuildKit there is no /etc/hostname (the host name is set in the
+// step's UTS namespace).
+var generatedFiles = []string{"/etc/hosts", "/etc/resolv.conf"}
 
-// mountDirs are the directories the sandbox mounts over.
+// mountDirs are the directories the sandbox mounts over. Those the image
+// lacks stay in the step's layer as empty root-owned 0755 directories: the
+// runtime BuildKit uses (runc) creates them and BuildKit keeps them, so
+// docker build's images have them.
 var mountDirs = []string{"/proc", "/dev", "/sys"}
+
+// persistentPoint reports whether a mount point is one of mountDirs.
+func persistentPoint(p string) bool { return slices.Contains(mountDirs, p) }
 
 // run handles RUN: the command runs in the sandbox over the image's layers
 // and what it changed becomes a layer.
@@ -40,6 +48,13 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	// Expanding parses and validates --mount and --network.
 	if err := s.expand(c); err != nil {
 		return err
+	}
+	// ibuild has no CDI devices: like BuildKit without a CDI spec for it,
+	// a required --device fails and an optional one is left out.
+	for _, d := range instructions.GetDevices(c) {
+		if d.Required {
+			return fmt.Errorf("--device=%s: required device %q is not registered (ibuild provides no CDI devices)", d.Name, d.Name)
+		}
 	}
 	network := instructions.GetNetwork(c)
 	if network == instructions.NetworkDefault || network == "" {
@@ -152,7 +167,10 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 	if len(sh) == 0 {
 		sh = defaultShell
 	}
-	if len(files) == 1 && len(c.CmdLine) == 1 && strings.HasPrefix(strings.TrimSpace(c.CmdLine[0]), "<<") {
+	if name, _, ok := shebangHeredoc(c); ok {
+		return append(append([]string(nil), sh...), path.Join(heredocScriptDir, name)), ""
+	}
+	if len(files) == 1 && len(c.CmdLine) == 1 && parser.MustParseHeredoc(c.CmdLine[0]) != nil {
 		return append(append([]string(nil), sh...), heredocData(files[0])), ""
 	}
 	script := strings.Join(c.CmdLine, " ")
@@ -160,6 +178,25 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 		script += "\n" + f.Data + f.Name
 	}
 	return append(append([]string(nil), sh...), script), ""
+}
+
+// heredocScriptDir is where a RUN heredoc script with a shebang line is
+// mounted (read-only, executable) for its step, as BuildKit does; it is
+// inside the sandbox's /dev, so it never reaches a layer.
+const heredocScriptDir = "/dev/pipes"
+
+// shebangHeredoc reports a RUN that is a single heredoc whose content
+// starts with "#!": BuildKit runs it as an executable script file, not as
+// shell input.
+func shebangHeredoc(c *instructions.RunCommand) (name, data string, ok bool) {
+	if !c.PrependShell || len(c.Files) != 1 || len(c.CmdLine) != 1 || parser.MustParseHeredoc(c.CmdLine[0]) == nil {
+		return "", "", false
+	}
+	data = heredocData(c.Files[0])
+	if !strings.HasPrefix(data, "#!") {
+		return "", "", false
+	}
+	return c.Files[0].Name, data, true
 }
 
 func heredocData(f instructions.ShellInlineFile) string {
@@ -206,11 +243,11 @@ func resolveRunUser(spec string, files fileReader) (uid, gid uint32, groups []ui
 		uid, gid, name = uint32(e.uid), uint32(e.gid), e.name
 	}
 	if hasGroup {
-		o, err := resolveOwner("0:"+groupPart, files)
+		g, err := resolveGroup(groupPart, files)
 		if err != nil {
 			return 0, 0, nil, err
 		}
-		gid = uint32(o.GID)
+		gid = uint32(g)
 		return uid, gid, []uint32{gid}, nil
 	}
 	groups = []uint32{gid}
@@ -246,8 +283,9 @@ func supplementaryGroups(files fileReader, user string) []int {
 	return out
 }
 
-// generatedFileContent is what a step sees in /etc/hosts,
-// /etc/resolv.conf (the host's) and /etc/hostname, by image path.
+// generatedFileContent is what a step sees in /etc/hosts and
+// /etc/resolv.conf (the host's), by image path; like docker build, no
+// /etc/hostname is made.
 func generatedFileContent() map[string]string {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil {
@@ -256,7 +294,6 @@ func generatedFileContent() map[string]string {
 	return map[string]string{
 		"/etc/hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + sandboxHostname + "\n",
 		"/etc/resolv.conf": string(resolv),
-		"/etc/hostname":    sandboxHostname + "\n",
 	}
 }
 
@@ -307,6 +344,18 @@ func cleanMountPoints(upper string, created []mountPointSpec, parents []string, 
 		}
 		if pt.dir != fi.IsDir() || (!pt.dir && (!fi.Mode().IsRegular() || fi.Size() != 0)) {
 			continue // the step replaced it: it is the step's
+		}
+		if persistentPoint(pt.path) {
+			if pt.dir {
+				// Kept, with the mode and owner runc gives it.
+				if err := os.Chmod(h, 0o755); err != nil {
+					return err
+				}
+				if err := os.Lchown(h, 0, 0); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		if pt.dir {
 			if ents, err := os.ReadDir(h); err != nil || len(ents) > 0 || isOpaque(h) {

@@ -45,6 +45,14 @@ type layerDir struct {
 	// from it, so hardlinks stay hardlinks.
 	links map[[2]uint64]string
 	root  bool
+	// newDirMode, when set, is the mode of directories the step creates
+	// (COPY --chmod gives them its mode, as BuildKit does, except that
+	// the owner keeps rwx: an unprivileged build must still fill and
+	// read them); else 0755. It is applied by finish, deepest first.
+	newDirMode *fs.FileMode
+	// pendingModes are the directories made with newDirMode, and their
+	// owners, waiting for finish.
+	pendingModes map[string]owner
 }
 
 func newLayerDir(dir string, base *layers.RootFS, now time.Time) *layerDir {
@@ -151,6 +159,12 @@ func (l *layerDir) ensureDir(cand string, o owner) error {
 	}
 	if err := l.setMeta(h, fs.ModeDir|0o755, o, false); err != nil {
 		return err
+	}
+	if l.newDirMode != nil {
+		if l.pendingModes == nil {
+			l.pendingModes = map[string]owner{}
+		}
+		l.pendingModes[h] = o
 	}
 	l.dirTimes[h] = l.now
 	return nil
@@ -282,6 +296,16 @@ func setMtime(h string, t time.Time) error {
 
 // finish applies directory mtimes, deepest first.
 func (l *layerDir) finish() error {
+	pending := make([]string, 0, len(l.pendingModes))
+	for d := range l.pendingModes {
+		pending = append(pending, d)
+	}
+	sort.Slice(pending, func(i, j int) bool { return strings.Count(pending[i], "/") > strings.Count(pending[j], "/") })
+	for _, d := range pending {
+		if err := l.setMeta(d, fs.ModeDir|*l.newDirMode|0o700, l.pendingModes[d], false); err != nil {
+			return err
+		}
+	}
 	dirs := make([]string, 0, len(l.dirTimes))
 	for d := range l.dirTimes {
 		dirs = append(dirs, d)

@@ -22,7 +22,9 @@ import (
 // the generated files and the RUN --mount mounts on mount points made
 // here beforehand, so the metadata index taken before the step already
 // holds them; what the step changed is the index diff, and the mount
-// points are removed afterwards unless the step made them its own.
+// points are removed afterwards unless the step made them its own. The
+// /proc, /dev and /sys mount points are made after the index, so those
+// the image lacked stay in the layer (see mountDirs).
 func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, network, isolation string) error {
 	rootfs, err := s.c.RootFS(ctx)
 	if err != nil {
@@ -52,13 +54,26 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	if err != nil {
 		return err
 	}
-	made, err := makeMountPoints(root, points)
+	// /proc, /dev and /sys are made after the index, so that those the
+	// image lacked land in the layer as they do on an overlay.
+	var temporary, persistent []mountPointSpec
+	for _, pt := range points {
+		if persistentPoint(pt.path) {
+			persistent = append(persistent, pt)
+		} else {
+			temporary = append(temporary, pt)
+		}
+	}
+	made, err := makeMountPoints(root, temporary)
 	defer made.remove(nil)
 	if err != nil {
 		return err
 	}
 	before, err := layers.IndexTree(ctx, root)
 	if err != nil {
+		return err
+	}
+	if _, err := makeMountPoints(root, persistent); err != nil {
 		return err
 	}
 	made.snapshotTimes()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 // not land in a layer.
 const vfsDockerfile = "FROM busybox:1\n" +
 	"RUN mkdir -p /data && mkdir -m 1777 /tmp && echo x > /data/f && echo keep > /etc/keep && rm /etc/group && chown 1000:50 /data/f && ln -s /data/f /data/link\n" +
-	"RUN cat /etc/hosts /etc/resolv.conf /etc/hostname > /dev/null && test \"$(hostname)\" = ibuild && test -d /proc/self && echo hi > /dev/null && head -c 4 /dev/zero | wc -c > /zero && ls /proc/1/cmdline > /dev/null\n" +
+	"RUN cat /etc/hosts /etc/resolv.conf > /dev/null && test ! -e /etc/hostname && test \"$(hostname)\" = ibuild && test -d /proc/self && echo hi > /dev/null && head -c 4 /dev/zero | wc -c > /zero && ls /proc/1/cmdline > /dev/null\n" +
 	"USER app\n" +
 	"RUN id -u > /tmp/uid && id -G > /tmp/groups\n" +
 	"USER root\n" +
@@ -108,8 +109,15 @@ func TestRunVFS(t *testing.T) {
 	wantFile(t, root, "/tokcopy", "s3cret\n")
 	wantFile(t, root, "/data/beside", "beside\n")
 	wantFile(t, root, "/work/dir/f", "here\n")
-	for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/etc/group", "/proc", "/dev", "/sys",
+	for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/etc/group",
 		"/var/cache/new", "/run", "/data/cachedir", "/data/link"} {
 		wantAbsent(t, root, p)
+	}
+	// The base's RUN left the /proc, /dev, /sys mount points (as docker
+	// build does) on both stores.
+	for _, p := range []string{"/proc", "/dev", "/sys"} {
+		if st := statOf(t, root, p); st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			t.Errorf("%s is not a directory", p)
+		}
 	}
 }

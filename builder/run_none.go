@@ -54,6 +54,16 @@ func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, netw
 	if err != nil {
 		return err
 	}
+	// Nothing is mounted on them here, but the /proc, /dev and /sys the
+	// image lacks land in the layer as with the other isolations (and
+	// docker build): see mountDirs.
+	var dirs []mountPointSpec
+	for _, p := range mountDirs {
+		dirs = append(dirs, mountPointSpec{path: p, dir: true})
+	}
+	if _, err := makeMountPoints(root, dirs); err != nil {
+		return err
+	}
 	if err := s.runSandbox(ctx, c, spec); err != nil {
 		return err
 	}
@@ -82,8 +92,8 @@ type generated struct {
 	etcAfter           *[2]unix.Timespec
 }
 
-// placeGeneratedFiles writes /etc/hosts, /etc/resolv.conf and
-// /etc/hostname into root where absent. Nothing is made when /etc is
+// placeGeneratedFiles writes /etc/hosts and /etc/resolv.conf into root
+// where absent. Nothing is made when /etc is
 // not a directory.
 func placeGeneratedFiles(root string) (*generated, error) {
 	g := &generated{root: root}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -36,11 +37,14 @@ func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, fi
 		}
 		spec.Insecure = true
 	}
-	if u := s.c.imageConfig().User; u != "" {
-		var err error
-		if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
-			return fmt.Errorf("USER %s: %w", u, err)
-		}
+	// Without USER the step runs as uid 0, with root's supplementary
+	// groups from /etc/group, as with BuildKit.
+	u := s.c.imageConfig().User
+	if u == "" {
+		u = "0"
+	}
+	if spec.UID, spec.GID, spec.Groups, err = resolveRunUser(u, files); err != nil {
+		return fmt.Errorf("USER %s: %w", u, err)
 	}
 	spec.Env = withHome(spec.Env, spec.UID, files)
 	return nil
@@ -86,6 +90,16 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	for _, p := range mountDirs {
 		points = append(points, mountPointSpec{path: p, dir: true})
 	}
+	if name, data, ok := shebangHeredoc(c); ok {
+		script := filepath.Join(tmp, "heredoc-script")
+		if err := os.WriteFile(script, []byte(data), 0o755); err != nil {
+			return nil, func() {}, err
+		}
+		if err := os.Chmod(script, 0o755); err != nil {
+			return nil, func() {}, err
+		}
+		spec.Mounts = append(spec.Mounts, sandbox.Mount{Type: sandbox.MountBind, Source: script, Target: path.Join(heredocScriptDir, name), File: true, ReadOnly: true})
+	}
 	ms := instructions.GetMounts(c)
 	if len(ms) == 0 {
 		return points, func() {}, nil
@@ -95,7 +109,7 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if err != nil {
 		return nil, func() {}, err
 	}
-	spec.Mounts = rm.mounts
+	spec.Mounts = append(spec.Mounts, rm.mounts...)
 	spec.Env = append(spec.Env, rm.env...)
 	return append(points, rm.points...), rm.close, nil
 }

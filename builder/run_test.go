@@ -112,16 +112,62 @@ var runCases = []runCase{{
 		}
 	},
 }, {
+	name:       "device-required",
+	dockerfile: "RUN --device=vendor1.com/device=foo,required echo never > /x\n",
+	wantErr:    []string{"Dockerfile:2", `required device "vendor1.com/device=foo" is not registered`},
+}, {
+	name:       "device-optional",
+	dockerfile: "RUN --device=vendor1.com/device=foo echo ran > /x\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/x", "ran\n")
+	},
+}, {
+	name: "heredoc-then-command",
+	// "<<EOF sh > f" is not a heredoc alone: the line and the heredoc go
+	// to the shell together (BuildKit), so the redirection applies.
+	dockerfile: "RUN <<EOF sh > /out\necho from-heredoc\nEOF\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/out", "from-heredoc\n")
+	},
+}, {
+	name: "root-supplementary-groups",
+	// Without USER a step runs as root with root's groups from /etc/group
+	// (BuildKit, like containerd, adds them).
+	dockerfile: "RUN echo wheel:x:10:root >> /etc/group\nRUN id -G > /root-groups\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/root-groups", "0 10\n")
+	},
+}, {
+	name: "shebang-heredoc",
+	// As BuildKit: a RUN heredoc starting with #! is an executable script
+	// mounted at /dev/pipes/NAME for the step, run by the shell.
+	dockerfile: "RUN <<EOF\n#!/bin/sh\necho \"$0\" > /script-name\nEOF\n",
+	check: func(t *testing.T, b *runBuild) {
+		wantFile(t, b.root, "/script-name", "/dev/pipes/EOF\n")
+		wantNames(t, b.top(t), "script-name")
+	},
+}, {
 	name:       "writes-files",
 	dockerfile: "RUN echo hello > /greeting && mkdir -p /opt/app && echo x > /opt/app/f\n",
 	check: func(t *testing.T, b *runBuild) {
 		wantFile(t, b.root, "/greeting", "hello\n")
 		wantFile(t, b.root, "/opt/app/f", "x\n")
-		// Nothing else: no /etc/hosts, /etc/resolv.conf, /etc/hostname, nor
-		// the /proc, /sys, /dev mount points (the base has none of them).
+		// Nothing else: no /etc/hosts, /etc/resolv.conf, /etc/hostname.
 		wantNames(t, b.top(t), "greeting", "opt", "opt/app", "opt/app/f")
-		for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/proc", "/sys", "/dev"} {
+		for _, p := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"} {
 			wantAbsent(t, b.root, p)
+		}
+		// The base's RUN (on an image without /proc, /sys, /dev) left
+		// those mount points, empty, root-owned, 0755, as docker build
+		// (BuildKit with runc) leaves them; this step found them there.
+		for _, p := range []string{"/dev", "/proc", "/sys"} {
+			st := statOf(t, b.root, p)
+			if st.Mode&syscall.S_IFMT != syscall.S_IFDIR || st.Mode&0o7777 != 0o755 || st.Uid != 0 || st.Gid != 0 {
+				t.Errorf("%s: mode %o owner %d:%d, want a root-owned 0755 directory", p, st.Mode, st.Uid, st.Gid)
+			}
+			if ents, err := os.ReadDir(filepath.Join(b.root, p)); err != nil || len(ents) != 0 {
+				t.Errorf("%s holds %v (%v), want it empty", p, ents, err)
+			}
 		}
 		if len(b.layers) != 1 {
 			t.Errorf("one RUN added %d layers", len(b.layers))
@@ -250,7 +296,7 @@ var runCases = []runCase{{
 	wantErr:    []string{"Dockerfile:3", "echo some-$((40+2))-output && exit 3", "exit code 3", "some-42-output"},
 }, {
 	name: "etc-hosts-does-not-leak",
-	dockerfile: `RUN grep -q localhost /etc/hosts && echo "1.2.3.4 evil" >> /etc/hosts && cat /etc/hostname > /hn && cat /etc/resolv.conf > /dev/null` + "\n" +
+	dockerfile: `RUN grep -q localhost /etc/hosts && echo "1.2.3.4 evil" >> /etc/hosts && test ! -e /etc/hostname && hostname > /hn && cat /etc/resolv.conf > /dev/null` + "\n" +
 		"RUN ! grep -q evil /etc/hosts && echo clean > /clean\n",
 	check: func(t *testing.T, b *runBuild) {
 		if len(b.layers) != 2 {
@@ -259,7 +305,7 @@ var runCases = []runCase{{
 		wantNames(t, b.layers[0], "hn")
 		wantNames(t, b.layers[1], "clean")
 		if hn := strings.TrimSpace(readFileIn(t, b.root, "/hn")); hn == "" {
-			t.Error("/etc/hostname was empty in RUN")
+			t.Error("the host name was empty in RUN")
 		}
 		for _, p := range []string{"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"} {
 			wantAbsent(t, b.root, p)

@@ -124,6 +124,17 @@ var mountCases = []mountCase{{
 		wantNames(t, b.top(t), "got")
 	},
 }, {
+	name: "cache-options-make-another-cache",
+	// As in BuildKit, a cache with uid, gid or mode is not the cache of
+	// the same id without them: it starts empty, made with them.
+	dockerfile: "FROM busybox:1\n" +
+		"RUN --mount=type=cache,target=/c,id=runmount-ident touch /c/plain\n" +
+		"RUN --mount=type=cache,target=/c,id=runmount-ident,uid=1000,gid=50,mode=0751 stat -c '%u:%g %a' /c > /owner && ls /c > /ls\n",
+	check: func(t *testing.T, b *runBuild, _ *layers.Store, _ string) {
+		wantFile(t, b.root, "/owner", "1000:50 751\n")
+		wantFile(t, b.root, "/ls", "")
+	},
+}, {
 	name:   "cache-persists",
 	builds: 2,
 	dockerfile: "FROM busybox:1\n" +

@@ -259,7 +259,7 @@ func (s *stageRun) expand(cmd instructions.Command) error {
 		}
 	}
 	if e, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
-		if err := e.ExpandRaw(words.Raw); err != nil {
+		if err := e.ExpandRaw(words.HeredocFile); err != nil {
 			return err
 		}
 	}

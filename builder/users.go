@@ -19,10 +19,13 @@ type fileReader interface {
 	ReadFile(p string) ([]byte, error)
 }
 
-// resolveOwner resolves a --chown or USER value "user[:group]" (names or
-// ids) against the image's /etc/passwd and /etc/group, as docker does: a
-// user without a group gets the user's primary group (or the same number
-// when the user is numeric and unknown).
+// resolveOwner resolves a --chown value, or the USER a WORKDIR is made
+// for, "user[:group]" (names or ids) against the image's /etc/passwd and
+// /etc/group, as BuildKit does for file operations: a user without a group
+// gets the user's primary group (a numeric user the same number); a user
+// name the image does not have (or an image without /etc/passwd) gives
+// 0:0, and an unknown group name leaves the user's group. (RUN resolves
+// USER strictly: resolveRunUser.)
 func resolveOwner(spec string, files fileReader) (owner, error) {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	if userPart == "" && !hasGroup {
@@ -42,11 +45,9 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 		o.UID = uid
 		o.GID = uid
 	default:
-		e, ok := lookupPasswd(files, userPart, -1)
-		if !ok {
-			return owner{}, fmt.Errorf("unable to find user %s: no matching entries in passwd file", userPart)
+		if e, ok := lookupPasswd(files, userPart, -1); ok {
+			o.UID, o.GID = e.uid, e.gid
 		}
-		o.UID, o.GID = e.uid, e.gid
 	}
 	if !hasGroup {
 		return o, nil
@@ -59,14 +60,27 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 		return o, nil
 	}
 	if groupPart == "" {
-		return owner{}, fmt.Errorf("empty group in %q", spec)
+		return o, nil // "user:" and ":" as BuildKit: no group given
 	}
-	g, ok := lookupGroup(files, groupPart)
-	if !ok {
-		return owner{}, fmt.Errorf("unable to find group %s: no matching entries in group file", groupPart)
+	if g, ok := lookupGroup(files, groupPart); ok {
+		o.GID = g
 	}
-	o.GID = g
 	return o, nil
+}
+
+// resolveGroup resolves a group name or id strictly, for RUN.
+func resolveGroup(group string, files fileReader) (int, error) {
+	if gid, err := strconv.Atoi(group); err == nil {
+		if gid < 0 {
+			return 0, fmt.Errorf("invalid gid %q", group)
+		}
+		return gid, nil
+	}
+	g, ok := lookupGroup(files, group)
+	if !ok {
+		return 0, fmt.Errorf("unable to find group %s: no matching entries in group file", group)
+	}
+	return g, nil
 }
 
 type passwdEntry struct {

@@ -95,12 +95,26 @@ type Words struct {
 }
 
 // Word expands one word.
-func (w *Words) Word(word string) (string, error) { return w.expand(word, false) }
+func (w *Words) Word(word string) (string, error) { return w.expand(word, expandWord) }
 
 // Raw expands variables in s, keeping quotes and escapes (heredoc bodies).
-func (w *Words) Raw(s string) (string, error) { return w.expand(s, true) }
+func (w *Words) Raw(s string) (string, error) { return w.expand(s, expandRaw) }
 
-func (w *Words) expand(word string, raw bool) (string, error) {
+// HeredocFile expands the body of a COPY or ADD heredoc as BuildKit does:
+// variables and backslash escapes (always "\\", whatever the escape
+// directive says) are processed, quotes are kept.
+func (w *Words) HeredocFile(s string) (string, error) { return w.expand(s, expandHeredocFile) }
+
+// expandMode is how a word's quotes and escapes are treated.
+type expandMode int
+
+const (
+	expandWord        expandMode = iota // quotes and escapes processed
+	expandRaw                           // both kept
+	expandHeredocFile                   // escapes (always backslash) processed, quotes kept
+)
+
+func (w *Words) expand(word string, mode expandMode) (string, error) {
 	lim := w.e.limits
 	limit, full, what := lim.word, lim.word, "the text that variables add to one word"
 	if r := lim.instruction - w.added; r < limit {
@@ -109,12 +123,21 @@ func (w *Words) expand(word string, raw bool) (string, error) {
 	if r := lim.total - w.e.added.Load(); r < limit {
 		limit, full, what = r, lim.total, "the text that variables add to the words of this build"
 	}
-	g, err := newGuard(w.e.escape, word, w.env, limit, lim.work-w.e.work.Load())
+	escape := w.e.escape
+	if mode == expandHeredocFile {
+		escape = '\\'
+	}
+	g, err := newGuard(escape, word, w.env, limit, lim.work-w.e.work.Load())
 	if err != nil {
 		return "", err
 	}
-	lex := shell.NewLex(w.e.escape)
-	lex.RawQuotes, lex.RawEscapes = raw, raw
+	lex := shell.NewLex(escape)
+	switch mode {
+	case expandRaw:
+		lex.RawQuotes, lex.RawEscapes = true, true
+	case expandHeredocFile:
+		lex.SkipProcessQuotes = true
+	}
 	out, _, err := lex.ProcessWord(word, g)
 	w.e.work.Add(g.work)
 	switch g.over {

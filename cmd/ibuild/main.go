@@ -30,11 +30,16 @@ func main() {
 	tuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	routeLogrus(os.Stderr)
+	cli.VersionPrinter = func(c *cli.Context) { printVersion(c.App.Writer) }
 	app := newApp()
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	if err := app.RunContext(ctx, interspersed(app, os.Args)); err != nil {
 		// Errors quote Dockerfile text, file names and references:
-		// control characters in them are shown escaped.
-		fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(err.Error()))
+		// control characters in them are shown escaped. An ExitCoder
+		// with no message (a command's own exit status) prints nothing.
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(msg))
+		}
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())
@@ -44,7 +49,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "ibuild",
 		Usage:                "build OCI images from Dockerfiles, daemonless and rootless",
 		Version:              version,
@@ -88,8 +93,14 @@ func newApp() *cli.App {
 			commitCommand(),
 			rmCommand(),
 			unshareCommand(),
+			versionCommand(),
 		},
+		// Errors, cli.Exit ones included, return to main, which prints
+		// them once, after the commands' deferred clean-up ran.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	withUsageErrors(app)
+	return app
 }
 
 // defaultRoot is the storage root when neither --root nor IBUILD_ROOT is set.

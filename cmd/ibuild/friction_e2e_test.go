@@ -1,0 +1,166 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// The tests in this file each try one thing a new user does first, as
+// docker and buildah users write it, and check the answer explains
+// itself.
+
+// TestFlagsAfterArguments: docker build ./app -t x works, so does ibuild's;
+// and after the context of a command without one (push, tag) too.
+func TestFlagsAfterArguments(t *testing.T) {
+	root := t.TempDir()
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a\n"})
+	out, errOut, code := ibuild(t, root, "", "build", ctxDir, "-t", "late:1", "--label", "k=v", "--progress", "plain")
+	if code != 0 {
+		t.Fatalf("build CONTEXT -t NAME: exit %d\n%s", code, errOut)
+	}
+	id := strings.TrimSpace(out)
+	if !strings.HasPrefix(id, "sha256:") {
+		t.Fatalf("stdout %q", out)
+	}
+	insp := mustIbuild(t, root, "inspect", "late:1", "--type", "image")
+	if !strings.Contains(insp, `"k": "v"`) {
+		t.Fatalf("label given after the context is missing:\n%s", insp)
+	}
+	mustIbuild(t, root, "tag", "late:1", "late:2")
+	if out := mustIbuild(t, root, "images", "-q"); !strings.Contains(out, strings.TrimPrefix(id, "sha256:")[:12]) {
+		t.Fatalf("images -q: %q", out)
+	}
+	// -- still ends the flags: what follows is an argument.
+	_, errOut, code = ibuild(t, root, "", "build", ctxDir, "--", "-t")
+	if code != 2 || !strings.Contains(errOut, "exactly one CONTEXT") {
+		t.Fatalf("build CONTEXT -- -t: exit %d\n%s", code, errOut)
+	}
+}
+
+// TestUsageErrorIsShort: an unknown flag or command prints the problem,
+// the closest flag, one usage line and where help is, not the whole help.
+func TestUsageErrorIsShort(t *testing.T) {
+	root := t.TempDir()
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"build", "--bogus", "."}, []string{"ibuild: unknown flag --bogus\n", "Usage: ibuild build [options] CONTEXT\n", "Run 'ibuild build --help'"}},
+		{[]string{"build", ".", "--tagg", "x"}, []string{"unknown flag --tagg (did you mean --tag?)"}},
+		{[]string{"build", "--jobs", "many", "."}, []string{`invalid value "many" for flag --jobs`, "Usage: ibuild build"}},
+		{[]string{"--rot", "/x", "images"}, []string{"unknown flag --rot (did you mean --root?)", "Run 'ibuild --help'"}},
+		{[]string{"biuld", "."}, []string{`unknown command "biuld" (did you mean build?)`}},
+		{[]string{"push", "-x"}, []string{"unknown flag -x", "Usage: ibuild push [options] IMAGE [DEST]"}},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, errOut, code := ibuild(t, root, "", tc.args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			if n := strings.Count(strings.TrimSpace(errOut), "\n") + 1; n > 3 {
+				t.Errorf("%d lines on stderr, want at most 3:\n%s", n, errOut)
+			}
+			if out != "" {
+				t.Errorf("stdout: %q", out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+}
+
+// TestImagesQuietAndFilter: images -q prints each image ID once, and
+// --filter reference=, label= and dangling= select as docker's do.
+func TestImagesQuietAndFilter(t *testing.T) {
+	root := t.TempDir()
+	a := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nLABEL team=web tier=front\nCOPY a /a\n", "a": "a\n"})
+	b := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nLABEL team=db\nCOPY b /b\n", "b": "b\n"})
+	idA := strings.TrimPrefix(strings.TrimSpace(mustIbuild(t, root, "build", "-q", "-t", "web:1", "-t", "web:2", a)), "sha256:")
+	idB := strings.TrimPrefix(strings.TrimSpace(mustIbuild(t, root, "build", "-q", "-t", "db:1", b)), "sha256:")
+	var old struct {
+		Digest    v1.Hash         `json:"digest"`
+		MediaType types.MediaType `json:"mediaType"`
+	}
+	if err := json.Unmarshal([]byte(mustIbuild(t, root, "inspect", "db:1")), &old); err != nil {
+		t.Fatal(err)
+	}
+	// A rebuild of db:1 with other content takes the name from the old
+	// image, which stays in the store until a prune. ibuild lists no
+	// entry for it; another tool writing into the layout (skopeo copy to
+	// oci:ROOT without a tag) makes an entry without a name: dangling.
+	if err := os.WriteFile(filepath.Join(b, "b"), []byte("b2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	idB2 := strings.TrimPrefix(strings.TrimSpace(mustIbuild(t, root, "build", "-q", "-t", "db:1", b)), "sha256:")
+	addUnnamedEntry(t, root, old.Digest, old.MediaType)
+
+	lines := func(args ...string) []string {
+		t.Helper()
+		return strings.Fields(mustIbuild(t, root, append([]string{"images"}, args...)...))
+	}
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-q"}, []string{idB2[:12], idA[:12]}},
+		{[]string{"-q", "--no-trunc", "--filter", "reference=web"}, []string{"sha256:" + idA}},
+		{[]string{"-q", "--filter", "reference=web:2"}, []string{idA[:12]}},
+		{[]string{"-q", "--filter", "reference=localhost/d*"}, []string{idB2[:12]}},
+		{[]string{"-q", "--filter", "reference=nothing*"}, nil},
+		{[]string{"-q", "--filter", "label=team=db"}, []string{idB2[:12]}},
+		{[]string{"-q", "--filter", "label=tier"}, []string{idA[:12]}},
+		{[]string{"-q", "--filter", "label=team", "--filter", "label=tier=back"}, nil},
+		{[]string{"-q", "--filter", "dangling=true"}, []string{idB[:12]}},
+		{[]string{"-q", "-a"}, []string{idB2[:12], idB[:12], idA[:12]}},
+	}
+	for _, tc := range tests {
+		got := lines(tc.args...)
+		slices.Sort(got)
+		want := slices.Clone(tc.want)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("images %s: got %q, want %q", strings.Join(tc.args, " "), got, want)
+		}
+	}
+	_, errOut, code := ibuild(t, root, "", "images", "--filter", "since=web:1")
+	if code == 0 || !strings.Contains(errOut, `unknown filter "since"`) {
+		t.Errorf("unknown filter: exit %d\n%s", code, errOut)
+	}
+}
+
+// addUnnamedEntry adds desc to the store's index.json without a name, as
+// skopeo copy to oci:ROOT without a tag does.
+func addUnnamedEntry(t *testing.T, root string, digest v1.Hash, mt types.MediaType) {
+	t.Helper()
+	fi, err := os.Stat(filepath.Join(root, "blobs", digest.Algorithm, digest.Hex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, "index.json")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var im v1.IndexManifest
+	if err := json.Unmarshal(data, &im); err != nil {
+		t.Fatal(err)
+	}
+	im.Manifests = append(im.Manifests, v1.Descriptor{MediaType: mt, Size: fi.Size(), Digest: digest})
+	if data, err = json.Marshal(im); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

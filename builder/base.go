@@ -37,7 +37,7 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 	}
 	if !local || (b.opts.Pull == registry.PullAlways && !localOnlyName(ref)) || !b.servesPlatform(ctx, desc, platform) {
 		if desc, err = b.pull(ctx, ref, platform); err != nil {
-			return nil, err
+			return nil, b.stageHint(ref, err)
 		}
 	}
 	var img v1.Image

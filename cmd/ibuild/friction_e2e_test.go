@@ -164,3 +164,45 @@ func addUnnamedEntry(t *testing.T, root string, digest v1.Hash, mt types.MediaTy
 		t.Fatal(err)
 	}
 }
+
+// TestDockerfileTyposSuggest: a misspelt instruction gets BuildKit's
+// "did you mean", and --from naming no stage but close to one says so
+// (after trying it as an image: a real image of that name still works).
+func TestDockerfileTyposSuggest(t *testing.T) {
+	root := t.TempDir()
+	ctxDir := writeContext(t, map[string]string{"a": "a\n", "Dockerfile": "FROM scratch\nCOPPY a /a\n"})
+	_, errOut, code := ibuild(t, root, "", "build", ctxDir)
+	if code == 0 || !strings.Contains(errOut, "Dockerfile:2: COPPY a /a: unknown instruction: COPPY (did you mean COPY?)") {
+		t.Fatalf("COPPY: exit %d\n%s", code, errOut)
+	}
+
+	stages := "FROM scratch AS build\nCOPY a /a\nFROM scratch\n"
+	for _, tc := range []struct{ name, step, want string }{
+		{"copy", "COPY --from=biuld /a /b\n", `Dockerfile:4: COPY --from=biuld /a /b: --from=biuld: no stage named "biuld" (did you mean "build"?), and no image by that name: pull docker.io/library/biuld:latest: `},
+		{"mount", "RUN --mount=from=buidl,target=/x true\n", `no stage named "buidl" (did you mean "build"?)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(stages+tc.step), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// --pull never: the test does not wait on Docker Hub; the
+			// default policy tries it first and then says the same.
+			_, errOut, code := ibuild(t, root, "", "build", "--pull", "never", ctxDir)
+			if code == 0 || !strings.Contains(errOut, tc.want) {
+				t.Fatalf("exit %d, want %q in\n%s", code, tc.want, errOut)
+			}
+		})
+	}
+
+	// An image whose name is one letter from a stage's is still used.
+	img := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": "from the image\n"})
+	mustIbuild(t, root, "build", "-q", "-t", "bulid", img)
+	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(stages+"COPY --from=bulid /f /f\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	mustIbuild(t, root, "build", "-q", "--output", "type=local,dest="+out, ctxDir)
+	if data, err := os.ReadFile(filepath.Join(out, "f")); err != nil || string(data) != "from the image\n" {
+		t.Fatalf("COPY --from=bulid (an image): %q %v", data, err)
+	}
+}

@@ -293,9 +293,9 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 		var d v1.Hash
 		var err error
 		if res.Image != nil {
-			d, err = registry.PushImage(ctx, res.Image, dest, opts.PushOptions)
+			d, err = registry.PushImage(ctx, res.Image, dest, opts.pushOptions())
 		} else {
-			d, err = registry.PushIndex(ctx, res.Index, dest, opts.PushOptions)
+			d, err = registry.PushIndex(ctx, res.Index, dest, opts.pushOptions())
 		}
 		if err != nil {
 			return err

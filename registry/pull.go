@@ -157,7 +157,7 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		}
 	}
 	fail := func(err error) (v1.Descriptor, error) {
-		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, err)
+		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, explain(ctx, err, r, "pull", opts.Conn))
 	}
 	ropts := opts.remoteOptions(ctx)
 	opts.progress("resolving %s", full)

@@ -123,7 +123,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 	}
 	full := CanonicalName(r)
 	fail := func(err error) (v1.Hash, error) {
-		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), err)
+		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), explain(ctx, err, r, "push", opts.Conn))
 	}
 	jobs := opts.Jobs
 	if jobs <= 0 {
@@ -348,7 +348,7 @@ func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) 
 func (c Conn) remoteOptions(ctx context.Context, jobs int) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(c.Auth.Keychain()),
+		remote.WithAuthFromKeychain(c.keychain()),
 		remote.WithTransport(c.roundTripper()),
 		remote.WithJobs(jobs),
 	}

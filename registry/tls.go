@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 )
 
 // DefaultCertsDirs are the per-registry certificate directories read when
@@ -27,6 +29,11 @@ type Conn struct {
 	TLSVerify *bool
 	// Auth says where credentials are found; the zero value is anonymous.
 	Auth AuthConfig
+	// Keychain, when not nil, is asked for credentials before Auth: a
+	// go-containerregistry keychain, such as authn.NewMultiKeychain of
+	// the cloud providers' keychains (google.Keychain, the ECR and ACR
+	// helpers). Auth answers for the registries it leaves anonymous.
+	Keychain authn.Keychain
 	// CertsDirs are the certs.d base directories searched for a HOST[:PORT]
 	// subdirectory; nil means DefaultCertsDirs.
 	CertsDirs []string

@@ -2,14 +2,20 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ibuild/ibuild/registry/registrytest"
 )
 
 // The tests in this file each try one thing a new user does first, as
@@ -205,4 +211,104 @@ func TestDockerfileTyposSuggest(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(out, "f")); err != nil || string(data) != "from the image\n" {
 		t.Fatalf("COPY --from=bulid (an image): %q %v", data, err)
 	}
+}
+
+// TestRegistryErrorsExplain: a registry's refusals and a missing tag are
+// said in words, with the repository and what fixes them, not as HTTP
+// internals and Go maps.
+func TestRegistryErrorsExplain(t *testing.T) {
+	const user, pass = "carol", "friction-Pa55"
+	reg := registrytest.StartWith(t, registrytest.Config{Users: map[string]string{user: pass}})
+	root := t.TempDir()
+	af := filepath.Join(t.TempDir(), "auth.json")
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a\n"})
+	mustIbuild(t, root, "build", "-q", "-t", "local:1", ctxDir)
+	repo := reg.Host + "/friction/app"
+
+	noInternals := func(t *testing.T, errOut string) {
+		t.Helper()
+		for _, bad := range []string{"map[", "HEAD responses have no body", pass} {
+			if strings.Contains(errOut, bad) {
+				t.Errorf("stderr shows %q:\n%s", bad, errOut)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"push", []string{"push", "--authfile", af, "local:1", repo + ":1"}, []string{
+			"registry " + reg.Host + " refused to push friction/app: 401 Unauthorized (no credentials for " + reg.Host + " were found)",
+			"hint: log in with 'ibuild login " + reg.Host + "', or name an auth file holding credentials for it with --authfile"}},
+		{"pull", []string{"pull", "--authfile", af, repo + ":1"}, []string{
+			"registry " + reg.Host + " refused to pull friction/app: 401 Unauthorized: UNAUTHORIZED: authentication required",
+			"ibuild login " + reg.Host}},
+		{"inspect", []string{"inspect", "--authfile", af, "docker://" + repo + ":1"}, []string{"refused to pull friction/app", "ibuild login"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, errOut, code := ibuild(t, root, "", tc.args...)
+			if code == 0 {
+				t.Fatalf("succeeded without credentials")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+			noInternals(t, errOut)
+		})
+	}
+
+	// Wrong credentials are told apart from none.
+	if err := os.WriteFile(af, []byte(`{"auths":{"`+reg.Host+`":{"username":"`+user+`","password":"`+pass+`-bad"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := ibuild(t, root, "", "push", "--authfile", af, "local:1", repo+":1")
+	if code == 0 || !strings.Contains(errOut, "refused to push friction/app with the credentials found for it: 401 Unauthorized") ||
+		!strings.Contains(errOut, "'ibuild login "+reg.Host+"' replaces them") {
+		t.Errorf("push with a bad password: exit %d\n%s", code, errOut)
+	}
+	noInternals(t, errOut)
+
+	// A missing tag names the tags the repository has.
+	_, errOut, code = ibuild(t, root, pass+"\n", "login", "--authfile", af, "-u", user, "--password-stdin", reg.Host)
+	if code != 0 {
+		t.Fatalf("login: %s", errOut)
+	}
+	mustIbuild(t, root, "push", "-q", "--authfile", af, "local:1", repo+":1")
+	mustIbuild(t, root, "push", "-q", "--authfile", af, "local:1", repo+":2")
+	_, errOut, code = ibuild(t, t.TempDir(), "", "pull", "--authfile", af, repo+":3")
+	if want := "repository " + repo + ` has no tag "3"; its tags: 1, 2`; code == 0 || !strings.Contains(errOut, want) {
+		t.Errorf("pull of a missing tag: exit %d, want %q in\n%s", code, want, errOut)
+	}
+	noInternals(t, errOut)
+	_, errOut, code = ibuild(t, t.TempDir(), "", "pull", "--authfile", af, reg.Host+"/friction/none:1")
+	if want := "repository " + reg.Host + "/friction/none does not exist"; code == 0 || !strings.Contains(errOut, want) {
+		t.Errorf("pull from a missing repository: exit %d, want %q in\n%s", code, want, errOut)
+	}
+
+	// Many tags: the list is bounded.
+	desc, err := remote.Get(mustRef(t, repo+":1"), remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		if err := remote.Tag(mustRef(t, fmt.Sprintf("%s:t%02d", repo, i)).(name.Tag), desc, remote.WithAuth(&authn.Basic{Username: user, Password: pass})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, errOut, code = ibuild(t, t.TempDir(), "", "pull", "--authfile", af, repo+":nope")
+	if code == 0 || !strings.Contains(errOut, "its tags include ") || !strings.HasSuffix(strings.TrimSpace(errOut), ", ...") || strings.Count(errOut, ", ") > 20 {
+		t.Errorf("pull of a missing tag among 32: exit %d\n%s", code, errOut)
+	}
+}
+
+func mustRef(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -40,6 +40,9 @@ func main() {
 		if msg := err.Error(); msg != "" {
 			fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(msg))
 		}
+		if hint := errorHint(err); hint != "" {
+			fmt.Fprintln(os.Stderr, "ibuild: hint:", printable.Escape(hint))
+		}
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())

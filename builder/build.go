@@ -58,6 +58,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	opts.Format = format
+	if err := checkFormat(format, opts.Compression); err != nil {
+		return nil, err
+	}
 	if _, err := opts.capabilities(); err != nil {
 		return nil, err
 	}

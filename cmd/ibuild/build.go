@@ -141,6 +141,9 @@ func runBuild(c *cli.Context) error {
 	if opts.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
 		return fmt.Errorf("--compression: %w", err)
 	}
+	if err := checkFormatFlags(opts.Format, opts.Compression); err != nil {
+		return err
+	}
 	epoch := c.String("source-date-epoch")
 	if epoch == "" {
 		epoch = os.Getenv("SOURCE_DATE_EPOCH")

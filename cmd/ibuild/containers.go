@@ -371,6 +371,9 @@ func commitCommand() *cli.Command {
 			if o.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
 				return fmt.Errorf("--compression: %w", err)
 			}
+			if err := checkFormatFlags(o.Format, o.Compression); err != nil {
+				return err
+			}
 			stored, err := layers.NormalizeName(image)
 			if err != nil {
 				return fmt.Errorf("commit %s: image name %s: %w", name, image, err)

@@ -312,3 +312,31 @@ func mustRef(t *testing.T, s string) name.Reference {
 	}
 	return r
 }
+
+// TestDockerFormatWithZstdRefused: --format docker --compression zstd would
+// write a Docker manifest with zstd OCI layers, which skopeo refuses:
+// build and commit refuse the pair, and push --format docker of a zstd
+// image says to push it as OCI.
+func TestDockerFormatWithZstdRefused(t *testing.T) {
+	root := t.TempDir()
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a\n"})
+	const want = "--format docker and --compression zstd cannot be combined"
+	_, errOut, code := ibuild(t, root, "", "build", "--format", "docker", "--compression", "zstd", "-t", "fz:1", ctxDir)
+	if code != 2 || !strings.Contains(errOut, want) {
+		t.Fatalf("build: exit %d\n%s", code, errOut)
+	}
+	if _, _, code := ibuild(t, root, "", "inspect", "fz:1"); code == 0 {
+		t.Fatal("the refused build tagged fz:1")
+	}
+	name := strings.TrimSpace(mustIbuild(t, root, "from", "scratch"))
+	_, errOut, code = ibuild(t, root, "", "commit", "--format", "docker", "--compression", "zstd", "--squash", name, "fz:2")
+	if code != 2 || !strings.Contains(errOut, want) {
+		t.Fatalf("commit: exit %d\n%s", code, errOut)
+	}
+	reg := registrytest.Start(t)
+	mustIbuild(t, root, "build", "-q", "--compression", "zstd", "-t", "fz:3", ctxDir)
+	_, errOut, code = ibuild(t, root, "", "push", "--format", "docker", "fz:3", reg.Host+"/fz:3")
+	if code == 0 || !strings.Contains(errOut, "a zstd layer has no docker media type; push it in oci format") {
+		t.Fatalf("push --format docker of a zstd image: exit %d\n%s", code, errOut)
+	}
+}

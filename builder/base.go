@@ -118,10 +118,11 @@ func (b *build) pull(ctx context.Context, ref string, platform v1.Platform) (v1.
 	b.mu.Unlock()
 	p.once.Do(func() {
 		p.desc, p.err = registry.Pull(ctx, b.opts.Store, ref, registry.PullOptions{
-			Platform: platform,
-			Policy:   b.opts.Pull,
-			Conn:     b.opts.registryConn(),
-			Progress: b.opts.pullProgress(),
+			Platform:  platform,
+			Policy:    b.opts.Pull,
+			Conn:      b.opts.registryConn(),
+			Progress:  b.opts.pullProgress(),
+			Transfers: TransferProgress(b.opts.Progress),
 		})
 	})
 	return p.desc, p.err

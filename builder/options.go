@@ -145,11 +145,15 @@ func (o *Options) registryConn() registry.Conn {
 	return c
 }
 
-// pushOptions is PushOptions, its Conn defaulting to registryConn.
+// pushOptions is PushOptions, its Conn defaulting to registryConn and
+// its layer transfers reported to Progress.
 func (o *Options) pushOptions() registry.PushOptions {
 	po := o.PushOptions
 	if reflect.ValueOf(po.Conn).IsZero() {
 		po.Conn = o.registryConn()
+	}
+	if po.Transfers == nil && o.Progress != nil {
+		po.Transfers = TransferProgress(o.Progress)
 	}
 	return po
 }

@@ -407,10 +407,12 @@ func commitCommand() *cli.Command {
 			}
 			if c.Bool("push") {
 				popts := registry.PushOptions{Format: string(o.Format), Conn: connOptions(c)}
-				if !c.Bool("quiet") {
-					popts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
+				var done func()
+				if popts.Progress, popts.Transfers, done, err = registryProgress(c); err != nil {
+					return err
 				}
 				d, err := registry.Push(c.Context, st, image, "", popts)
+				done()
 				if err != nil {
 					return fmt.Errorf("commit %s: committed %s as %s, but the push failed (retry with ibuild push %s): %w", name, id, image, image, err)
 				}

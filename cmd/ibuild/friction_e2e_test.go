@@ -340,3 +340,74 @@ func TestDockerFormatWithZstdRefused(t *testing.T) {
 		t.Fatalf("push --format docker of a zstd image: exit %d\n%s", code, errOut)
 	}
 }
+
+// TestProgressLabels: the build's last progress line labels the image ID
+// (what stdout prints) and the manifest digest; pulls and pushes show a
+// line per layer named by its short digest (plain) or its bytes and rate
+// (tty), never an empty [] prefix.
+func TestProgressLabels(t *testing.T) {
+	reg := registrytest.Start(t)
+	root := t.TempDir()
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\nCOPY b /b\n", "a": "a\n", "b": "b\n"})
+	out, errOut, code := ibuild(t, root, "", "build", "--progress", "plain", "-t", "prog:1", ctxDir)
+	if code != 0 {
+		t.Fatalf("build: %s", errOut)
+	}
+	var insp struct {
+		Digest   string `json:"digest"`
+		ID       string `json:"id"`
+		Manifest struct {
+			Layers []struct {
+				Digest string `json:"digest"`
+			} `json:"layers"`
+		} `json:"manifest"`
+	}
+	if err := json.Unmarshal([]byte(mustIbuild(t, root, "inspect", "prog:1")), &insp); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != insp.ID {
+		t.Fatalf("stdout %q, image ID %s", out, insp.ID)
+	}
+	if want := "built image " + insp.ID + " (manifest " + insp.Digest + ") in "; !strings.Contains(errOut, want) {
+		t.Fatalf("stderr lacks %q:\n%s", want, errOut)
+	}
+
+	ref := reg.Host + "/prog/app:1"
+	_, errOut, code = ibuild(t, root, "", "push", "--progress", "plain", "prog:1", ref)
+	if code != 0 {
+		t.Fatalf("push: %s", errOut)
+	}
+	for _, l := range insp.Manifest.Layers {
+		if want := "[push " + ref + "] layer " + strings.TrimPrefix(l.Digest, "sha256:")[:12] + ": "; !strings.Contains(errOut, want) {
+			t.Errorf("push progress lacks %q:\n%s", want, errOut)
+		}
+	}
+	fresh := t.TempDir()
+	_, errOut, code = ibuild(t, fresh, "", "pull", "--progress", "plain", ref)
+	if code != 0 {
+		t.Fatalf("pull: %s", errOut)
+	}
+	for _, l := range insp.Manifest.Layers {
+		if want := "[pull " + ref + "] layer " + strings.TrimPrefix(l.Digest, "sha256:")[:12] + ": "; !strings.Contains(errOut, want) {
+			t.Errorf("pull progress lacks %q:\n%s", want, errOut)
+		}
+	}
+	// A build pulling its base, plain and tty.
+	base := writeContext(t, map[string]string{"Dockerfile": "FROM " + ref + "\nCOPY c /c\n", "c": "c\n"})
+	for _, mode := range []string{"plain", "tty"} {
+		_, errOut, code = ibuild(t, t.TempDir(), "", "build", "--progress", mode, base)
+		if code != 0 {
+			t.Fatalf("build on a pulled base (%s): %s", mode, errOut)
+		}
+		if strings.Contains(errOut, "[]") {
+			t.Errorf("%s progress shows an empty [] prefix:\n%s", mode, errOut)
+		}
+		want := "[pull " + ref + "] layer " + strings.TrimPrefix(insp.Manifest.Layers[0].Digest, "sha256:")[:12] + ": "
+		if mode == "tty" {
+			want = "[pull " + ref + "] OK     layer " + strings.TrimPrefix(insp.Manifest.Layers[0].Digest, "sha256:")[:12] + ": "
+		}
+		if !strings.Contains(errOut, want) || !strings.Contains(errOut, "B/s") {
+			t.Errorf("%s progress lacks %q and a rate:\n%s", mode, want, errOut)
+		}
+	}
+}

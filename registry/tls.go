@@ -19,7 +19,8 @@ import (
 var DefaultCertsDirs = []string{"/etc/containers/certs.d", "/etc/docker/certs.d"}
 
 // Conn is how registries are reached: transport, TLS and credentials. It
-// is shared by PullOptions, PushOptions and LoginOptions.
+// is shared by PullOptions, PushOptions and CacheOptions, and Login takes
+// it.
 type Conn struct {
 	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
 	// (or HTTPS without verification). localhost and 127.0.0.1 always are.

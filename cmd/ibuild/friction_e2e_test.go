@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/ibuild/ibuild/layers/layertest"
 	"github.com/ibuild/ibuild/registry/registrytest"
 )
 
@@ -408,6 +410,45 @@ func TestProgressLabels(t *testing.T) {
 		}
 		if !strings.Contains(errOut, want) || !strings.Contains(errOut, "B/s") {
 			t.Errorf("%s progress lacks %q and a rate:\n%s", mode, want, errOut)
+		}
+	}
+}
+
+// TestRootlessSetupMessagesAreIbuilds: what containers/storage logs while
+// entering the user namespace (here: nobody has no /etc/subuid range)
+// reads as ibuild's own warnings, once, not as logrus's time=...
+// level=... lines.
+func TestRootlessSetupMessagesAreIbuilds(t *testing.T) {
+	requireRoot(t)
+	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
+		if data, _ := os.ReadFile(f); strings.Contains("\n"+string(data), "\nnobody:") || strings.Contains("\n"+string(data), "\n65534:") {
+			layertest.SkipOrFail(t, "%s gives nobody a range: this test needs a user without one", f)
+		}
+	}
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a\n"})
+	_, out, err := buildAsUser(t, 65534, 65534, ctxDir, "--isolation", "userns")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "level=") || strings.Contains(out, "time=") {
+		t.Errorf("logrus lines in the output:\n%s", out)
+	}
+	// ibuild says it once; storage's own three lines saying the same
+	// are left out.
+	if n := strings.Count(out, "no range"); n != 1 || !strings.Contains(out, "ibuild: warning: /etc/subuid and /etc/subgid give this user no range") || strings.Contains(out, "Found no UID ranges") {
+		t.Errorf("the missing range should be said once, as ibuild's warning (%d times):\n%s", n, out)
+	}
+}
+
+// TestVersion: ibuild version and --version name the Go, containers/storage
+// and buildkit parser versions the binary was built with.
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out := mustIbuild(t, t.TempDir(), args...)
+		for _, re := range []string{`(?m)^ibuild version \S+$`, `(?m)^  Go: +go1\.\d+`, `(?m)^  containers/storage: +v1\.\d+\.\d+$`, `(?m)^  buildkit \(Dockerfile parser\): +v0\.\d+\.\d+$`} {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("ibuild %s: output does not match %s:\n%s", args[0], re, out)
+			}
 		}
 	}
 }

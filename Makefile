@@ -73,6 +73,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(GOFLAGS) ./...
+	$(GO) run .ci/doccheck.go .
 
 clean:
 	rm -rf bin

@@ -37,7 +37,7 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 	}
 	if !local || (b.opts.Pull == registry.PullAlways && !localOnlyName(ref)) || !b.servesPlatform(ctx, desc, platform) {
 		if desc, err = b.pull(ctx, ref, platform); err != nil {
-			return nil, err
+			return nil, b.stageHint(ref, err)
 		}
 	}
 	var img v1.Image
@@ -118,10 +118,11 @@ func (b *build) pull(ctx context.Context, ref string, platform v1.Platform) (v1.
 	b.mu.Unlock()
 	p.once.Do(func() {
 		p.desc, p.err = registry.Pull(ctx, b.opts.Store, ref, registry.PullOptions{
-			Platform: platform,
-			Policy:   b.opts.Pull,
-			Conn:     b.opts.registryConn(),
-			Progress: b.opts.pullProgress(),
+			Platform:  platform,
+			Policy:    b.opts.Pull,
+			Conn:      b.opts.registryConn(),
+			Progress:  b.opts.pullProgress(),
+			Transfers: TransferProgress(b.opts.Progress),
 		})
 	})
 	return p.desc, p.err

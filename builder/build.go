@@ -59,6 +59,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	opts.Format = format
+	if err := checkFormat(format, opts.Compression); err != nil {
+		return nil, err
+	}
 	if _, err := opts.capabilities(); err != nil {
 		return nil, err
 	}
@@ -340,9 +343,9 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 		var d v1.Hash
 		var err error
 		if res.Image != nil {
-			d, err = registry.PushImage(ctx, res.Image, dest, opts.PushOptions)
+			d, err = registry.PushImage(ctx, res.Image, dest, opts.pushOptions())
 		} else {
-			d, err = registry.PushIndex(ctx, res.Index, dest, opts.PushOptions)
+			d, err = registry.PushIndex(ctx, res.Index, dest, opts.pushOptions())
 		}
 		if err != nil {
 			return err

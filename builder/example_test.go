@@ -100,3 +100,31 @@ func ExampleFrom() {
 	// application/vnd.oci.image.manifest.v1+json
 	// [GREETING=hello] /srv [/bin/cat hello.txt] 1
 }
+
+// A program that builds Dockerfiles with RUN steps as an ordinary user
+// enters a user namespace first, as the ibuild command does: main starts
+// with reexec.Init() (go.podman.io/storage/pkg/reexec), then calls
+// MaybeReexecUsingUserNamespace, which re-executes the program as root of
+// a namespace mapping the user's /etc/subuid range (and does not return),
+// or returns at once as root or inside it. cmd/ibuild/testdata/libuserns
+// is the whole program; a test runs it as an unprivileged user.
+func ExampleMaybeReexecUsingUserNamespace() {
+	root := "/var/tmp/my-builder" // fixed before the re-exec: inside, the program is root
+	if err := builder.MaybeReexecUsingUserNamespace(builder.ReexecOptions{
+		Isolation: builder.IsolationAuto,
+		Warn:      func(msg string) { log.Print("warning: ", msg) },
+	}); err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := layers.OpenStore(ctx, root)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+	res, err := builder.Build(ctx, builder.Options{Store: st, ContextDir: "."})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.ID)
+}

@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ibuild/ibuild/layers"
 )
 
 // Format selects the manifest and config media types of built images.
@@ -31,6 +34,20 @@ func ParseFormat(s string) (Format, error) {
 		return FormatDocker, nil
 	}
 	return "", fmt.Errorf("unknown format %q (want oci or docker)", s)
+}
+
+// ErrDockerZstd is the error of Format docker with zstd-compressed
+// layers: Docker's image format (schema 2) has no media type for them, so
+// the image would carry OCI zstd layer types in a Docker manifest, which
+// skopeo, docker and registries refuse.
+var ErrDockerZstd = errors.New("the Docker image format has no media type for zstd-compressed layers: use Format oci with Compression zstd, or Format docker with Compression gzip")
+
+// checkFormat refuses a format and compression no image can hold.
+func checkFormat(f Format, c layers.Compression) error {
+	if f == FormatDocker && c == layers.Zstd {
+		return fmt.Errorf("format docker with compression zstd: %w", ErrDockerZstd)
+	}
+	return nil
 }
 
 func (f Format) manifestType() types.MediaType {
@@ -113,7 +130,11 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer, format Format, annotations map[
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", i, err)
 		}
-		img.types = append(img.types, format.layerType(mt))
+		mt = format.layerType(mt)
+		if format == FormatDocker && mt == types.OCILayerZStd {
+			return nil, fmt.Errorf("layer %d (diff ID %s) is zstd-compressed, from the base image or a cache: %w", i+1, cfg.RootFS.DiffIDs[i], ErrDockerZstd)
+		}
+		img.types = append(img.types, mt)
 	}
 	return img, nil
 }

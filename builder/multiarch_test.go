@@ -24,6 +24,9 @@ import (
 // fresh docker-registry and returns its reference.
 func multiArchBase(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("a foreign busybox from apt and a registry: skipped with -short")
+	}
 	reg := registrytest.Start(t)
 	ref := reg.Host + "/busybox:multi"
 	registrytest.PushBusyboxIndex(t, ref,
@@ -37,6 +40,9 @@ func multiArchBase(t *testing.T) string {
 // binfmt_misc handler with the F flag (.ci/run registers qemu-aarch64).
 func requireEmulation(t *testing.T, ps ...v1.Platform) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("RUN steps under emulation: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "RUN tests need root (namespaces, overlay, chroot)")
 	}

@@ -3,6 +3,7 @@ package builder
 import (
 	"fmt"
 	"net/http"
+	"reflect"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -83,6 +84,10 @@ type Options struct {
 	// Result.Stored is false, Tags are not applied and a warning says so.
 	// Without Push (or with Outputs) the result needs every layer's bytes,
 	// and Build downloads them.
+	//
+	// PushOptions.Conn left at its zero value means Registry's (with
+	// InsecureRegistries): one connection setting (credentials, keychain,
+	// TLS) serves the pulls and the pushes of a build.
 	Push        []string
 	PushOptions registry.PushOptions
 	// Progress receives events; nil discards them.
@@ -138,6 +143,19 @@ func (o *Options) registryConn() registry.Conn {
 	c := o.Registry
 	c.Insecure = append(append([]string(nil), c.Insecure...), o.InsecureRegistries...)
 	return c
+}
+
+// pushOptions is PushOptions, its Conn defaulting to registryConn and
+// its layer transfers reported to Progress.
+func (o *Options) pushOptions() registry.PushOptions {
+	po := o.PushOptions
+	if reflect.ValueOf(po.Conn).IsZero() {
+		po.Conn = o.registryConn()
+	}
+	if po.Transfers == nil && o.Progress != nil {
+		po.Transfers = TransferProgress(o.Progress)
+	}
+	return po
 }
 
 // pullProgress reports pull steps to Progress as log events.

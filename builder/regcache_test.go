@@ -37,6 +37,9 @@ COPY --link late.txt /late.txt
 // late.txt and app/a.txt as given).
 func regcacheContext(t *testing.T, dockerfile, a, late string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("RUN steps and a registry: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "registry cache tests run RUN steps: they need root")
 	}

@@ -29,6 +29,9 @@ import (
 // staff 50) and nobody (65534). It needs root and /bin/busybox.
 func busyboxBase(t *testing.T, st *layers.Store) *Result {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("RUN steps: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "RUN tests need root (namespaces, overlay, chroot)")
 	}

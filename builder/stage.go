@@ -274,7 +274,7 @@ func (s *stageRun) RootFS(ctx context.Context) (*layers.RootFS, error) {
 	return s.rootfs, s.rootfsErr
 }
 
-// historyText is the created_by of a step: the instruction as written
+// cmdText is the created_by of a step: the instruction as written
 // (ARG values given with --build-arg never appear).
 func cmdText(cmd instructions.Command) string {
 	if oc, ok := cmd.(onbuildCommand); ok {

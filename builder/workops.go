@@ -45,6 +45,9 @@ func newOpsBuild(ctx context.Context, opts *Options, name, text, contextDir stri
 		return nil, err
 	}
 	opts.Format = format
+	if err := checkFormat(format, opts.Compression); err != nil {
+		return nil, err
+	}
 	if contextDir == "" {
 		// Nothing is read from it: an empty directory of the store's.
 		dir, err := opts.Store.TempDir("context-")
@@ -397,6 +400,9 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	}
 	if o.Compression == "" {
 		o.Compression = layers.Gzip
+	}
+	if err := checkFormat(format, o.Compression); err != nil {
+		return nil, v1.Descriptor{}, err
 	}
 	unlock, err := c.store.Lock(ctx, false)
 	if err != nil {

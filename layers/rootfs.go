@@ -111,7 +111,7 @@ func isWhiteoutCharDev(fi fs.FileInfo) bool {
 	return ok && st.Rdev == 0
 }
 
-// isOpaqueDir reports whether the host directory dir hides lower layers'
+// isOpaqueLayerDir reports whether the host directory dir hides lower layers'
 // contents.
 func isOpaqueLayerDir(dir string) bool {
 	if lexists(filepath.Join(dir, whiteoutOpaque)) {

@@ -22,8 +22,8 @@ import (
 	"github.com/ibuild/ibuild/layers/layertest"
 )
 
-// sqEnt is an entry of a squash fixture layer; unlike buildTar's, its
-// owner is kept.
+// sqTar writes the entries of a squash fixture layer as a tar; unlike
+// buildTar, it keeps their owners.
 func sqTar(t testing.TB, es ...ent) []byte {
 	t.Helper()
 	var buf bytes.Buffer

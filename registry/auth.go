@@ -50,6 +50,15 @@ type AuthConfig struct {
 // AuthConfig describes.
 func (a AuthConfig) Keychain() authn.Keychain { return keychain{a} }
 
+// keychain is how c finds credentials: its Keychain first, then the
+// files Auth names.
+func (c Conn) keychain() authn.Keychain {
+	if c.Keychain == nil {
+		return c.Auth.Keychain()
+	}
+	return authn.NewMultiKeychain(c.Keychain, c.Auth.Keychain())
+}
+
 // containersAuthFile is the auth.json AuthConfig reads, or "".
 func (a AuthConfig) containersAuthFile() string {
 	if a.AuthFile != "" {

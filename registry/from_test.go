@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -81,7 +82,8 @@ func TestBuildFromRegistry(t *testing.T) {
 	t.Run("unknown", func(t *testing.T) {
 		bad := px.Host + "/nope:1"
 		_, err := build(newStore(t), "FROM "+bad+"\n", "", f.host)
-		if err == nil || !strings.Contains(err.Error(), "pull "+bad) || !strings.Contains(strings.ToLower(err.Error()), "manifest unknown") {
+		var nf *registry.TagNotFoundError
+		if err == nil || !strings.Contains(err.Error(), "pull "+bad) || !errors.As(err, &nf) || !strings.Contains(err.Error(), "repository "+px.Host+"/nope does not exist") {
 			t.Fatalf("err = %v", err)
 		}
 	})

@@ -39,7 +39,9 @@ func InspectRemote(ctx context.Context, ref string, opts PullOptions) (*RemoteIn
 		return nil, err
 	}
 	full := CanonicalName(r)
-	fail := func(err error) (*RemoteInfo, error) { return nil, fmt.Errorf("inspect %s: %w", full, err) }
+	fail := func(err error) (*RemoteInfo, error) {
+		return nil, fmt.Errorf("inspect %s: %w", full, explain(ctx, err, r, "pull", opts.Conn))
+	}
 	ropts := opts.remoteOptions(ctx)
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {

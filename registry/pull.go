@@ -63,6 +63,11 @@ type PullOptions struct {
 	Conn
 	// Progress receives one line per step; nil discards them.
 	Progress func(string)
+	// Transfers, when not nil, receives the progress of each layer
+	// downloaded (see Transfer) instead of a Progress line per layer.
+	Transfers func(Transfer)
+
+	ref string // the canonical reference, for Transfers
 }
 
 func (o PullOptions) progress(format string, args ...any) {
@@ -144,6 +149,7 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		return v1.Descriptor{}, err
 	}
 	full := CanonicalName(r)
+	opts.ref = full
 	want := opts.platform()
 	if policy != PullAlways {
 		if d, ok := localImage(ctx, store, full, want); ok {
@@ -157,7 +163,7 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		}
 	}
 	fail := func(err error) (v1.Descriptor, error) {
-		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, err)
+		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, explain(ctx, err, r, "pull", opts.Conn))
 	}
 	ropts := opts.remoteOptions(ctx)
 	opts.progress("resolving %s", full)
@@ -246,11 +252,21 @@ func storeImage(ctx context.Context, store *layers.Store, img v1.Image, opts Pul
 					return fmt.Errorf("layer %s: %w", d, err)
 				}
 				defer rc.Close()
+				var tr *transferReader
+				if opts.Transfers != nil {
+					size, _ := l.Size()
+					tr = newTransferReader(rc, Transfer{Ref: opts.ref, Action: "pull", Digest: d, Size: size}, opts.Transfers)
+					rc = tr
+				}
 				_, n, err := store.Blobs().Put(gctx, rc, &d)
 				if err != nil {
 					return fmt.Errorf("layer %s: %w", d, err)
 				}
-				opts.progress("layer %s: %d bytes", d, n)
+				if tr != nil {
+					tr.finish(n)
+				} else {
+					opts.progress("layer %s: %d bytes", d, n)
+				}
 				return nil
 			})
 		})

@@ -175,7 +175,8 @@ func TestPull(t *testing.T) {
 	t.Run("unknown", func(t *testing.T) {
 		ref := f.reg.Host + "/nope:1"
 		_, err := registry.Pull(ctx, newStore(t), ref, registry.PullOptions{})
-		if err == nil || !strings.Contains(err.Error(), "pull "+ref+":") || !strings.Contains(strings.ToLower(err.Error()), "manifest unknown") {
+		var nf *registry.TagNotFoundError
+		if err == nil || !strings.Contains(err.Error(), "pull "+ref+":") || !errors.As(err, &nf) || !nf.NoRepository || !strings.Contains(err.Error(), "does not exist") {
 			t.Fatalf("err = %v", err)
 		}
 	})

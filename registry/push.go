@@ -33,6 +33,9 @@ type PushOptions struct {
 	Jobs int
 	// Progress receives one line per step; nil discards them.
 	Progress func(string)
+	// Transfers, when not nil, receives the progress of each layer
+	// uploaded (see Transfer).
+	Transfers func(Transfer)
 }
 
 // LocalOnly reports whether a stored name has no registry: it was
@@ -123,7 +126,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 	}
 	full := CanonicalName(r)
 	fail := func(err error) (v1.Hash, error) {
-		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), err)
+		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), explain(ctx, err, r, "push", opts.Conn))
 	}
 	jobs := opts.Jobs
 	if jobs <= 0 {
@@ -151,7 +154,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 			return fail(err)
 		}
 		progress("pushing index %s to %s", pushed, full)
-		if err := remote.WriteIndex(r, &mountIndex{idx: idx, from: from, dest: r}, ropts...); err != nil {
+		if err := remote.WriteIndex(r, &mountIndex{idx: idx, from: from, dest: r, report: opts.Transfers}, ropts...); err != nil {
 			return fail(err)
 		}
 	case img != nil:
@@ -164,7 +167,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 			return fail(err)
 		}
 		progress("pushing image %s to %s", pushed, full)
-		if err := remote.Write(r, &mountImage{Image: img, from: from, dest: r}, ropts...); err != nil {
+		if err := remote.Write(r, &mountImage{Image: img, from: from, dest: r, report: opts.Transfers}, ropts...); err != nil {
 			return fail(err)
 		}
 	default:
@@ -348,7 +351,7 @@ func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) 
 func (c Conn) remoteOptions(ctx context.Context, jobs int) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(c.Auth.Keychain()),
+		remote.WithAuthFromKeychain(c.keychain()),
 		remote.WithTransport(c.roundTripper()),
 		remote.WithJobs(jobs),
 	}
@@ -415,8 +418,9 @@ func mountable(l v1.Layer, from, dest name.Reference) v1.Layer {
 // mounted from there; the others from from, when it is not nil.
 type mountImage struct {
 	v1.Image
-	from name.Reference
-	dest name.Reference
+	from   name.Reference
+	dest   name.Reference
+	report func(Transfer) // uploads, when not nil
 }
 
 func (m *mountImage) Layers() ([]v1.Layer, error) {
@@ -426,7 +430,7 @@ func (m *mountImage) Layers() ([]v1.Layer, error) {
 	}
 	out := make([]v1.Layer, len(ls))
 	for i, l := range ls {
-		out[i] = mountable(l, m.from, m.dest)
+		out[i] = withTransfers(mountable(l, m.from, m.dest), CanonicalName(m.dest), m.report)
 	}
 	return out, nil
 }
@@ -436,7 +440,7 @@ func (m *mountImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return mountable(l, m.from, m.dest), nil
+	return withTransfers(mountable(l, m.from, m.dest), CanonicalName(m.dest), m.report), nil
 }
 
 // ConfigLayer offers the config blob as mountable too.
@@ -453,9 +457,10 @@ func (m *mountImage) ConfigLayer() (v1.Layer, error) {
 
 // mountIndex is an index whose images are mountImages.
 type mountIndex struct {
-	idx  v1.ImageIndex
-	from name.Reference
-	dest name.Reference
+	idx    v1.ImageIndex
+	from   name.Reference
+	dest   name.Reference
+	report func(Transfer)
 }
 
 func (m *mountIndex) MediaType() (types.MediaType, error)       { return m.idx.MediaType() }
@@ -472,5 +477,5 @@ func (m *mountIndex) Image(h v1.Hash) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mountImage{Image: img, from: m.from, dest: m.dest}, nil
+	return &mountImage{Image: img, from: m.from, dest: m.dest, report: m.report}, nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 )
 
 // DefaultCertsDirs are the per-registry certificate directories read when
@@ -17,7 +19,8 @@ import (
 var DefaultCertsDirs = []string{"/etc/containers/certs.d", "/etc/docker/certs.d"}
 
 // Conn is how registries are reached: transport, TLS and credentials. It
-// is shared by PullOptions, PushOptions and LoginOptions.
+// is shared by PullOptions, PushOptions and CacheOptions, and Login takes
+// it.
 type Conn struct {
 	// Insecure lists registry hosts (host[:port]) reached over plain HTTP
 	// (or HTTPS without verification). localhost and 127.0.0.1 always are.
@@ -27,6 +30,11 @@ type Conn struct {
 	TLSVerify *bool
 	// Auth says where credentials are found; the zero value is anonymous.
 	Auth AuthConfig
+	// Keychain, when not nil, is asked for credentials before Auth: a
+	// go-containerregistry keychain, such as authn.NewMultiKeychain of
+	// the cloud providers' keychains (google.Keychain, the ECR and ACR
+	// helpers). Auth answers for the registries it leaves anonymous.
+	Keychain authn.Keychain
 	// CertsDirs are the certs.d base directories searched for a HOST[:PORT]
 	// subdirectory; nil means DefaultCertsDirs.
 	CertsDirs []string

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
+	"github.com/moby/buildkit/frontend/dockerfile/command"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/util/suggest"
 
 	"github.com/ibuild/ibuild/builder/printable"
 )
@@ -170,9 +173,23 @@ func (df *Dockerfile) wrap(err error, n *parser.Node) error {
 		inner = fmt.Errorf("unknown instruction: %s", name)
 		if printable.Escape(name) != name {
 			inner = fmt.Errorf("%w (it holds control characters or bytes that are not UTF-8: save the Dockerfile as UTF-8 text)", inner)
+		} else if s := closestInstruction(name); s != "" {
+			inner = fmt.Errorf("%w (did you mean %s?)", inner, s)
 		}
 	}
 	return df.ErrorAt(loc, inner)
+}
+
+// closestInstruction is the instruction name a misspelt one (COPPY)
+// most likely meant (COPY), as BuildKit suggests it, or "".
+func closestInstruction(name string) string {
+	names := make([]string, 0, len(command.Commands))
+	for n := range command.Commands {
+		names = append(names, strings.ToUpper(n))
+	}
+	sort.Strings(names) // ties go to the first in order, every time
+	s, _ := suggest.Search(strings.ToUpper(name), names, true)
+	return s
 }
 
 // instructionName is the instruction word at loc as written, upper-cased

@@ -20,6 +20,8 @@ func TestParseErrorsNamePathAndLine(t *testing.T) {
 		wantText string
 	}{
 		{"unknown instruction", "FROM scratch\nFOO bar\n", "Dockerfile:2", "unknown instruction: FOO"},
+		{"misspelt instruction", "FROM scratch\nCOPPY a /a\n", "Dockerfile:2", "COPPY a /a: unknown instruction: COPPY (did you mean COPY?)"},
+		{"misspelt lower case", "FROM scratch\nworkdri /a\n", "Dockerfile:2", "unknown instruction: WORKDRI (did you mean WORKDIR?)"},
 		{"bad flag", "FROM scratch\nCOPY --nope=1 a /b\n", "Dockerfile:2", "--nope"},
 		{"missing dest", "FROM scratch\nCOPY a\n", "Dockerfile:2", "COPY requires at least two arguments"},
 		{"no FROM first", "LABEL a=b\nFROM scratch\n", "Dockerfile:1", "LABEL a=b"},

@@ -30,6 +30,11 @@ const (
 	Log       Kind = "log"
 	Warning   Kind = "warning"
 	BuildDone Kind = "build-done"
+	// Transfer is a layer moving from or to a registry (Action "pull" or
+	// "push" of Ref): Digest, Bytes moved so far of LayerSize, Duration
+	// since it started. TransferDone is its last event, once it arrived.
+	Transfer     Kind = "transfer"
+	TransferDone Kind = "transfer-done"
 )
 
 // Event is one thing that happened during a build.
@@ -52,6 +57,10 @@ type Event struct {
 	Digest     string        `json:"digest,omitempty"`
 	Message    string        `json:"message,omitempty"`
 	Error      string        `json:"error,omitempty"`
+	// Action ("pull", "push"), Ref and Bytes describe a Transfer.
+	Action string `json:"action,omitempty"`
+	Ref    string `json:"ref,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
 }
 
 // Sink receives events. Implementations must be safe for concurrent use:
@@ -130,11 +139,17 @@ func (p *Plain) Emit(e Event) {
 	case StepError:
 		fmt.Fprintf(p.w, "%s failed after %.2fs\n", prefix, e.Duration.Seconds())
 	case Log:
+		if prefix == "[]" { // not a step's: a pull's or push's
+			fmt.Fprintf(p.w, "%s\n", printable.Escape(strings.TrimRight(e.Message, "\n")))
+			return
+		}
 		// A step's own output is shown as it is (colours included), as
 		// docker build's plain progress does.
 		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
 			fmt.Fprintf(p.w, "%s | %s\n", prefix, line)
 		}
+	case TransferDone:
+		fmt.Fprintf(p.w, "%s %s\n", transferPrefix(e), transferSummary(e, true))
 	case Warning:
 		fmt.Fprintf(p.w, "WARNING: %s\n", printable.Escape(e.Message))
 	case BuildDone:
@@ -158,6 +173,45 @@ func stepPrefix(e Event) string {
 	}
 	b.WriteString("]")
 	return printable.Escape(b.String())
+}
+
+// transferPrefix is "[pull REF]", escaped for printing.
+func transferPrefix(e Event) string {
+	return printable.Escape("[" + e.Action + " " + e.Ref + "]")
+}
+
+// ShortDigest is the first 12 hex digits of a digest ("sha256:HEX"), as
+// docker shows image and layer IDs.
+func ShortDigest(d string) string {
+	if _, hex, ok := strings.Cut(d, ":"); ok {
+		d = hex
+	}
+	return d[:min(12, len(d))]
+}
+
+// transferSummary is "layer 1a2b3c4d5e6f: 2.1 MB in 0.31s (6.8 MB/s)" for
+// a finished transfer (without " in 0.31s" when !withTime), or its
+// progress so far: "layer 1a2b3c4d5e6f: 1.0 MB of 2.1 MB, 3.3 MB/s".
+func transferSummary(e Event, withTime bool) string {
+	name := "layer " + printable.Escape(ShortDigest(e.Digest))
+	rate := Rate(e.Bytes, e.Duration)
+	switch {
+	case e.Kind == TransferDone && withTime:
+		return fmt.Sprintf("%s: %s in %.2fs (%s)", name, HumanSize(e.Bytes), e.Duration.Seconds(), rate)
+	case e.Kind == TransferDone:
+		return fmt.Sprintf("%s: %s, %s", name, HumanSize(e.Bytes), rate)
+	case e.LayerSize > 0:
+		return fmt.Sprintf("%s: %s of %s, %s", name, HumanSize(e.Bytes), HumanSize(e.LayerSize), rate)
+	}
+	return fmt.Sprintf("%s: %s, %s", name, HumanSize(e.Bytes), rate)
+}
+
+// Rate is n bytes over d as "6.8 MB/s".
+func Rate(n int64, d time.Duration) string {
+	if d <= 0 {
+		return "- B/s"
+	}
+	return HumanSize(int64(float64(n)/d.Seconds())) + "/s"
 }
 
 // JSON writes one JSON object per event and line.

@@ -184,3 +184,38 @@ func TestRenderersEscapeDockerfileText(t *testing.T) {
 		}
 	})
 }
+
+// TestTransfers: a layer moving from or to a registry is named by its
+// short digest under its reference in plain mode (one line, when done),
+// and shows its bytes and rate while it moves in tty mode.
+func TestTransfers(t *testing.T) {
+	const dg = "sha256:1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d1a2b"
+	evs := []Event{
+		{Kind: Log, Message: "resolving reg.io/app:1"},
+		{Kind: Transfer, Action: "pull", Ref: "reg.io/app:1", Digest: dg, LayerSize: 4_000_000, Bytes: 1_000_000, Duration: 500 * time.Millisecond},
+		{Kind: TransferDone, Action: "pull", Ref: "reg.io/app:1", Digest: dg, LayerSize: 4_000_000, Bytes: 4_000_000, Duration: time.Second},
+	}
+	var plain bytes.Buffer
+	p := NewPlain(&plain)
+	for _, e := range evs {
+		p.Emit(e)
+	}
+	want := "resolving reg.io/app:1\n[pull reg.io/app:1] layer 1a2b3c4d5e6f: 4.0 MB in 1.00s (4.0 MB/s)\n"
+	if plain.String() != want {
+		t.Errorf("plain:\n%q\nwant\n%q", plain.String(), want)
+	}
+	var tty bytes.Buffer
+	tt := NewTTY(&tty)
+	for _, e := range evs {
+		tt.Emit(e)
+	}
+	tt.Close()
+	for _, w := range []string{"resolving reg.io/app:1\n", "[pull reg.io/app:1] =>     layer 1a2b3c4d5e6f: 1.0 MB of 4.0 MB, 2.0 MB/s", "[pull reg.io/app:1] OK     layer 1a2b3c4d5e6f: 4.0 MB, 4.0 MB/s"} {
+		if !strings.Contains(tty.String(), w) {
+			t.Errorf("tty output lacks %q:\n%q", w, tty.String())
+		}
+	}
+	if strings.Contains(plain.String()+tty.String(), "[]") {
+		t.Errorf("an empty [] prefix:\n%s\n%s", plain.String(), tty.String())
+	}
+}

@@ -114,7 +114,26 @@ func (t *TTY) Emit(e Event) {
 			l.dur, l.size = e.Duration, e.LayerSize
 			delete(t.logTail, key)
 		}
+	case Transfer, TransferDone:
+		id := transferPrefix(e) + " " + e.Digest
+		l := t.byKey[id]
+		if l == nil {
+			l = &ttyLine{key: transferPrefix(e), start: time.Now().Add(-e.Duration), state: "running"}
+			t.lines = append(t.lines, l)
+			t.byKey[id] = l
+			t.startTicking()
+		}
+		l.text = transferSummary(e, false)
+		if e.Kind == TransferDone {
+			l.state, l.dur = "done", e.Duration
+		}
 	case Log:
+		if key == "[]" { // not a step's: a pull's or push's
+			t.clear()
+			fmt.Fprintf(t.w, "%s\n", printable.Escape(strings.TrimRight(e.Message, "\n")))
+			t.drawn = 0
+			break
+		}
 		tail := t.logTail[key]
 		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
 			tail = append(tail, tailLine(line))

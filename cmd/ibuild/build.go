@@ -142,6 +142,9 @@ func runBuild(c *cli.Context) error {
 	if opts.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
 		return fmt.Errorf("--compression: %w", err)
 	}
+	if err := checkFormatFlags(opts.Format, opts.Compression); err != nil {
+		return err
+	}
 	epoch := c.String("source-date-epoch")
 	if epoch == "" {
 		epoch = os.Getenv("SOURCE_DATE_EPOCH")
@@ -220,7 +223,12 @@ func runBuild(c *cli.Context) error {
 		fmt.Println(res.ID)
 		return nil
 	}
-	msg := fmt.Sprintf("built %s in %.2fs", res.Digest, time.Since(start).Seconds())
+	// stdout gets the bare image ID, as docker build -q prints it; this
+	// line labels it and the manifest digest a registry will show.
+	msg := fmt.Sprintf("built image %s (manifest %s) in %.2fs", res.ID, res.Digest, time.Since(start).Seconds())
+	if res.Index != nil {
+		msg = fmt.Sprintf("built index %s in %.2fs", res.Digest, time.Since(start).Seconds())
+	}
 	if len(res.Names) > 0 && res.Stored {
 		msg += ", tagged " + strings.Join(res.Names, ", ")
 	}

@@ -371,6 +371,9 @@ func commitCommand() *cli.Command {
 			if o.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
 				return fmt.Errorf("--compression: %w", err)
 			}
+			if err := checkFormatFlags(o.Format, o.Compression); err != nil {
+				return err
+			}
 			stored, err := layers.NormalizeName(image)
 			if err != nil {
 				return fmt.Errorf("commit %s: image name %s: %w", name, image, err)
@@ -404,10 +407,12 @@ func commitCommand() *cli.Command {
 			}
 			if c.Bool("push") {
 				popts := registry.PushOptions{Format: string(o.Format), Conn: connOptions(c)}
-				if !c.Bool("quiet") {
-					popts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
+				var done func()
+				if popts.Progress, popts.Transfers, done, err = registryProgress(c); err != nil {
+					return err
 				}
 				d, err := registry.Push(c.Context, st, image, "", popts)
+				done()
 				if err != nil {
 					return fmt.Errorf("commit %s: committed %s as %s, but the push failed (retry with ibuild push %s): %w", name, id, image, image, err)
 				}

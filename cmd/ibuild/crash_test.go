@@ -267,6 +267,7 @@ func pruneKeepsFreshLeftovers(t *testing.T, root string, leftovers []string, kee
 // without error: no partial blob under a digest, no tag for the killed
 // build, and leftovers that prune removes once they are old.
 func TestBuildKilledDuringLayerCommit(t *testing.T) {
+	endToEnd(t)
 	for attempt, mib := range bigFileSizes {
 		root := filepath.Join(t.TempDir(), "root")
 		// A small layer first, so the kill lands in a store that already
@@ -317,6 +318,7 @@ func TestBuildKilledDuringLayerCommit(t *testing.T) {
 // every ibuild with --storage-driver native, root or not; containers/storage
 // discards its incomplete layers itself.
 func TestBuildKilledDuringSnapshot(t *testing.T) {
+	endToEnd(t)
 	t.Setenv("IBUILD_STORAGE_DRIVER", "native")
 	for attempt, mib := range bigFileSizes {
 		root := filepath.Join(t.TempDir(), "root")
@@ -396,6 +398,7 @@ func TestBuildKilledDuringSnapshot(t *testing.T) {
 // PruneGrace alone: a build running longer than that loses its earlier
 // layers to a concurrent prune.
 func TestPruneDuringLongBuild(t *testing.T) {
+	endToEnd(t)
 	for attempt, mib := range bigFileSizes {
 		root := filepath.Join(t.TempDir(), "root")
 		ctxDir := writeContext(t, map[string]string{
@@ -450,6 +453,7 @@ func TestPruneDuringLongBuild(t *testing.T) {
 // (overlay, as root) is writing a base layer for the build's snapshots:
 // the next build must succeed and find the layer whole.
 func TestBuildKilledDuringStorageLayer(t *testing.T) {
+	endToEnd(t)
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "containers/storage snapshots need root (unprivileged builds use native snapshots)")
 	}

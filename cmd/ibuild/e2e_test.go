@@ -36,6 +36,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// endToEnd skips a slow end-to-end test (RUN steps in namespaces, killed
+// builds, other container tools) under go test -short, which keeps the
+// quick command-line tests.
+func endToEnd(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow end-to-end test: skipped with -short")
+	}
+}
+
 // ibuild runs the binary with a store root and returns stdout, stderr and
 // the exit code.
 func ibuild(t *testing.T, root, stdin string, args ...string) (string, string, int) {

@@ -20,8 +20,15 @@ func imagesCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "format", Value: "table", Usage: "table or json"},
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include untagged images"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only image IDs (each once)"},
+			&cli.BoolFlag{Name: "no-trunc", Usage: "print whole image IDs"},
+			&cli.StringSliceFlag{Name: "filter", Aliases: []string{"f"}, Usage: "list only images matching: reference=PATTERN (e.g. app:*), label=KEY[=VALUE], dangling=true|false (repeatable)"},
 		},
 		Action: func(c *cli.Context) error {
+			filter, err := parseImageFilters(c.StringSlice("filter"))
+			if err != nil {
+				return err
+			}
 			st, err := openStore(c)
 			if err != nil {
 				return err
@@ -44,15 +51,43 @@ func imagesCommand() *cli.Command {
 			for _, r := range recs {
 				names := r.Names
 				if len(names) == 0 {
-					if !c.Bool("all") {
+					if !filter.showUntagged(c.Bool("all")) {
 						continue
 					}
 					names = []string{""}
 				}
+				if ok, err := filter.keepRecord(c.Context, st, r); err != nil || !ok {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				for _, n := range names {
+					if !filter.keepName(n) {
+						continue
+					}
 					rows = append(rows, row{Name: n, Digest: r.Digest.String(), ID: r.ID.Hex, Created: r.Created,
 						Size: r.Size, MediaType: string(r.MediaType), Platforms: r.Platforms})
 				}
+			}
+			if c.Bool("quiet") {
+				seen := map[string]bool{}
+				for _, r := range rows {
+					id := r.ID
+					if id == "" {
+						id = strings.TrimPrefix(r.Digest, "sha256:")
+					}
+					if c.Bool("no-trunc") {
+						id = "sha256:" + id
+					} else {
+						id = id[:min(12, len(id))]
+					}
+					if !seen[id] {
+						seen[id] = true
+						fmt.Println(id)
+					}
+				}
+				return nil
 			}
 			switch c.String("format") {
 			case "json":
@@ -71,7 +106,10 @@ func imagesCommand() *cli.Command {
 					if id == "" {
 						id = strings.TrimPrefix(r.Digest, "sha256:")
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%.12s\t%s\t%s\t%s\n", repo, tag, id, r.Created.Format(time.RFC3339), progress.HumanSize(r.Size), strings.Join(r.Platforms, ","))
+					if !c.Bool("no-trunc") {
+						id = id[:min(12, len(id))]
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", repo, tag, id, r.Created.Format(time.RFC3339), progress.HumanSize(r.Size), strings.Join(r.Platforms, ","))
 				}
 				return tw.Flush()
 			}

@@ -31,8 +31,10 @@ func main() {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	ctx := stopOnSignals(context.Background(), sigs, os.Stderr, os.Exit)
+	routeLogrus(os.Stderr)
+	cli.VersionPrinter = func(c *cli.Context) { printVersion(c.App.Writer) }
 	app := newApp()
-	err := app.RunContext(ctx, os.Args)
+	err := app.RunContext(ctx, interspersed(app, os.Args))
 	var stopped *interrupted
 	if err != nil && errors.As(context.Cause(ctx), &stopped) {
 		// The command failed because the signal stopped it; say so
@@ -45,8 +47,14 @@ func main() {
 	}
 	if err != nil {
 		// Errors quote Dockerfile text, file names and references:
-		// control characters in them are shown escaped.
-		fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(err.Error()))
+		// control characters in them are shown escaped. An ExitCoder
+		// with no message (a command's own exit status) prints nothing.
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "ibuild:", printable.Escape(msg))
+		}
+		if hint := errorHint(err); hint != "" {
+			fmt.Fprintln(os.Stderr, "ibuild: hint:", printable.Escape(hint))
+		}
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())
@@ -56,7 +64,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "ibuild",
 		Usage:                "build OCI images from Dockerfiles, daemonless and rootless",
 		Version:              version,
@@ -100,8 +108,14 @@ func newApp() *cli.App {
 			commitCommand(),
 			rmCommand(),
 			unshareCommand(),
+			versionCommand(),
 		},
+		// Errors, cli.Exit ones included, return to main, which prints
+		// them once, after the commands' deferred clean-up ran.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	withUsageErrors(app)
+	return app
 }
 
 // defaultRoot is the storage root when neither --root nor IBUILD_ROOT is set.

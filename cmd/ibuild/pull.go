@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,6 +21,7 @@ func pullCommand() *cli.Command {
 			authfileFlag, certDirFlag,
 			&cli.StringFlag{Name: "policy", Value: registry.PullAlways, Usage: "always (re-resolve in the registry), missing or never"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
+			progressFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -41,10 +41,12 @@ func pullCommand() *cli.Command {
 				Policy:   c.String("policy"),
 				Conn:     connOptions(c),
 			}
-			if !c.Bool("quiet") {
-				opts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
+			var done func()
+			if opts.Progress, opts.Transfers, done, err = registryProgress(c); err != nil {
+				return err
 			}
 			desc, err := registry.Pull(c.Context, st, c.Args().First(), opts)
+			done()
 			if err != nil {
 				return err
 			}

@@ -22,6 +22,7 @@ func pushCommand() *cli.Command {
 			authfileFlag, certDirFlag,
 			&cli.IntFlag{Name: "jobs", Value: 3, Usage: "blobs uploaded at once"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
+			progressFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() < 1 || c.NArg() > 2 {
@@ -32,9 +33,13 @@ func pushCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
-			opts := pushOptions(c)
-			opts.Jobs = c.Int("jobs")
+			opts := registry.PushOptions{Format: c.String("format"), Conn: connOptions(c), Jobs: c.Int("jobs")}
+			var done func()
+			if opts.Progress, opts.Transfers, done, err = registryProgress(c); err != nil {
+				return err
+			}
 			d, err := registry.Push(c.Context, st, c.Args().Get(0), c.Args().Get(1), opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -47,16 +52,4 @@ func pushCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// pushOptions reads the registry flags push and build --push share.
-func pushOptions(c *cli.Context) registry.PushOptions {
-	opts := registry.PushOptions{
-		Format: c.String("format"),
-		Conn:   connOptions(c),
-	}
-	if !c.Bool("quiet") {
-		opts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
-	}
-	return opts
 }

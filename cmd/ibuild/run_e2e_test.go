@@ -19,9 +19,11 @@ import (
 )
 
 // requireRoot skips the test (fails it under CI, which runs as root) when
-// it does not run as root: RUN needs namespaces, overlay and chroot.
+// it does not run as root: RUN needs namespaces, overlay and chroot. Such
+// tests are end-to-end: -short skips them.
 func requireRoot(t *testing.T) {
 	t.Helper()
+	endToEnd(t)
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "RUN needs root (namespaces, overlay, chroot)")
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,21 +49,7 @@ func unprivilegedUser(t *testing.T, name string, subIDs bool) (int, int) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	if subIDs {
-		for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
-			data, err := os.ReadFile(f)
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				t.Fatal(err)
-			}
-			if strings.Contains("\n"+string(data), "\n"+name+":") {
-				continue
-			}
-			fh, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(fh, "%s:200000:65536\n", name)
-			fh.Close()
-		}
+		addSubIDRange(t, name, 200000)
 	}
 	return uid, gid
 }

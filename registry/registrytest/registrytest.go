@@ -210,6 +210,8 @@ type Proxy struct {
 	dropMax   int
 	dropReqs  int
 	dropped   int
+	// sent and received count every request and response body byte.
+	sent, received int64
 }
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
@@ -279,10 +281,10 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			http.Error(w, "injected failure", http.StatusInternalServerError)
 			return
 		}
-		if upload && r.Body != nil {
-			r.Body = &countingBody{ReadCloser: r.Body, p: p}
+		if r.Body != nil {
+			r.Body = &countingBody{ReadCloser: r.Body, p: p, upload: upload}
 		}
-		rp.ServeHTTP(w, r)
+		rp.ServeHTTP(&countingWriter{ResponseWriter: w, p: p}, r)
 	}))
 	t.Cleanup(srv.Close)
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
@@ -342,15 +344,51 @@ func dropConn(w http.ResponseWriter, r *http.Request, target *url.URL) {
 
 type countingBody struct {
 	io.ReadCloser
-	p *Proxy
+	p      *Proxy
+	upload bool
 }
 
 func (b *countingBody) Read(q []byte) (int, error) {
 	n, err := b.ReadCloser.Read(q)
 	b.p.mu.Lock()
-	b.p.uploaded += int64(n)
+	if b.upload {
+		b.p.uploaded += int64(n)
+	}
+	b.p.sent += int64(n)
 	b.p.mu.Unlock()
 	return n, err
+}
+
+// countingWriter counts the response body bytes the proxy forwards.
+type countingWriter struct {
+	http.ResponseWriter
+	p *Proxy
+}
+
+func (w *countingWriter) Write(q []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(q)
+	w.p.mu.Lock()
+	w.p.received += int64(n)
+	w.p.mu.Unlock()
+	return n, err
+}
+
+// Flush lets the reverse proxy stream.
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Transferred returns how many body bytes clients sent (every request:
+// blobs, manifests) and received (every response) through the proxy so
+// far, and resets both counts.
+func (p *Proxy) Transferred() (sent, received int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sent, received = p.sent, p.received
+	p.sent, p.received = 0, 0
+	return sent, received
 }
 
 // Uploaded returns how many request body bytes were sent to blob upload

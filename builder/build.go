@@ -319,6 +319,12 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 	return pushByDigest(ctx, opts, res)
 }
 
+// PlatformsOf are the platforms a build with Options.Platforms ps makes:
+// ps, or the host's.
+func PlatformsOf(ps []v1.Platform) []v1.Platform {
+	return buildPlatforms(ps)
+}
+
 // buildPlatforms are the platforms a build makes: ps, or the host's.
 func buildPlatforms(ps []v1.Platform) []v1.Platform {
 	if len(ps) == 0 {

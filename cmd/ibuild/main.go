@@ -71,6 +71,7 @@ func newApp() *cli.App {
 			inspectCommand(),
 			pullCommand(),
 			pushCommand(),
+			manifestCommand(),
 			loginCommand(),
 			logoutCommand(),
 			tagCommand(),

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -250,8 +249,14 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			if missing == 1 {
 				n = "1 layer came from the registry cache and was"
 			}
+			pullRef := ""
+			if len(opts.Push) > 0 {
+				pullRef = opts.Push[0]
+			} else if r, err := registry.ParseReference(opts.PushByDigest[0], nil); err == nil {
+				pullRef = r.Context().Digest(d.Digest.String()).String()
+			}
 			warn(fmt.Sprintf("%s was pushed but not stored locally: %s not downloaded (ibuild pull %s fetches it)",
-				what, n, append(slices.Clone(opts.Push), opts.PushByDigest...)[0]))
+				what, n, pullRef))
 			return res, nil
 		}
 	}

@@ -35,6 +35,9 @@ import (
 // it; its descriptor is returned. fn's error aborts the update. The index's
 // media type must be an index type; a nil Manifests is written as [].
 func (s *Store) UpdateList(ctx context.Context, name string, fn func(cur *v1.IndexManifest, named *v1.Descriptor) (*v1.IndexManifest, error)) (v1.Descriptor, error) {
+	if strings.HasPrefix(name, "sha256:") {
+		return v1.Descriptor{}, fmt.Errorf("list %s: a list is edited by its name, not by a digest", name)
+	}
 	n, err := NormalizeName(name)
 	if err != nil {
 		return v1.Descriptor{}, err

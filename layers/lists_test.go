@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -90,6 +91,9 @@ func TestUpdateListRefusesImage(t *testing.T) {
 	}
 	if d, _ := s.Lookup(ctx, "plain:1"); d.Digest != img.Digest {
 		t.Fatalf("plain:1 now names %s", d.Digest)
+	}
+	if _, err := s.UpdateList(ctx, img.Digest.String(), appendEntry(img)); err == nil || !strings.Contains(err.Error(), "by its name") {
+		t.Errorf("UpdateList by digest: %v", err)
 	}
 	// An empty list is written with "manifests": [] (never null).
 	d, err := s.UpdateList(ctx, "empty", func(*v1.IndexManifest, *v1.Descriptor) (*v1.IndexManifest, error) {

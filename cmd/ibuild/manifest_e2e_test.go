@@ -226,3 +226,40 @@ func TestManifestCommands(t *testing.T) {
 		t.Fatalf("build --manifest: %+v (%v)", im, err)
 	}
 }
+
+// TestPushByDigestFromRegistryCache: a runner that takes every step from
+// a registry cache pushes by digest without downloading a layer (the
+// result is not stored, and the warning names the digest to pull).
+func TestPushByDigestFromRegistryCache(t *testing.T) {
+	reg := registrytest.Start(t)
+	px := registrytest.NewProxy(t, reg.Host)
+	ctxDir := scratchContext(t, strings.Repeat("cached layer\n", 1000))
+	cache := px.Host + "/cache/app:buildcache"
+	mustIbuild(t, t.TempDir(), "build", "-q", "--source-date-epoch", "0", "--cache-to", "type=registry,ref="+cache+",mode=max", ctxDir)
+	meta := filepath.Join(t.TempDir(), "m.json")
+	px.Requests()
+	px.Uploaded()
+	_, stderr, code := ibuild(t, t.TempDir(), "", "build", "--source-date-epoch", "0", "--cache-from", cache,
+		"--output", "type=image,name="+px.Host+"/team/app,push-by-digest=true,push=true", "--metadata-file", meta, ctxDir)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	d := metaString(t, metadata(t, meta), "containerimage.digest")
+	if !strings.Contains(stderr, "ibuild pull "+px.Host+"/team/app@"+d) {
+		t.Errorf("warning does not name the pushed digest:\n%s", stderr)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(skopeoInspectRaw(t, reg.Host+"/team/app@"+d), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range px.Requests() {
+		for _, l := range m.Layers {
+			if strings.HasPrefix(r, "GET ") && strings.HasSuffix(r, "/blobs/"+l.Digest.String()) {
+				t.Errorf("the layer %s was downloaded", l.Digest)
+			}
+		}
+	}
+	if n := px.Uploaded(); n > m.Config.Size {
+		t.Errorf("%d blob bytes uploaded, more than the config (%d): the layers should be mounted from the cache", n, m.Config.Size)
+	}
+}

@@ -46,8 +46,10 @@ func runIbuild(b *testing.B, root string, args ...string) string {
 // --push), and as a matrix: two processes with their own roots, run at
 // once, each pushing its platform by digest, then a merge in a fresh
 // root (manifest create, add, add, push). It reports the medians of the
-// one-process build (one_ms), of the slower runner (runner_ms: the
-// matrix's critical path when runners are separate machines), of the
+// one-process build (one_ms), of each runner (amd64_runner_ms,
+// arm64_runner_ms: arm64 under qemu here, native on an arm64 runner), of
+// the slower runner (runner_ms: the matrix's critical path when runners
+// are separate machines), of the
 // merge (merge_ms), of the whole matrix on this machine (matrix_ms:
 // runners side by side, then the merge), the ratio x_matrix_vs_one, and
 // the bytes the merge moved through the registry (merge_bytes: request
@@ -76,7 +78,7 @@ func BenchmarkCIMatrix(b *testing.B) {
 	registrytest.PushBusyboxIndex(b, base,
 		v1.Platform{OS: "linux", Architecture: "amd64"},
 		v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"})
-	var one, runner, merge, matrix []time.Duration
+	var one, runner, merge, matrix, amd, arm []time.Duration
 	var mergeBytes, mergeUploads []int64
 	b.ResetTimer()
 	for i := range b.N {
@@ -118,6 +120,7 @@ func BenchmarkCIMatrix(b *testing.B) {
 		}
 		wg.Wait()
 		runner = append(runner, max(took[0], took[1]))
+		amd, arm = append(amd, took[0]), append(arm, took[1])
 		px.Transferred()
 		px.Uploaded()
 		mstart := time.Now()
@@ -152,6 +155,8 @@ func BenchmarkCIMatrix(b *testing.B) {
 	}
 	b.ReportMetric(float64(med(one).Milliseconds()), "one_ms")
 	b.ReportMetric(float64(med(runner).Milliseconds()), "runner_ms")
+	b.ReportMetric(float64(med(amd).Milliseconds()), "amd64_runner_ms")
+	b.ReportMetric(float64(med(arm).Milliseconds()), "arm64_runner_ms")
 	b.ReportMetric(float64(med(merge).Milliseconds()), "merge_ms")
 	b.ReportMetric(float64(med(matrix).Milliseconds()), "matrix_ms")
 	b.ReportMetric(float64(med(matrix))/float64(med(one)), "x_matrix_vs_one")

@@ -44,7 +44,8 @@ fuzz:
 # IBUILD_BENCH_BUILDAH_DRIVER). The build cache benchmark needs both, on
 # a 200 MB context (IBUILD_BENCH_CACHE_MB, IBUILD_BENCH_CACHE_RUNS). The
 # registry push/pull benchmarks use a 500 MB image (IBUILD_BENCH_PUSH_MB)
-# and need docker-registry and skopeo.
+# and need docker-registry and skopeo; the CI matrix benchmark also needs
+# root and an arm64 binfmt_misc handler (.ci/binfmt.sh).
 # See docs/performance.md.
 bench:
 	IBUILD_BENCH_SIZE_MB=$${IBUILD_BENCH_SIZE_MB:-1024} \

@@ -65,6 +65,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if _, err := opts.capabilities(); err != nil {
 		return nil, err
 	}
+	if err := checkAnnotations(opts.Annotations, buildPlatforms(opts.Platforms), format); err != nil {
+		return nil, err
+	}
 	names := make([]string, 0, len(opts.Tags))
 	for _, t := range opts.Tags {
 		n, err := layers.NormalizeName(t)
@@ -97,10 +100,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	platforms := opts.Platforms
-	if len(platforms) == 0 {
-		platforms = []v1.Platform{HostPlatform()}
-	}
+	platforms := buildPlatforms(opts.Platforms)
 	var warnMu sync.Mutex
 	var warnings []string
 	warn := func(msg string) {
@@ -144,10 +144,19 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	if err := annotateImages(&opts, images, platforms); err != nil {
+		return nil, err
+	}
 
 	res, err := storeResult(ctx, &opts, images, platforms, names, warn)
 	if err != nil {
 		return nil, err
+	}
+	res.Descriptor.Annotations = descriptorAnnotations(&opts, res, platforms)
+	if opts.Manifest != "" {
+		if err := addToManifestList(ctx, &opts, res, warn); err != nil {
+			return nil, err
+		}
 	}
 	if err := writeOutputs(ctx, &opts, res, warn); err != nil {
 		return nil, err
@@ -217,8 +226,11 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			p := platforms[i]
 			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
 				Add:        indexEntry{img},
-				Descriptor: v1.Descriptor{Platform: &p},
+				Descriptor: v1.Descriptor{Platform: &p, Annotations: registry.SelectAnnotations(opts.Annotations, registry.AnnotationManifestDescriptor, &p)},
 			})
+		}
+		if anns := registry.SelectAnnotations(opts.Annotations, registry.AnnotationIndex, nil); anns != nil {
+			idx = mutate.Annotations(idx, anns).(v1.ImageIndex)
 		}
 		res.Index, top = idx, idx
 	}
@@ -227,8 +239,9 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 	if err := materialize(ctx, opts, images); err != nil {
 		return nil, err
 	}
-	// Outputs read every layer anyway: then the result is stored too.
-	if len(opts.Push) > 0 && len(opts.Outputs) == 0 {
+	// Outputs read every layer anyway, and a manifest list references
+	// stored images: then the result is stored too.
+	if len(opts.Push)+len(opts.PushByDigest) > 0 && len(opts.Outputs) == 0 && opts.Manifest == "" {
 		missing, err := missingLayers(opts.Store, images)
 		if err != nil {
 			return nil, err
@@ -259,8 +272,14 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			if missing == 1 {
 				n = "1 layer came from the registry cache and was"
 			}
+			pullRef := ""
+			if len(opts.Push) > 0 {
+				pullRef = opts.Push[0]
+			} else if r, err := registry.ParseReference(opts.PushByDigest[0], nil); err == nil {
+				pullRef = r.Context().Digest(d.Digest.String()).String()
+			}
 			warn(fmt.Sprintf("%s was pushed but not stored locally: %s not downloaded (ibuild pull %s fetches it)",
-				what, n, opts.Push[0]))
+				what, n, pullRef))
 			return res, nil
 		}
 	}
@@ -352,7 +371,21 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 		}
 		res.Pushed = append(res.Pushed, Pushed{Ref: dest, Digest: d})
 	}
-	return nil
+	return pushByDigest(ctx, opts, res)
+}
+
+// PlatformsOf are the platforms a build with Options.Platforms ps makes:
+// ps, or the host's.
+func PlatformsOf(ps []v1.Platform) []v1.Platform {
+	return buildPlatforms(ps)
+}
+
+// buildPlatforms are the platforms a build makes: ps, or the host's.
+func buildPlatforms(ps []v1.Platform) []v1.Platform {
+	if len(ps) == 0 {
+		return []v1.Platform{HostPlatform()}
+	}
+	return ps
 }
 
 // readDockerfile finds and reads the Dockerfile.

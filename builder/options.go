@@ -90,6 +90,20 @@ type Options struct {
 	// TLS) serves the pulls and the pushes of a build.
 	Push        []string
 	PushOptions registry.PushOptions
+	// PushByDigest are repositories ("reg.io/team/app"; a tag is ignored)
+	// the result is pushed to by digest, with no tag, as buildx's
+	// --output type=image,push-by-digest=true does, with PushOptions; the
+	// result is stored as for Push.
+	PushByDigest []string
+	// Annotations are set on the result's manifests, index and
+	// descriptors, as buildx's --annotation sets them (see
+	// registry.Annotation). Index annotations need several Platforms;
+	// docker media types take manifest annotations only.
+	Annotations []registry.Annotation
+	// Manifest names a manifest list the result's images are added to
+	// (created, with the build's Format, when missing), as buildah's build
+	// --manifest does; the result is then always stored.
+	Manifest string
 	// Progress receives events; nil discards them.
 	Progress progress.Sink
 	// HTTPClient fetches ADD URLs; nil means http.DefaultClient.
@@ -240,7 +254,10 @@ type Result struct {
 	// ID is the image ID: the config digest of an image, or the index
 	// digest of an index.
 	ID v1.Hash
-	// Descriptor is the result's descriptor in the store.
+	// Descriptor is the result's descriptor in the store, with the
+	// descriptor annotations of Options.Annotations (manifest-descriptor
+	// for an image, index-descriptor for an index), which only the
+	// caller's report (such as --metadata-file) carries.
 	Descriptor v1.Descriptor
 	// Names are the normalized names of Options.Tags, which the result
 	// was tagged with in the store when Stored.
@@ -250,7 +267,8 @@ type Result struct {
 	// were never downloaded; Descriptor then describes the pushed
 	// manifest.
 	Stored bool
-	// Pushed are the pushes of Options.Push, in order.
+	// Pushed are the pushes of Options.Push, then of
+	// Options.PushByDigest (Ref is then REPOSITORY@DIGEST), in order.
 	Pushed []Pushed
 	// Warnings collected during the build (also sent to Progress).
 	Warnings []string

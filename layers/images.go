@@ -354,6 +354,7 @@ func (s *Store) Remove(ctx context.Context, ref string) (RemoveReport, error) {
 		}
 		rep.Deleted = append(rep.Deleted, h)
 	}
+	s.dropSources(rep.Deleted)
 	_, _, err = s.csDelete(ctx, func(l storage.Layer) bool {
 		h := v1.Hash{Algorithm: "sha256", Hex: l.ID}
 		return dead.chains[h] && !live.chains[h]
@@ -477,7 +478,9 @@ type ImageRecord struct {
 	// Created is the config's creation time (for an index, the newest of
 	// its images).
 	Created time.Time
-	// Size is the sum of the distinct blobs: manifests, configs, layers.
+	// Size is the sum of the distinct stored blobs: manifests, configs,
+	// layers (a manifest list's entries that live only in a registry add
+	// their manifest and config).
 	Size int64
 	// Platforms are "os/arch[/variant]" of the image or the index's images.
 	Platforms []string
@@ -550,7 +553,11 @@ func (s *Store) describe(r *ImageRecord, d v1.Descriptor, sizes map[v1.Hash]int6
 	}
 	sizes[m.Config.Digest] = m.Config.Size
 	for _, l := range m.Layers {
-		sizes[l.Digest] = l.Size
+		// A list's entry that lives in a registry has no layer here: count
+		// what the store holds.
+		if s.blobs.Has(l.Digest) {
+			sizes[l.Digest] = l.Size
+		}
 	}
 	if depth == 0 {
 		r.ID = m.Config.Digest

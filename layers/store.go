@@ -43,8 +43,9 @@ const PruneGrace = 10 * time.Minute
 //	roots/<name>.json           extra garbage-collection roots (SetRoot)
 //	cache/records/<key>.json    build cache records; their layers are roots (CacheGet)
 //	cache/<name>/               other cache data (context indexes, step histories)
+//	sources/<manifest hex>.json repositories a manifest's blobs can be fetched from (AddSources)
 //	tmp/                        temporary files and directories
-//	store.lock, index.lock      flock(2) files
+//	store.lock, index.lock      flock(2) files (also lists.lock, sources.lock: see UpdateList)
 //
 // Locking rule. store.lock is taken shared by everything that writes or
 // starts to reference content (WriteImage, WriteIndex, Snapshots, Tag,
@@ -479,6 +480,9 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 			rep.Snapshots++
 			rep.Bytes += n
 		}
+	}
+	if err := s.pruneSources(live, cutoff); err != nil {
+		return rep, err
 	}
 	tmpDir := filepath.Join(s.root, "tmp")
 	ents, err = os.ReadDir(tmpDir)

@@ -16,5 +16,11 @@
 // go-containerregistry v1.Image / v1.ImageIndex values, typically read
 // lazily from the layers store, and their blobs are streamed, never held in
 // memory. Storing an image in the local store (type=image) is the caller's
-// job, through layers.Store. The package does not build images.
+// job, through layers.Store; ParseOutput parses type=image and
+// type=registry outputs (names, push, push-by-digest) and ParseAnnotation
+// buildx's --annotation for the caller. Manifest lists (list.go,
+// listpush.go) are buildah's: stored indexes whose entries are stored
+// images or images that live in a registry (only their manifest and config
+// stored, their repository recorded as their source), pushed without
+// downloading a layer. The package does not build images.
 package registry

@@ -34,7 +34,10 @@ const (
 	OutputDocker = "docker" // `docker load` archive
 	OutputLocal  = "local"  // final root filesystem as a directory
 	OutputTar    = "tar"    // final root filesystem as a tar archive
-	OutputImage  = "image"  // the local image store (handled by the caller)
+	OutputImage  = "image"  // the local image store, and pushes (handled by the caller)
+	// OutputRegistry is type=image,push=true; ParseOutput returns it as
+	// OutputImage with Push set.
+	OutputRegistry = "registry"
 )
 
 // Output is one destination for a built image or index, as docker build's
@@ -47,16 +50,24 @@ type Output struct {
 	// Tar says Dest is an archive: always for docker and tar, by default
 	// for oci (tar=false writes a layout directory), never for local.
 	Tar bool
-	// Name is the reference recorded in the archive or layout (optional).
+	// Name is the reference recorded in the archive or layout (optional);
+	// for type=image, the name= value as given.
 	Name string
+	// ImageOutput holds what only type=image (and registry) outputs have.
+	ImageOutput
+	// Annotations are the annotation.KEY=VALUE attributes (type=image,
+	// registry, oci and docker).
+	Annotations []Annotation
 }
 
 // ParseOutput parses an --output value: comma-separated key=value pairs
 // with keys type, dest, tar and name ("type=oci,dest=img.tar",
 // "type=oci,dest=DIR,tar=false", "type=docker,dest=img.tar",
-// "type=local,dest=DIR", "type=tar,dest=rootfs.tar"). A value without '='
-// is a local directory ("-" alone means a rootfs tar on standard output).
-// Errors name the offending key.
+// "type=local,dest=DIR", "type=tar,dest=rootfs.tar"), the keys of
+// type=image and type=registry (see ImageOutput) and annotation
+// attributes (see ParseAnnotationAttr). A value without '=' is a local
+// directory ("-" alone means a rootfs tar on standard output). Errors name
+// the offending key.
 func ParseOutput(spec string) (Output, error) {
 	spec = strings.TrimSpace(spec)
 	if spec == "" {
@@ -99,7 +110,13 @@ func ParseOutput(spec string) (Output, error) {
 			}
 			tarSet = &b
 		default:
-			return Output{}, fmt.Errorf("output %q: unknown key %q (want type, dest, tar or name)", spec, k)
+			if handled, err := o.setImageKey(k, v); handled {
+				if err != nil {
+					return Output{}, fmt.Errorf("output %q: key %q: %w", spec, k, err)
+				}
+				continue
+			}
+			return Output{}, fmt.Errorf("output %q: unknown key %q (want type, dest, tar or name; type=image also takes %s)", spec, k, imageKeyList)
 		}
 	}
 	if o.Type == "" {
@@ -120,16 +137,19 @@ func ParseOutput(spec string) (Output, error) {
 		if tarSet != nil {
 			return bad("tar", "not valid for type=local (use type=tar)")
 		}
-	case OutputImage:
+	case OutputImage, OutputRegistry:
 		if o.Dest != "" {
-			return bad("dest", "not valid for type=image")
+			return bad("dest", "not valid for type="+o.Type)
 		}
 		if tarSet != nil {
-			return bad("tar", "not valid for type=image")
+			return bad("tar", "not valid for type="+o.Type)
+		}
+		if err := o.finishImage(seen); err != nil {
+			return Output{}, fmt.Errorf("output %q: %w", spec, err)
 		}
 		return o, nil
 	default:
-		return bad("type", fmt.Sprintf("unknown type %q (want oci, docker, local, tar or image)", o.Type))
+		return bad("type", fmt.Sprintf("unknown type %q (want oci, docker, local, tar, image or registry)", o.Type))
 	}
 	if o.Dest == "" {
 		return bad("dest", "missing")
@@ -139,6 +159,9 @@ func ParseOutput(spec string) (Output, error) {
 	}
 	if o.Name != "" && (o.Type == OutputLocal || o.Type == OutputTar) {
 		return bad("name", "not valid for type="+o.Type)
+	}
+	if err := o.checkNotImage(seen); err != nil {
+		return Output{}, fmt.Errorf("output %q: %w", spec, err)
 	}
 	return o, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -42,7 +43,24 @@ func TestParseOutput(t *testing.T) {
 		{spec: "type=local,dest=out", want: registry.Output{Type: "local", Dest: "out"}},
 		{spec: "type=tar,dest=rootfs.tar", want: registry.Output{Type: "tar", Dest: "rootfs.tar", Tar: true}},
 		{spec: "type=tar,dest=-", want: registry.Output{Type: "tar", Dest: "-", Tar: true}},
-		{spec: "type=image,name=demo", want: registry.Output{Type: "image", Name: "demo"}},
+		{spec: "type=image,name=demo", want: registry.Output{Type: "image", Name: "demo", ImageOutput: registry.ImageOutput{Names: []string{"demo"}}}},
+		{spec: "type=image", want: registry.Output{Type: "image"}},
+		{spec: `type=image,"name=reg.io/a:1,reg.io/b:2",push=true`, want: registry.Output{Type: "image", Name: "reg.io/a:1,reg.io/b:2",
+			ImageOutput: registry.ImageOutput{Names: []string{"reg.io/a:1", "reg.io/b:2"}, Push: true}}},
+		{spec: "type=image,name=reg.io/app,push-by-digest=true,name-canonical=true,push=true", want: registry.Output{Type: "image", Name: "reg.io/app",
+			ImageOutput: registry.ImageOutput{Names: []string{"reg.io/app"}, Push: true, PushByDigest: true, NameCanonical: true}}},
+		{spec: "type=registry,name=reg.io/app:1", want: registry.Output{Type: "image", Name: "reg.io/app:1", ImageOutput: registry.ImageOutput{Names: []string{"reg.io/app:1"}, Push: true}}},
+		{spec: "type=registry,name=reg.io/app:1,push=false", want: registry.Output{Type: "image", Name: "reg.io/app:1", ImageOutput: registry.ImageOutput{Names: []string{"reg.io/app:1"}}}},
+		{spec: "type=image,registry.insecure=true,oci-mediatypes=false", want: registry.Output{Type: "image", ImageOutput: registry.ImageOutput{Insecure: true, OCIMediaTypes: new(bool)}}},
+		{spec: "type=image,annotation.a=1,annotation-index.b=2,annotation-manifest[linux/arm64/v8].c=3,annotation-manifest-descriptor.d=4,annotation-index-descriptor.e=5",
+			want: registry.Output{Type: "image", Annotations: []registry.Annotation{
+				{Type: registry.AnnotationManifest, Key: "a", Value: "1"},
+				{Type: registry.AnnotationIndex, Key: "b", Value: "2"},
+				{Type: registry.AnnotationManifest, Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}, Key: "c", Value: "3"},
+				{Type: registry.AnnotationManifestDescriptor, Key: "d", Value: "4"},
+				{Type: registry.AnnotationIndexDescriptor, Key: "e", Value: "5"},
+			}}},
+		{spec: "type=oci,dest=x.tar,annotation.k=v", want: registry.Output{Type: "oci", Dest: "x.tar", Tar: true, Annotations: []registry.Annotation{{Type: registry.AnnotationManifest, Key: "k", Value: "v"}}}},
 		{spec: "out/dir", want: registry.Output{Type: "local", Dest: "out/dir"}},
 		{spec: "-", want: registry.Output{Type: "tar", Dest: "-", Tar: true}},
 		{spec: "dest=only", want: registry.Output{Type: "local", Dest: "only"}},
@@ -60,6 +78,14 @@ func TestParseOutput(t *testing.T) {
 		{spec: "type=image,dest=x", wantErr: `"dest"`},
 		{spec: "type=oci,type=docker,dest=x", wantErr: `"type"`},
 		{spec: "type=oci,dest", wantErr: `"dest"`},
+		{spec: "type=image,push=yes please", wantErr: `"push"`},
+		{spec: "type=image,push-by-digest=true", wantErr: `"push-by-digest"`},
+		{spec: "type=oci,dest=x,push=true", wantErr: `"push"`},
+		{spec: "type=local,dest=x,annotation.k=v", wantErr: "annotations"},
+		{spec: "type=image,annotation-layer.k=v", wantErr: `"annotation-layer.k"`},
+		{spec: "type=image,annotation.=v", wantErr: "empty key"},
+		{spec: `type=image,"name=a,,b"`, wantErr: `"name"`},
+		{spec: "type=image,store=false", wantErr: "push-by-digest"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.spec, func(t *testing.T) {
@@ -70,7 +96,7 @@ func TestParseOutput(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tc.want {
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("ParseOutput(%q) = %+v, %v; want %+v", tc.spec, got, err, tc.want)
 			}
 		})

@@ -79,7 +79,11 @@ func Push(ctx context.Context, store *layers.Store, src, dest string, opts PushO
 	var idx v1.ImageIndex
 	switch {
 	case desc.MediaType.IsIndex():
-		idx, err = store.ImageIndex(ctx, desc.Digest)
+		// As a list: entries that live in a registry are pushed from there.
+		var li *listIndex
+		if li, err = openList(ctx, store, desc.Digest, opts.Conn, dest); err == nil {
+			idx = li
+		}
 	case desc.MediaType.IsImage():
 		img, err = store.Image(ctx, desc.Digest)
 	default:

@@ -35,7 +35,10 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "no-cache-filter", Usage: "run every step of this stage (name or index; repeatable, or comma-separated)"},
 			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps from a registry cache: type=registry,ref=REF, or REF (repeatable; a REF that does not exist yet is a warning)"},
 			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache to a registry: type=registry,ref=REF[,mode=min|max] (repeatable; min: the result's stages, max: every stage)"},
-			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false] (repeatable)"},
+			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false], or type=image|registry[,name=REF][,push=true][,push-by-digest=true] (repeatable)"},
+			&cli.StringSliceFlag{Name: "annotation", Usage: "annotate the result as buildx does: [TYPE[PLATFORM]:]KEY=VALUE, TYPE manifest (default), manifest-descriptor, index or index-descriptor (repeatable)"},
+			&cli.StringFlag{Name: "metadata-file", Usage: "write buildx's build metadata (digest, descriptor, names, platforms) to this JSON file"},
+			&cli.StringFlag{Name: "manifest", Usage: "add the built image(s) to this manifest list, creating it (see ibuild manifest)"},
 			&cli.StringFlag{Name: "iidfile", Usage: "write the image ID to this file"},
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress output: auto, plain, tty or json"},
 			&cli.StringSliceFlag{Name: "label", Usage: "add a label KEY=VALUE to the image (repeatable)"},
@@ -157,13 +160,32 @@ func runBuild(c *cli.Context) error {
 		t := time.Unix(n, 0).UTC()
 		opts.SourceDateEpoch = &t
 	}
+	opts.PushOptions = registry.PushOptions{Conn: connOptions(c)}
+	var outs []registry.Output
 	for _, spec := range c.StringSlice("output") {
 		out, err := registry.ParseOutput(spec)
 		if err != nil {
 			return fmt.Errorf("--output %s: %w", spec, err)
 		}
-		opts.Outputs = append(opts.Outputs, out)
+		outs = append(outs, out)
+		if out.Type != registry.OutputImage {
+			// type=image becomes names, pushes and annotations below.
+			opts.Outputs = append(opts.Outputs, out)
+			opts.Annotations = append(opts.Annotations, out.Annotations...)
+		}
 	}
+	for _, a := range c.StringSlice("annotation") {
+		anns, err := registry.ParseAnnotation(a)
+		if err != nil {
+			return fmt.Errorf("--annotation: %w", err)
+		}
+		opts.Annotations = append(opts.Annotations, anns...)
+	}
+	metaNames, canonical, err := imageOutputs(c, &opts, outs)
+	if err != nil {
+		return err
+	}
+	opts.Manifest = c.String("manifest")
 	if err := cacheOptions(c, &opts, st); err != nil {
 		return err
 	}
@@ -181,10 +203,12 @@ func runBuild(c *cli.Context) error {
 		if len(pushTo) == 0 {
 			return cli.Exit("--push needs a -t name with a registry (e.g. -t registry.example.com/app:1); localhost/... names stay local", 2)
 		}
-		opts.Push = pushTo
-		opts.PushOptions = registry.PushOptions{Conn: connOptions(c)}
-	} else if c.IsSet("digestfile") {
-		return cli.Exit("--digestfile needs --push", 2)
+		for _, n := range pushTo {
+			opts.Push = appendNew(opts.Push, n)
+		}
+	}
+	if c.IsSet("digestfile") && len(opts.Push)+len(opts.PushByDigest) == 0 {
+		return cli.Exit("--digestfile needs --push (or --output type=image,push=true)", 2)
 	}
 	mode := c.String("progress")
 	var sink progress.Sink
@@ -201,6 +225,14 @@ func runBuild(c *cli.Context) error {
 	res, err := builder.Build(c.Context, opts)
 	if err != nil {
 		return err
+	}
+	if err := tagCanonical(c, st, res, canonical); err != nil {
+		return err
+	}
+	if f := c.String("metadata-file"); f != "" {
+		if err := writeMetadata(f, res, metaNames, builder.PlatformsOf(opts.Platforms)); err != nil {
+			return err
+		}
 	}
 	if f := c.String("iidfile"); f != "" {
 		if err := os.WriteFile(f, []byte(res.ID.String()), 0o644); err != nil {

@@ -91,6 +91,7 @@ func newApp() *cli.App {
 			inspectCommand(),
 			pullCommand(),
 			pushCommand(),
+			manifestCommand(),
 			loginCommand(),
 			logoutCommand(),
 			tagCommand(),

@@ -53,3 +53,16 @@ func pushCommand() *cli.Command {
 		},
 	}
 }
+
+// pushOptions reads the registry flags push-like commands share (manifest
+// push): format and connection, with progress on stderr unless --quiet.
+func pushOptions(c *cli.Context) registry.PushOptions {
+	opts := registry.PushOptions{
+		Format: c.String("format"),
+		Conn:   connOptions(c),
+	}
+	if !c.Bool("quiet") {
+		opts.Progress = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
+	}
+	return opts
+}

@@ -215,6 +215,8 @@ type Proxy struct {
 	// moves (Throttle); served counts the blob bytes sent to clients.
 	rate   int64
 	served int64
+	// sent and received count every request and response body byte.
+	sent, received int64
 }
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
@@ -287,23 +289,27 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			http.Error(w, "injected failure", http.StatusInternalServerError)
 			return
 		}
-		if upload && r.Body != nil {
-			p.mu.Lock()
-			slow := p.rate > 0
-			p.mu.Unlock()
-			if slow {
-				// Take the whole body first, so that a client that goes
-				// away is noticed (the request's context ends) rather
-				// than its socket buffers drained at the slow rate.
-				b, err := io.ReadAll(r.Body)
-				if err != nil {
-					return
+		if r.Body != nil {
+			var count *int64
+			if upload {
+				count = &p.uploaded
+				p.mu.Lock()
+				slow := p.rate > 0
+				p.mu.Unlock()
+				if slow {
+					// Take the whole body first, so that a client that goes
+					// away is noticed (the request's context ends) rather
+					// than its socket buffers drained at the slow rate.
+					b, err := io.ReadAll(r.Body)
+					if err != nil {
+						return
+					}
+					r.Body = io.NopCloser(bytes.NewReader(b))
 				}
-				r.Body = io.NopCloser(bytes.NewReader(b))
 			}
-			r.Body = &proxyBody{ReadCloser: r.Body, p: p, count: &p.uploaded}
+			r.Body = &proxyBody{ReadCloser: r.Body, p: p, count: count, request: true}
 		}
-		rp.ServeHTTP(w, r)
+		rp.ServeHTTP(&countingWriter{ResponseWriter: w, p: p}, r)
 	}))
 	t.Cleanup(srv.Close)
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
@@ -367,24 +373,64 @@ func dropConn(w http.ResponseWriter, r *http.Request, target *url.URL) {
 type proxyBody struct {
 	io.ReadCloser
 	p     *Proxy
-	count *int64
+	count *int64 // nil: count nothing of its own
+	// request: a client's request body, also counted as sent.
+	request bool
 }
 
 func (b *proxyBody) Read(q []byte) (int, error) {
 	b.p.mu.Lock()
 	rate := b.p.rate
 	b.p.mu.Unlock()
-	if rate > 0 && len(q) > 16<<10 {
+	throttled := rate > 0 && b.count != nil
+	if throttled && len(q) > 16<<10 {
 		q = q[:16<<10]
 	}
 	n, err := b.ReadCloser.Read(q)
 	b.p.mu.Lock()
-	*b.count += int64(n)
+	if b.count != nil {
+		*b.count += int64(n)
+	}
+	if b.request {
+		b.p.sent += int64(n)
+	}
 	b.p.mu.Unlock()
-	if rate > 0 && n > 0 {
+	if throttled && n > 0 {
 		time.Sleep(time.Duration(int64(n) * int64(time.Second) / rate))
 	}
 	return n, err
+}
+
+// countingWriter counts the response body bytes the proxy forwards.
+type countingWriter struct {
+	http.ResponseWriter
+	p *Proxy
+}
+
+func (w *countingWriter) Write(q []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(q)
+	w.p.mu.Lock()
+	w.p.received += int64(n)
+	w.p.mu.Unlock()
+	return n, err
+}
+
+// Flush lets the reverse proxy stream.
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Transferred returns how many body bytes clients sent (every request:
+// blobs, manifests) and received (every response) through the proxy so
+// far, and resets both counts.
+func (p *Proxy) Transferred() (sent, received int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sent, received = p.sent, p.received
+	p.sent, p.received = 0, 0
+	return sent, received
 }
 
 // Uploaded returns how many request body bytes were sent to blob upload

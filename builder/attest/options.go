@@ -55,6 +55,9 @@ type Options struct {
 	// OCIArtifact writes attestation manifests in the OCI 1.1 artifact
 	// form too (subject and artifactType), for the referrers API.
 	OCIArtifact bool
+	// BuilderVersion is ibuild's version, named in the provenance and as
+	// the SBOM's tool.
+	BuilderVersion string
 }
 
 // Any reports whether any attestation is asked for.

@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/attest/sbom"
@@ -116,7 +120,11 @@ func attestResult(ctx context.Context, opts *Options, in attestInput, warn func(
 						subject.Name = in.names[0]
 					}
 				}
-				st, err := sbomStatement(ctx, s, a.SBOM.Format, subject, subjects, created, opts.Attest.BuilderVersion, warn)
+				rfs, err := s.RootFS(ctx)
+				if err != nil {
+					return nil, fmt.Errorf("sbom: %s: %w", s.name, err)
+				}
+				st, err := sbomStatement(ctx, rfs, s.name, a.SBOM.Format, subject, subjects, created, opts.Attest.BuilderVersion, warn)
 				if err != nil {
 					return nil, err
 				}
@@ -143,18 +151,17 @@ func attestResult(ctx context.Context, opts *Options, in attestInput, warn func(
 	return out, nil
 }
 
-// sbomStatement scans stage s's root file system.
-func sbomStatement(ctx context.Context, s *stageRun, format attest.SBOMFormat, subject sbom.Subject, subjects []attest.Subject, created time.Time, version string, warn func(string)) (attest.Statement, error) {
-	rfs, err := s.RootFS(ctx)
-	if err != nil {
-		return attest.Statement{}, fmt.Errorf("sbom: %s: %w", s.name, err)
-	}
+// sbomStatement scans the root file system rfs of what (a stage or
+// container name, for messages).
+func sbomStatement(ctx context.Context, rfs sbom.FS, what string, format attest.SBOMFormat, subject sbom.Subject, subjects []attest.Subject, created time.Time, version string, warn func(string)) (attest.Statement, error) {
 	inv, err := sbom.Scan(ctx, rfs, sbom.Options{})
 	if err != nil {
-		return attest.Statement{}, fmt.Errorf("sbom: %s: %w", s.name, err)
+		return attest.Statement{}, fmt.Errorf("sbom: %s: %w", what, err)
 	}
 	for _, w := range inv.Warnings {
-		warn("sbom: " + s.name + ": " + w)
+		if warn != nil {
+			warn("sbom: " + what + ": " + w)
+		}
 	}
 	o := sbom.DocOptions{Subject: subject, Created: created, Tool: "ibuild-" + version}
 	if format == attest.CycloneDX {
@@ -293,4 +300,47 @@ func appendAttestations(idx v1.ImageIndex, images []v1.Image, atts [][]attest.St
 		idx = attest.Append(idx, subject, att)
 	}
 	return idx, nil
+}
+
+// commitSBOM is the index a working container's commit stores when an
+// SBOM is asked for: img (the committed image, maybe squashed) and its
+// attestation manifest, with an SBOM of scanned's root file system (the
+// container's image before squashing: its snapshots are on disk).
+func commitSBOM(ctx context.Context, st *layers.Store, scanned, img v1.Image, name string, o CommitOptions, warn func(string)) (v1.ImageIndex, error) {
+	if o.Format == FormatDocker {
+		return nil, errors.New("commit --sbom: a docker manifest list cannot hold attestation manifests; use --format oci")
+	}
+	dirs, err := st.Snapshots(ctx, scanned, warn)
+	if err != nil {
+		return nil, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	if name != "" {
+		names = []string{name}
+	}
+	created := time.Now().UTC()
+	if o.SourceDateEpoch != nil {
+		created = o.SourceDateEpoch.UTC()
+	}
+	subject := sbom.Subject{Name: "image", Digest: d.String()}
+	if name != "" {
+		subject.Name = name
+	}
+	stmt, err := sbomStatement(ctx, layers.NewRootFS(dirs), name, o.SBOM.Format, subject,
+		attest.ImageSubjects(names, cf.Platform(), d), created, o.Version, warn)
+	if err != nil {
+		return nil, err
+	}
+	p := cf.Platform()
+	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: indexEntry{img}, Descriptor: v1.Descriptor{Platform: p}})
+	return appendAttestations(idx, []v1.Image{img}, [][]attest.Statement{{stmt}}, false)
 }

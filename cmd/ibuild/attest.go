@@ -2,10 +2,14 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/builder/attest"
 )
 
@@ -78,4 +82,32 @@ func attestArgHint(args []string) string {
 		}
 	}
 	return ""
+}
+
+// commitSBOMFlags reads commit's --sbom and --source-date-epoch into o.
+func commitSBOMFlags(c *cli.Context, o *builder.CommitOptions) error {
+	ov, _ := c.Generic("sbom").(*optionalValue)
+	if ov == nil || len(ov.values) == 0 {
+		return nil
+	}
+	var a attest.Options
+	for _, v := range ov.values {
+		if err := a.ParseSBOM(v); err != nil {
+			return err
+		}
+	}
+	o.SBOM, o.Version = a.SBOM, version
+	epoch := c.String("source-date-epoch")
+	if epoch == "" {
+		epoch = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if epoch != "" {
+		n, err := strconv.ParseInt(epoch, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("source date epoch %q: want a non-negative Unix time in seconds", epoch)
+		}
+		t := time.Unix(n, 0).UTC()
+		o.SourceDateEpoch = &t
+	}
+	return nil
 }

@@ -23,6 +23,7 @@ declare -A need=(
   [docker-registry]=docker-registry
   [qemu-aarch64-static]=qemu-user-static
   [update-binfmts]=binfmt-support
+  [debootstrap]=debootstrap
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -366,6 +366,18 @@ func TestAttestDebianAptInstall(t *testing.T) {
 		}
 	}
 
+	// A pull keeps the attestations of the platform it pulls; a push in
+	// docker format says it drops them.
+	root2 := t.TempDir()
+	mustIbuild(t, root2, "pull", ref)
+	if out := mustIbuild(t, root2, "inspect", "--sbom", ref); !strings.Contains(out, `"hello"`) {
+		t.Errorf("inspect --sbom after pull:\n%.300s", out)
+	}
+	_, errOut, code := ibuild(t, root2, "", "push", "--format", "docker", ref, reg.Host+"/attest/hello-docker:1")
+	if code != 0 || !strings.Contains(errOut, "1 attestation manifest(s) (SBOM, provenance) dropped") {
+		t.Errorf("push --format docker: exit %d\n%s", code, errOut)
+	}
+
 	// podman ignores the unknown/unknown entry: it pulls and runs the image.
 	podman := registrytest.Podman(t)
 	podman("pull", "--tls-verify=false", ref)

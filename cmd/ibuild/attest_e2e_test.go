@@ -501,3 +501,30 @@ func TestAttestNoSecretsReproducible(t *testing.T) {
 		t.Errorf("two fresh roots with SOURCE_DATE_EPOCH gave index digests %s and %s", digests[0], digests[1])
 	}
 }
+
+// TestAttestCommitSBOM commits a working container with --sbom: the stored
+// image becomes an index holding the image and an SBOM that lists the
+// package the container's run step installed (a dpkg status entry).
+func TestAttestCommitSBOM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end working container")
+	}
+	requireRoot(t)
+	r := newScriptRunner(t, 0, 0)
+	r.buildBusybox(t)
+	root := r.root
+	name := strings.TrimSpace(mustIbuild(t, root, "from", "--name", "attest-commit", "busybox:1"))
+	mustIbuild(t, root, "run", name, "--", "sh", "-c",
+		"mkdir -p /var/lib/dpkg && printf 'Package: committed-tool\\nStatus: install ok installed\\nVersion: 4.2\\nArchitecture: amd64\\n' > /var/lib/dpkg/status")
+	mustIbuild(t, root, "commit", "-q", "--sbom", "--source-date-epoch", "0", name, "committed:1")
+	out := mustIbuild(t, root, "inspect", "--format", "{{json .SBOM}}", "committed:1")
+	var got struct{ SPDX spdxDoc }
+	if err := json.Unmarshal([]byte(out), &got); err != nil || !got.SPDX.debPackages()["committed-tool"] || len(got.SPDX.debPackages()) != 1 {
+		t.Fatalf("inspect --format '{{json .SBOM}}' committed:1: %v\n%.500s", err, out)
+	}
+	// Without --sbom the commit stays a plain image, with no attestation.
+	mustIbuild(t, root, "commit", "-q", name, "plain:1")
+	if _, errOut, code := ibuild(t, root, "", "inspect", "--sbom", "plain:1"); code == 0 || !strings.Contains(errOut, "no SBOM attestation") {
+		t.Errorf("inspect --sbom of a plain commit: exit %d\n%s", code, errOut)
+	}
+}

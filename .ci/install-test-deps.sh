@@ -24,6 +24,7 @@ declare -A need=(
   [qemu-aarch64-static]=qemu-user-static
   [update-binfmts]=binfmt-support
   [runc]=runc
+  [debootstrap]=debootstrap
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -57,6 +57,7 @@ func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platfo
 			return nil, err
 		}
 	}
+	b.recordImage(ref, platform, img)
 	return b.withSource(img, ref), nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
+	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
 	"github.com/ibuild/ibuild/builder/progress"
@@ -117,6 +118,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 
 	// Every platform's stages share the --jobs limit.
 	jobs := make(chan struct{}, opts.Jobs)
+	started := opts.Now()
+	builds := make([]*build, len(platforms))
 	images := make([]v1.Image, len(platforms))
 	finals := make([]*stageRun, len(platforms))
 	errs := make([]error, len(platforms))
@@ -131,6 +134,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				return
 			}
 			b.cache, b.jobs = cache, jobs
+			builds[i] = b
 			finals[i], errs[i] = b.run(ctx)
 			if errs[i] == nil {
 				images[i], errs[i] = squashResult(ctx, &opts, finals[i])
@@ -148,7 +152,12 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 
-	res, err := storeResult(ctx, &opts, images, platforms, names, warn)
+	atts, err := attestResult(ctx, &opts, attestInput{builds: builds, finals: finals, images: images,
+		names: names, dfPath: dfPath, df: data, started: started}, warn)
+	if err != nil {
+		return nil, err
+	}
+	res, err := storeResult(ctx, &opts, images, platforms, names, atts, warn)
 	if err != nil {
 		return nil, err
 	}
@@ -207,12 +216,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 // it to the store (tagResult names it); unless it is to be pushed and has
 // layers from a registry cache that no step needed (not downloaded): it
 // is then only assembled in memory, for pushResult.
-func storeResult(ctx context.Context, opts *Options, images []v1.Image, platforms []v1.Platform, names []string, warn func(string)) (*Result, error) {
+func storeResult(ctx context.Context, opts *Options, images []v1.Image, platforms []v1.Platform, names []string, atts [][]attest.Statement, warn func(string)) (*Result, error) {
 	res := &Result{Names: names}
 	var top interface {
 		MediaType() (types.MediaType, error)
 		Digest() (v1.Hash, error)
 		Size() (int64, error)
+	}
+	// The result's layers leave the build: make the blobs of those that
+	// are still snapshots only, --jobs at a time.
+	if err := materialize(ctx, opts, images); err != nil {
+		return nil, err
 	}
 	if len(images) == 1 {
 		res.Image, top = images[0], images[0]
@@ -220,7 +234,8 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 		if res.ID, err = images[0].ConfigName(); err != nil {
 			return nil, err
 		}
-	} else {
+	}
+	if len(images) > 1 || atts != nil {
 		var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, opts.Format.indexType())
 		for i, img := range images {
 			p := platforms[i]
@@ -232,12 +247,11 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 		if anns := registry.SelectAnnotations(opts.Annotations, registry.AnnotationIndex, nil); anns != nil {
 			idx = mutate.Annotations(idx, anns).(v1.ImageIndex)
 		}
+		var err error
+		if idx, err = appendAttestations(idx, images, atts, opts.Attest.OCIArtifact); err != nil {
+			return nil, err
+		}
 		res.Index, top = idx, idx
-	}
-	// The result's layers leave the build: make the blobs of those that
-	// are still snapshots only, --jobs at a time.
-	if err := materialize(ctx, opts, images); err != nil {
-		return nil, err
 	}
 	// Outputs read every layer anyway, and a manifest list references
 	// stored images: then the result is stored too.
@@ -256,7 +270,7 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 			if err != nil {
 				return nil, err
 			}
-			if res.Image != nil {
+			if res.Index == nil {
 				if cf, err := res.Image.ConfigFile(); err == nil {
 					d.Platform = cf.Platform()
 				}
@@ -285,7 +299,7 @@ func storeResult(ctx context.Context, opts *Options, images []v1.Image, platform
 	}
 	var desc v1.Descriptor
 	var err error
-	if res.Image != nil {
+	if res.Index == nil {
 		desc, err = opts.Store.WriteImage(ctx, res.Image)
 	} else {
 		desc, err = opts.Store.WriteIndex(ctx, res.Index)
@@ -361,7 +375,7 @@ func pushResult(ctx context.Context, opts *Options, res *Result) error {
 	for _, dest := range opts.Push {
 		var d v1.Hash
 		var err error
-		if res.Image != nil {
+		if res.Index == nil {
 			d, err = registry.PushImage(ctx, res.Image, dest, opts.pushOptions())
 		} else {
 			d, err = registry.PushIndex(ctx, res.Index, dest, opts.pushOptions())
@@ -458,6 +472,8 @@ type build struct {
 	images   map[string]*imageSource
 	pulls    map[string]*pulled
 	cache    *cacheSession
+	// materials are the images and URLs the build resolved (provenance).
+	materials materialLog
 	// containers is set when working containers of this store may be
 	// named as --from sources (the working container operations).
 	containers *layers.Store

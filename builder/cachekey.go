@@ -567,6 +567,7 @@ func fromMissReason(old, cur map[string]string, baseDesc string) string {
 // if it runs.
 func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (string, error) {
 	if checksum != "" {
+		s.b.recordURL(rawURL, checksum)
 		return "checksum " + checksum, nil
 	}
 	dir, err := s.b.opts.Store.CacheDir("urls")
@@ -609,5 +610,6 @@ func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (strin
 			}
 		}
 	}
+	s.b.recordURL(rawURL, v.Digest)
 	return fmt.Sprintf("content %s name %s mtime %d", v.Digest, v.Name, v.ModTime), nil
 }

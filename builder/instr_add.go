@@ -58,6 +58,7 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 				return err
 			}
 		}
+		s.b.recordURL(u, f.checksum)
 		if err := os.Chmod(f.path, 0o600); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
@@ -75,6 +76,10 @@ type Options struct {
 	SquashAll bool
 	// Outputs are written in addition to the store.
 	Outputs []registry.Output
+	// Attest asks for SBOM and provenance attestations (--sbom,
+	// --provenance, --attest); the result is then an index holding them
+	// (see docs/attestations.md), even for one platform.
+	Attest attest.Options
 	// Push are registry references the result is pushed to after a
 	// successful build (--push), with PushOptions. Layers the build took
 	// from a registry cache (CacheFrom) are mounted or skipped, never
@@ -247,9 +252,11 @@ type Pushed struct {
 type Result struct {
 	// Image is the built image for a single-platform build; nil otherwise.
 	Image v1.Image
-	// Index is the image index of a multi-platform build; nil otherwise.
+	// Index is the image index of a multi-platform build, or of a build
+	// with attestations (Options.Attest), which holds them; nil otherwise.
 	Index v1.ImageIndex
-	// Digest is the manifest (or index) digest.
+	// Digest is the manifest (or index) digest: the index's when there
+	// is one.
 	Digest v1.Hash
 	// ID is the image ID: the config digest of an image, or the index
 	// digest of an index.

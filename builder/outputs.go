@@ -24,16 +24,23 @@ func writeOutputs(ctx context.Context, opts *Options, res *Result, warn func(str
 		case "image", "":
 			// The store already has it.
 		case "oci":
+			img := res.Image
+			if res.Index != nil {
+				img = nil // the index, with its attestations
+			}
 			if !out.Tar {
-				err = registry.WriteOCILayout(ctx, out.Dest, res.Image, res.Index, name)
+				err = registry.WriteOCILayout(ctx, out.Dest, img, res.Index, name)
 				break
 			}
 			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
-				return registry.WriteOCIArchive(ctx, w, res.Image, res.Index, name)
+				return registry.WriteOCIArchive(ctx, w, img, res.Index, name)
 			})
 		case "docker":
 			if res.Image == nil {
 				return fmt.Errorf("--output type=docker holds one image; a multi-platform build needs type=oci")
+			}
+			if res.Index != nil {
+				warn("--output type=docker,dest=" + out.Dest + ": a docker archive holds no attestations: the SBOM and provenance are not in it (type=oci keeps them)")
 			}
 			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
 				return registry.WriteDockerArchive(ctx, w, res.Image, res.Names)

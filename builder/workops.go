@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sys/unix"
 
+	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
@@ -389,6 +390,14 @@ type CommitOptions struct {
 	// Compression and CompressionLevel of a squashed layer.
 	Compression      layers.Compression
 	CompressionLevel int
+	// SBOM, when set, attaches an SBOM attestation (ibuild commit
+	// --sbom): the image is then stored as an index holding it, and the
+	// returned descriptor is the index's.
+	SBOM *attest.SBOMOptions
+	// SourceDateEpoch, when set, is the SBOM's creation time (else now);
+	// Version names ibuild as its tool.
+	SourceDateEpoch *time.Time
+	Version         string
 }
 
 // Commit writes the container as an image into the store, named name (if
@@ -419,10 +428,12 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	if err := c.store.Materialize(ctx, c.layers, runtime.NumCPU()); err != nil {
 		return nil, v1.Descriptor{}, fmt.Errorf("commit: %w", err)
 	}
+	o.Format = format
 	img, err := c.Image()
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}
+	scanned := img
 	if o.Squash && o.SquashAll {
 		return nil, v1.Descriptor{}, errors.New("commit: Squash and SquashAll exclude each other")
 	}
@@ -439,7 +450,16 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	if a := c.work.state.Annotations; len(a) > 0 {
 		img = mutate.Annotations(img, a).(v1.Image)
 	}
-	desc, err := c.store.WriteImage(ctx, img)
+	var desc v1.Descriptor
+	if o.SBOM != nil {
+		idx, err := commitSBOM(ctx, c.store, scanned, img, name, o, c.opts.warn)
+		if err != nil {
+			return nil, v1.Descriptor{}, fmt.Errorf("commit: %w", err)
+		}
+		desc, err = c.store.WriteIndex(ctx, idx)
+	} else {
+		desc, err = c.store.WriteImage(ctx, img)
+	}
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}

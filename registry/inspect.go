@@ -97,3 +97,20 @@ func InspectRemote(ctx context.Context, ref string, opts PullOptions) (*RemoteIn
 	}
 	return info, nil
 }
+
+// RemoteIndex returns the index ref names (nil when ref names a single
+// image), reading manifests lazily: the caller fetches what it needs.
+func RemoteIndex(ctx context.Context, ref string, opts PullOptions) (v1.ImageIndex, error) {
+	r, err := ParseReference(ref, opts.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	desc, err := remote.Get(r, opts.remoteOptions(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", CanonicalName(r), err)
+	}
+	if !desc.MediaType.IsIndex() {
+		return nil, nil
+	}
+	return desc.ImageIndex()
+}

@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -191,6 +192,21 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		}
 		if _, err := storeImage(ctx, store, img, opts); err != nil {
 			return fail(err)
+		}
+		// Keep the platform's attestations (SBOM, provenance): small
+		// manifests of small blobs, so a push of the pulled index
+		// carries them on.
+		for _, ad := range attest.For(im, child.Digest) {
+			adesc, err := remote.Get(r.Context().Digest(ad.Digest.String()), ropts...)
+			if err == nil {
+				var att v1.Image
+				if att, err = adesc.Image(); err == nil {
+					_, err = storeImage(ctx, store, att, opts)
+				}
+			}
+			if err != nil {
+				return fail(fmt.Errorf("attestation manifest %s: %w", ad.Digest, err))
+			}
 		}
 		top = v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest}
 		if _, _, err := store.Blobs().Put(ctx, bytes.NewReader(desc.Manifest), &top.Digest); err != nil {

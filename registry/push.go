@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -150,8 +152,19 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 	switch {
 	case idx != nil:
 		if format != "" {
-			if idx, err = convertIndex(idx, format); err != nil {
+			var dropped int
+			if idx, dropped, err = convertIndex(idx, format); err != nil {
 				return fail(err)
+			}
+			if dropped > 0 {
+				// Always said, even without a Progress callback: the
+				// pushed index lacks what the stored one has.
+				msg := fmt.Sprintf("warning: --format docker: %d attestation manifest(s) (SBOM, provenance) dropped: a docker manifest list cannot hold them; push in oci format to keep them", dropped)
+				if opts.Progress != nil {
+					opts.Progress(msg)
+				} else {
+					fmt.Fprintln(os.Stderr, "ibuild: "+msg)
+				}
 			}
 		}
 		if pushed, err = idx.Digest(); err != nil {
@@ -297,57 +310,71 @@ func (c *convertedIndex) ImageIndex(h v1.Hash) (v1.ImageIndex, error) {
 var _ v1.ImageIndex = (*convertedIndex)(nil)
 
 // convertIndex converts idx and each of its images to manifest media type
-// mt (an image type; the index gets the matching index type).
-func convertIndex(idx v1.ImageIndex, mt types.MediaType) (v1.ImageIndex, error) {
+// mt (an image type; the index gets the matching index type). Converting
+// to docker drops attestation manifests (BuildKit's layout needs OCI
+// media types); dropped says how many.
+func convertIndex(idx v1.ImageIndex, mt types.MediaType) (_ v1.ImageIndex, dropped int, _ error) {
 	want := types.OCIImageIndex
 	if mt == types.DockerManifestSchema2 {
 		want = types.DockerManifestList
 	}
 	have, err := idx.MediaType()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	im, err := idx.IndexManifest()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	c := &convertedIndex{manifest: im, children: map[v1.Hash]v1.Image{}}
 	same := have == want
+	if want == types.DockerManifestList {
+		kept := im.Manifests[:0]
+		for _, d := range im.Manifests {
+			if attest.IsAttestation(d) {
+				dropped++
+				continue
+			}
+			kept = append(kept, d)
+		}
+		im.Manifests = kept
+		same = same && dropped == 0
+	}
 	for i, d := range im.Manifests {
 		if !d.MediaType.IsImage() {
-			return nil, fmt.Errorf("%s: only indexes of images are converted", d.Digest)
+			return nil, 0, fmt.Errorf("%s: only indexes of images are converted", d.Digest)
 		}
 		img, err := idx.Image(d.Digest)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if img, err = convertImage(img, mt); err != nil {
-			return nil, fmt.Errorf("image %s: %w", d.Digest, err)
+			return nil, 0, fmt.Errorf("image %s: %w", d.Digest, err)
 		}
 		if im.Manifests[i].Digest, err = img.Digest(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if im.Manifests[i].Size, err = img.Size(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		im.Manifests[i].MediaType = mt
 		same = same && im.Manifests[i].Digest == d.Digest
 		c.children[im.Manifests[i].Digest] = img
 	}
 	if same {
-		return idx, nil
+		return idx, 0, nil
 	}
 	im.MediaType = want
 	if want == types.DockerManifestList {
 		im.Annotations, im.Subject = nil, nil
 	}
 	if c.raw, err = json.Marshal(im); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if c.digest, _, err = v1.SHA256(bytes.NewReader(c.raw)); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return c, nil
+	return c, dropped, nil
 }
 
 // remoteOptions are the go-containerregistry options shared by Pull,

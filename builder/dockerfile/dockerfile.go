@@ -137,6 +137,7 @@ func ParseContext(ctx context.Context, path string, data []byte) (*Dockerfile, e
 		}
 		seen[st.Name] = i
 	}
+	df.lintSecretNames()
 	return df, nil
 }
 

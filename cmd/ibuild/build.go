@@ -24,7 +24,7 @@ func buildCommand() *cli.Command {
 		Aliases:   []string{"bud"},
 		Usage:     "build an image from a Dockerfile",
 		ArgsUsage: "CONTEXT",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
 			&cli.StringFlag{Name: "ignorefile", Usage: "filter the context with this ignore file (default: <Dockerfile>.dockerignore, <Dockerfile>.containerignore, CONTEXT/.containerignore or CONTEXT/.dockerignore, the first that exists)"},
 			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name the image (repeatable)"},
@@ -63,13 +63,16 @@ func buildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "cap-add", Usage: "add a capability to RUN steps' set, docker's default (e.g. NET_ADMIN, or ALL; repeatable)"},
 			&cli.StringSliceFlag{Name: "cap-drop", Usage: "drop a capability from RUN steps' set (e.g. CHOWN, or ALL; repeatable; applied after --cap-add)"},
 			&cli.StringSliceFlag{Name: "allow", Usage: "grant an entitlement: security.insecure lets RUN --security=insecure steps hold every capability, with no seccomp filter"},
-		},
+		}, attestFlags()...),
 		Action: runBuild,
 	}
 }
 
 func runBuild(c *cli.Context) error {
 	if c.NArg() != 1 {
+		if hint := attestArgHint(c.Args().Slice()); hint != "" {
+			return cli.Exit(hint, 2)
+		}
 		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
 	}
 	if c.Bool("squash") && c.Bool("squash-all") {
@@ -141,6 +144,9 @@ func runBuild(c *cli.Context) error {
 	}
 	if opts.Format, err = builder.ParseFormat(c.String("format")); err != nil {
 		return fmt.Errorf("--format: %w", err)
+	}
+	if opts.Attest, err = parseAttestFlags(c, version); err != nil {
+		return err
 	}
 	if opts.Compression, err = layers.ParseCompression(c.String("compression")); err != nil {
 		return fmt.Errorf("--compression: %w", err)

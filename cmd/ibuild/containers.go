@@ -357,6 +357,8 @@ func commitCommand() *cli.Command {
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify the registry's TLS certificate (--push)"},
 			authfileFlag, certDirFlag,
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image ID"},
+			&cli.GenericFlag{Name: "sbom", Value: &optionalValue{}, Usage: "attach an SBOM attestation: --sbom or --sbom=format=spdx|cyclonedx (the image is stored as an index holding it; see docs/attestations.md)"},
+			&cli.StringFlag{Name: "source-date-epoch", Usage: "Unix time for the SBOM's creation time (default $SOURCE_DATE_EPOCH)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
@@ -372,6 +374,9 @@ func commitCommand() *cli.Command {
 				return fmt.Errorf("--compression: %w", err)
 			}
 			if err := checkFormatFlags(o.Format, o.Compression); err != nil {
+				return err
+			}
+			if err := commitSBOMFlags(c, &o); err != nil {
 				return err
 			}
 			stored, err := layers.NormalizeName(image)

@@ -20,17 +20,20 @@ func inspectCommand() *cli.Command {
 		Name:      "inspect",
 		Usage:     "show an image's manifest and config, or a working container's state, as JSON",
 		ArgsUsage: "NAME|ID|docker://REF|CONTAINER",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "type", Usage: "image or container (default: an image, else a working container of that name)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (docker:// only; repeatable)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify the registry's TLS certificate (docker:// only)"},
 			authfileFlag, certDirFlag,
-		},
+		}, inspectAttestFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("inspect needs one image name or ID", 2)
 			}
 			if ref, ok := strings.CutPrefix(c.Args().First(), "docker://"); ok {
+				if wantsAttestations(c) {
+					return inspectRemoteAttestations(c, ref)
+				}
 				info, err := registry.InspectRemote(c.Context, ref, registry.PullOptions{Conn: connOptions(c)})
 				if err != nil {
 					return err
@@ -61,6 +64,15 @@ func inspectCommand() *cli.Command {
 					return fmt.Errorf("%w (nor a working container)", err)
 				}
 				return err
+			}
+			if wantsAttestations(c) {
+				var idx v1.ImageIndex
+				if desc.MediaType.IsIndex() {
+					if idx, err = st.ImageIndex(c.Context, desc.Digest); err != nil {
+						return err
+					}
+				}
+				return printAttestations(c, ref, desc.Digest, idx)
 			}
 			out := map[string]any{"name": ref, "digest": desc.Digest.String(), "mediaType": desc.MediaType}
 			if desc.MediaType == types.OCIImageIndex || desc.MediaType == types.DockerManifestList {

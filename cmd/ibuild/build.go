@@ -23,9 +23,10 @@ func buildCommand() *cli.Command {
 		Name:      "build",
 		Aliases:   []string{"bud"},
 		Usage:     "build an image from a Dockerfile",
-		ArgsUsage: "CONTEXT",
+		ArgsUsage: "CONTEXT (a directory, a git URL, an http(s) URL, or - for a tar on standard input)",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
+			&cli.StringSliceFlag{Name: "build-context", Usage: "a named context NAME=VALUE: a directory, docker-image://REF, oci-layout://PATH[@sha256:...|:TAG], a git URL or an http(s) tarball URL; it replaces the stage or image NAME in FROM, COPY --from and RUN --mount from= (repeatable)"},
 			&cli.StringFlag{Name: "ignorefile", Usage: "filter the context with this ignore file (default: <Dockerfile>.dockerignore, <Dockerfile>.containerignore, CONTEXT/.containerignore or CONTEXT/.dockerignore, the first that exists)"},
 			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name the image (repeatable)"},
 			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build arg: KEY=VALUE, or KEY to take it from the environment (repeatable)"},
@@ -67,7 +68,10 @@ func buildCommand() *cli.Command {
 
 func runBuild(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
+		return cli.Exit("build needs exactly one CONTEXT: a directory, a git URL, an http(s) URL or - (e.g. ibuild build -t app:1 .)", 2)
+	}
+	if c.Args().First() == "-" && c.String("file") == "-" {
+		return cli.Exit("-f - and the context - both read standard input: put the Dockerfile in the context tar (-f names it there), or give a context directory", 2)
 	}
 	if c.Bool("squash") && c.Bool("squash-all") {
 		return cli.Exit("--squash and --squash-all exclude each other: --squash merges the layers the final stage adds, --squash-all every layer", 2)
@@ -97,6 +101,12 @@ func runBuild(c *cli.Context) error {
 		CompressionLevel: c.Int("compression-level"),
 		Squash:           c.Bool("squash"),
 		SquashAll:        c.Bool("squash-all"),
+	}
+	if opts.ContextDir == "-" {
+		opts.ContextDir, opts.ContextTar = "", os.Stdin
+	}
+	if opts.BuildContexts, err = parseBuildContexts(c.StringSlice("build-context")); err != nil {
+		return err
 	}
 	if opts.Dockerfile == "-" {
 		data, err := readStdin(c.Context)
@@ -303,6 +313,22 @@ func parseKeyValues(items []string, fromEnv bool) (map[string]string, error) {
 				continue
 			}
 			v = ev
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// parseBuildContexts parses --build-context NAME=VALUE items.
+func parseBuildContexts(items []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("--build-context %s: want NAME=VALUE (a directory, docker-image://REF, oci-layout://PATH, a git URL or an http(s) URL)", it)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--build-context %s is given twice: give each name once", k)
 		}
 		out[k] = v
 	}

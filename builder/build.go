@@ -175,11 +175,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				s = s.b.stages[s.baseStage]
 			}
 		}
-		entries := cache.exportEntries(isFinal)
-		for _, exp := range opts.CacheTo {
-			if err := exp.ExportCache(ctx, entries); err != nil {
-				return nil, fmt.Errorf("--cache-to: %w", err)
-			}
+		if err := cache.exportCache(ctx, &opts, cache.exportEntries(isFinal)); err != nil {
+			return nil, err
 		}
 	}
 	if err := tagResult(ctx, &opts, res); err != nil {

@@ -37,6 +37,8 @@ type cacheSession struct {
 
 	idx     *ctxhash.Index
 	idxPath string
+	// mountIDs are the cache mount ids the build's RUN steps name.
+	mountIDs map[string]bool
 	// mainID is the build context's id.
 	mainID string
 	// others are the digest indexes of the named contexts, by context id.

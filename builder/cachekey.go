@@ -103,6 +103,13 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			if i < len(extras) && !extras[i].Empty() {
 				k.add(prefix+"buildah", extras[i].String())
 			}
+			if m.Type == instructions.MountTypeCache {
+				id := m.CacheID
+				if id == "" {
+					id = m.Target
+				}
+				s.b.cache.noteCacheMount(id)
+			}
 			if m.Type == instructions.MountTypeCache && m.From != "" {
 				// The tree a new cache starts from (its content is not
 				// an input otherwise, as with BuildKit).

@@ -34,8 +34,8 @@ func buildCommand() *cli.Command {
 			&cli.StringFlag{Name: "platform", Usage: "target platform(s): os/arch[/variant][,...]"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "run every step; do not take any from the build cache"},
 			&cli.StringSliceFlag{Name: "no-cache-filter", Usage: "run every step of this stage (name or index; repeatable, or comma-separated)"},
-			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps from a registry cache: type=registry,ref=REF, or REF (repeatable; a REF that does not exist yet is a warning)"},
-			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache to a registry: type=registry,ref=REF[,mode=min|max] (repeatable; min: the result's stages, max: every stage)"},
+			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps (and cache mounts) from a cache: type=registry,ref=REF (or REF), or type=local,src=DIR (repeatable; a cache that does not exist yet is a warning)"},
+			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache: type=registry,ref=REF or type=local,dest=DIR, [,mode=min|max][,mounts=true] (repeatable; min: the result's stages, max: every stage; mounts=true: also the RUN --mount=type=cache directories)"},
 			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false] (repeatable)"},
 			&cli.StringFlag{Name: "iidfile", Usage: "write the image ID to this file"},
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress output: auto, plain, tty or json"},
@@ -271,7 +271,15 @@ func cacheOptions(c *cli.Context, opts *builder.Options, st *layers.Store) error
 		if err != nil {
 			return fmt.Errorf("--cache-from %s: %w", v, err)
 		}
-		cache, err := registry.ImportCache(c.Context, spec.Ref, copts)
+		var cache *registry.Cache
+		switch {
+		case spec.Type == registry.CacheTypeLocal && spec.Src == "":
+			return fmt.Errorf("--cache-from %s: a local cache is read from src=DIR (dest= is --cache-to's)", v)
+		case spec.Type == registry.CacheTypeLocal:
+			cache, err = registry.ImportLocalCache(c.Context, spec.Src, spec.Tag, copts)
+		default:
+			cache, err = registry.ImportCache(c.Context, spec.Ref, copts)
+		}
 		if err != nil {
 			return fmt.Errorf("--cache-from: %w", err)
 		}
@@ -284,6 +292,9 @@ func cacheOptions(c *cli.Context, opts *builder.Options, st *layers.Store) error
 		spec, err := registry.ParseCacheSpec(v)
 		if err != nil {
 			return fmt.Errorf("--cache-to %s: %w", v, err)
+		}
+		if spec.Type == registry.CacheTypeLocal && spec.Dest == "" {
+			return fmt.Errorf("--cache-to %s: a local cache is written to dest=DIR (src= is --cache-from's)", v)
 		}
 		exp, err := registry.NewCacheExport(spec, copts)
 		if err != nil {

@@ -333,4 +333,3 @@ func (s *stageRun) contextCopy(nc *namedContext) (instructions.Command, error) {
 func cacheMountFromTree(nc *namedContext) error {
 	return fmt.Errorf("from=%s is a directory context: a cache mount is seeded from a stage or an image; add a stage (FROM %s AS seed) and use from=seed", nc.name, nc.name)
 }
-

@@ -47,6 +47,9 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 	if id == "" {
 		return nil, errors.New("needs a target")
 	}
+	if s.b.cache != nil {
+		s.b.cache.noteCacheMount(id)
+	}
 	var from *fromTree
 	if m.From != "" && !strings.EqualFold(m.From, "scratch") {
 		t, err := s.mountFrom(ctx, m.From)

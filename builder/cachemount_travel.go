@@ -106,12 +106,12 @@ func (cs *cacheSession) cacheMounts(ctx context.Context, opts *Options) ([]layer
 	root := filepath.Join(opts.Store.Root(), "cache")
 	var out []layers.CacheMount
 	have := map[string]bool{}
+	ents, err := os.ReadDir(root)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	for _, id := range ids {
 		base := cacheDirName(id)
-		ents, err := os.ReadDir(root)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
 		for _, e := range ents {
 			name := e.Name()
 			overlay := false

@@ -80,6 +80,9 @@ func localImport(t *testing.T, st *layers.Store, dir string) *registry.Cache {
 // directory, whiteouts included; an unchanged mount is not uploaded
 // again; the secret mounted inside the cache directory is in no blob.
 func TestCacheMountsTravel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: six builds with RUN steps and a registry")
+	}
 	reg := registrytest.Start(t)
 	proxy := registrytest.NewProxy(t, reg.Host)
 	ref := proxy.Host + "/travel/app:cache"

@@ -27,6 +27,9 @@ func readOut(t *testing.T, dir, name string) string {
 // it, or named with -f), from a git URL with a ref and a subdir, and with
 // --build-context directories and git URLs.
 func TestContextsCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end builds")
+	}
 	root := t.TempDir()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -89,6 +92,9 @@ func TestContextsCLI(t *testing.T) {
 // local cache directory and to the registry; the second, with another
 // build arg so the step runs, finds the first one's file in the mount.
 func TestCacheMountsTravelCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end builds with a registry")
+	}
 	if os.Geteuid() != 0 {
 		layertest.SkipOrFail(t, "cache mounts need RUN: run as root")
 	}

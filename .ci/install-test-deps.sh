@@ -14,6 +14,7 @@ declare -A need=(
   [bzip2]=bzip2
   [busybox]=busybox-static
   [gcc]=gcc
+  [git]=git
   [newuidmap]=uidmap
   [setpriv]=util-linux
   [useradd]=passwd

@@ -23,6 +23,7 @@ import (
 // the local store (by name, ID or digest). An index yields its manifest
 // for platform.
 func (b *build) resolveImage(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	ref = b.contextImage(ref) // --build-context NAME=docker-image://REF
 	if ref == "scratch" {
 		return nil, nil
 	}

@@ -37,7 +37,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Store == nil {
 		return nil, errors.New("builder: Options.Store is required")
 	}
-	if opts.ContextDir == "" {
+	if opts.ContextDir == "" && opts.ContextTar == nil {
 		return nil, errors.New("builder: Options.ContextDir is required")
 	}
 	if opts.Progress == nil {
@@ -85,19 +85,29 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer unlock()
+	releaseContexts, err := fetchContexts(ctx, &opts)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseContexts()
 	dfPath, data, err := readDockerfile(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	besideDockerfile := dfPath
-	if opts.DockerfileContent != nil {
+	if opts.dockerfileHost != "" {
+		besideDockerfile = opts.dockerfileHost
+	} else if opts.DockerfileContent != nil {
 		besideDockerfile = "" // not read from a file: nothing beside it
 	}
 	cfs, err := openContext(opts.ContextDir, besideDockerfile, opts.IgnoreFile)
 	if err != nil {
 		return nil, err
 	}
-	cache, err := newCacheSession(&opts, cfs.root)
+	if opts.contextID != "" {
+		cfs.id = opts.contextID
+	}
+	cache, err := newCacheSession(&opts, cfs.id)
 	if err != nil {
 		return nil, err
 	}
@@ -199,10 +209,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		if err := opts.Store.Materialize(ctx, ls, opts.Jobs); err != nil {
 			return nil, fmt.Errorf("--cache-to: %w", err)
 		}
-		for _, exp := range opts.CacheTo {
-			if err := exp.ExportCache(ctx, entries); err != nil {
-				return nil, fmt.Errorf("--cache-to: %w", err)
-			}
+		if err := cache.exportCache(ctx, &opts, entries); err != nil {
+			return nil, err
 		}
 	}
 	if err := tagResult(ctx, &opts, res); err != nil {
@@ -404,6 +412,13 @@ func buildPlatforms(ps []v1.Platform) []v1.Platform {
 
 // readDockerfile finds and reads the Dockerfile.
 func readDockerfile(ctx context.Context, opts Options) (string, []byte, error) {
+	if opts.dockerfileHost != "" {
+		data, err := readFileContext(ctx, opts.dockerfileHost)
+		if err != nil {
+			return "", nil, fmt.Errorf("read Dockerfile %s in the build context: %w", opts.Dockerfile, err)
+		}
+		return opts.Dockerfile, data, nil
+	}
 	if opts.DockerfileContent != nil {
 		name := opts.Dockerfile
 		if name == "" || name == "-" {
@@ -630,8 +645,16 @@ func (b *build) prepareStage(ctx context.Context, i int) (*stageRun, error) {
 	if base == "" {
 		return nil, b.df.ErrorAt(st.Location, errors.New("base name expands to an empty string"))
 	}
-	if j, ok := b.byName[strings.ToLower(base)]; ok {
+	if nc := b.namedContext(st.Name); st.Name != "" && nc != nil {
+		// A named context replaces the stage, as in BuildKit: its own
+		// base and instructions are not used.
+		sr.replaced = true
+		base = nc.name
+	}
+	if j, ok := b.byName[strings.ToLower(base)]; ok && !sr.replaced {
 		sr.baseStage = j
+	} else if nc := b.treeContext(base); nc != nil {
+		sr.context = nc
 	} else {
 		sr.baseRef = base
 	}
@@ -647,6 +670,9 @@ func (b *build) prepareStage(ctx context.Context, i int) (*stageRun, error) {
 		sr.platform = p
 	}
 	for _, cmd := range st.Commands {
+		if sr.replaced {
+			break
+		}
 		if c, ok := cmd.(*instructions.CopyCommand); ok && c.From != "" {
 			// BuildKit refuses a variable in COPY --from, in every stage.
 			if r, err := b.exp.Word(c.From, dockerfile.NewVars(nil)); err != nil || r != c.From {
@@ -799,7 +825,7 @@ func (b *build) reportUnusedArgs() {
 // args, usable in RUN without an ARG instruction.
 func isPredefinedArg(k string) bool {
 	switch k {
-	case "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+	case keepGitDirArg, "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
 		"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy":
 		return true
 	}

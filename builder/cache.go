@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,12 @@ type cacheSession struct {
 
 	idx     *ctxhash.Index
 	idxPath string
+	// mountIDs are the cache mount ids the build's RUN steps name.
+	mountIDs map[string]bool
+	// mainID is the build context's id.
+	mainID string
+	// others are the digest indexes of the named contexts, by context id.
+	others map[string]*otherIndex
 	// layerOptions are the build options every layer depends on.
 	layerOptions string
 
@@ -75,6 +82,8 @@ func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
 		imported:   opts.CacheFrom,
 		flights:    map[v1.Hash]chan struct{}{},
 		seen:       map[v1.Hash]int{},
+		others:     map[string]*otherIndex{},
+		mainID:     ctxDir,
 	}
 	epoch := "none"
 	if e := opts.SourceDateEpoch; e != nil {
@@ -95,9 +104,40 @@ func newCacheSession(opts *Options, ctxDir string) (*cacheSession, error) {
 	return cs, nil
 }
 
-// close saves the context digest index.
+// otherIndex is the digest index of a named context.
+type otherIndex struct {
+	idx  *ctxhash.Index
+	path string
+}
+
+// index is the digest index of the tree src: the build context's, a
+// named context's (each has its own), or for another tree a throwaway one.
+func (cs *cacheSession) index(src sourceFS) *ctxhash.Index {
+	c, ok := src.(*contextFS)
+	if !ok || c.id == "" || c.id == cs.mainID {
+		return cs.idx
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if o, ok := cs.others[c.id]; ok {
+		return o.idx
+	}
+	sum := sha256.Sum256([]byte(c.id))
+	p := filepath.Join(filepath.Dir(cs.idxPath), hex.EncodeToString(sum[:16]))
+	o := &otherIndex{idx: ctxhash.Load(p), path: p}
+	o.idx.Jobs = cs.idx.Jobs
+	cs.others[c.id] = o
+	return o.idx
+}
+
+// close saves the context digest indexes.
 func (cs *cacheSession) close() error {
-	return cs.idx.Save(cs.idxPath, cs.store.WriteCacheFile)
+	var errs []error
+	errs = append(errs, cs.idx.Save(cs.idxPath, cs.store.WriteCacheFile))
+	for _, o := range cs.others {
+		errs = append(errs, o.idx.Save(o.path, cs.store.WriteCacheFile))
+	}
+	return errors.Join(errs...)
 }
 
 // acquire waits until no other build of this session is working on key,

@@ -103,6 +103,13 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			if i < len(extras) && !extras[i].Empty() {
 				k.add(prefix+"buildah", extras[i].String())
 			}
+			if m.Type == instructions.MountTypeCache {
+				id := m.CacheID
+				if id == "" {
+					id = m.Target
+				}
+				s.b.cache.noteCacheMount(cacheKey(id, m))
+			}
 			if m.Type == instructions.MountTypeCache && m.From != "" {
 				// The tree a new cache starts from (its content is not
 				// an input otherwise, as with BuildKit).
@@ -114,6 +121,13 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 				continue
 			}
 			if m.Type != instructions.MountTypeBind {
+				continue
+			}
+			if nc := s.b.treeContext(m.From); m.From != "" && nc != nil {
+				k.add(prefix+"from", "context "+nc.name)
+				if err := s.sourceInputs(ctx, k, prefix, nc.tree, []string{m.Source}, false, nil); err != nil {
+					return nil, err
+				}
 				continue
 			}
 			if m.From != "" {
@@ -139,6 +153,15 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 			from, err := s.b.exp.Word(c.From, s.view())
 			if err != nil {
 				return nil, err
+			}
+			if nc := s.b.treeContext(from); nc != nil {
+				// A tree context is keyed by its files, as the build
+				// context is.
+				k.add("from", "context "+nc.name)
+				if err := s.sourceInputs(ctx, k, "src:", nc.tree, c.SourcePaths, c.Parents, exclude); err != nil {
+					return nil, err
+				}
+				return k, nil
 			}
 			id, err := s.fromIdentity(ctx, from)
 			if err != nil {
@@ -277,7 +300,7 @@ func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix strin
 			return err
 		}
 	}
-	digests, err := s.b.cache.idx.Digests(ctx, w.files)
+	digests, err := s.b.cache.index(from).Digests(ctx, w.files)
 	if err != nil {
 		return fmt.Errorf("hash sources: %w", err)
 	}
@@ -392,7 +415,10 @@ func (s *stageRun) historyPath() (string, error) {
 		return "", err
 	}
 	abs, _ := filepath.Abs(s.b.df.Path)
-	id := sha256.Sum256([]byte(fmt.Sprintf("stage\x00%s\x00%s\x00%s\x00%d", s.b.ctx.root, abs,
+	if s.b.opts.dockerfileHost != "" {
+		abs = s.b.df.Path // in a fetched context: its path there
+	}
+	id := sha256.Sum256([]byte(fmt.Sprintf("stage\x00%s\x00%s\x00%s\x00%d", s.b.ctx.id, abs,
 		PlatformString(s.platform), s.index)))
 	return filepath.Join(dir, hex.EncodeToString(id[:16])+".json"), nil
 }

@@ -47,6 +47,9 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 	if id == "" {
 		return nil, errors.New("needs a target")
 	}
+	if s.b.cache != nil {
+		s.b.cache.noteCacheMount(cacheKey(id, m))
+	}
 	var from *fromTree
 	if m.From != "" && !strings.EqualFold(m.From, "scratch") {
 		t, err := s.mountFrom(ctx, m.From)
@@ -95,6 +98,18 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 	r.unlock = append(r.unlock, unlock)
 
 	if from == nil {
+		if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+			// A new instance: one an imported cache holds starts with its
+			// content, its root made as a new cache's would be.
+			if _, err := s.importCacheMount(ctx, filepath.Base(base), dir, false, func(tmp string) (string, error) {
+				if err := os.Chown(tmp, int(uid), int(gid)); err != nil {
+					return "", err
+				}
+				return tmp, os.Chmod(tmp, unixMode(uint32(mode)))
+			}); err != nil {
+				return nil, fmt.Errorf("cache %s: %w", id, err)
+			}
+		}
 		if err := os.Mkdir(dir, 0o755); err == nil {
 			if err := os.Chown(dir, int(uid), int(gid)); err != nil {
 				return nil, err
@@ -120,6 +135,17 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 	}
 
 	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		if _, err := s.importCacheMount(ctx, filepath.Base(base), dir, true, func(tmp string) (string, error) {
+			upper, err := seededLayout(tmp, from)
+			if err != nil {
+				return "", err
+			}
+			return upper, os.Chmod(tmp, 0o700)
+		}); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", id, err)
+		}
+	}
 	if err := newSeededCache(dir, from, mkdirCache, mode, owner{int(uid), int(gid)}); err != nil {
 		return nil, fmt.Errorf("cache %s from %s: %w", id, m.From, err)
 	}
@@ -201,6 +227,28 @@ func cacheSource(view *layers.RootFS, source, id string) (string, fs.FileInfo, e
 	return sub, fi, nil
 }
 
+// seededLayout makes the upper and work directories of a seeded cache
+// instance in tmp, the upper one owned as the tree's root is (as a
+// snapshot over it would be), and returns the upper one.
+func seededLayout(tmp string, from *fromTree) (string, error) {
+	upper := filepath.Join(tmp, "upper")
+	for _, d := range []string{upper, filepath.Join(tmp, "work")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if fi, host, err := from.rootfs.Lstat("/"); err == nil {
+		uid, gid := statOwner(fi, host)
+		if err := os.Chown(upper, uid, gid); err != nil {
+			return "", err
+		}
+	}
+	return upper, nil
+}
+
 // newSeededCache makes the instance directory dir of a cache over the
 // tree from, unless it exists: an empty upper directory whose root has the
 // tree's root owner (as a snapshot over it would), a work directory, and
@@ -216,20 +264,9 @@ func newSeededCache(dir string, from *fromTree, mkdirCache bool, mode uint64, o 
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	upper := filepath.Join(tmp, "upper")
-	for _, d := range []string{upper, filepath.Join(tmp, "work")} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return err
-		}
-		if err := os.Chmod(d, 0o755); err != nil {
-			return err
-		}
-	}
-	if fi, host, err := from.rootfs.Lstat("/"); err == nil {
-		uid, gid := statOwner(fi, host)
-		if err := os.Chown(upper, uid, gid); err != nil {
-			return err
-		}
+	upper, err := seededLayout(tmp, from)
+	if err != nil {
+		return err
 	}
 	if mkdirCache {
 		if _, _, err := from.rootfs.Lstat("/cache"); errors.Is(err, fs.ErrNotExist) {

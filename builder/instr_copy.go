@@ -96,6 +96,9 @@ func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instruction
 
 // fromSource is the tree of a stage (by name or index) or of an image.
 func (s *stageRun) fromSource(ctx context.Context, from string) (sourceFS, string, error) {
+	if nc := s.b.treeContext(from); nc != nil {
+		return nc.tree, "context " + nc.name, nil
+	}
 	if i, ok := s.b.stageRef(from); ok {
 		if i == s.index {
 			return nil, "", fmt.Errorf("--from=%s refers to the stage itself", from)

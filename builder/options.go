@@ -2,6 +2,7 @@ package builder
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"reflect"
 	"time"
@@ -15,12 +16,28 @@ import (
 	"github.com/ibuild/ibuild/registry"
 )
 
-// Options configure one Build. Only Store and ContextDir are required.
+// Options configure one Build. Only Store and ContextDir (or ContextTar)
+// are required.
 type Options struct {
 	// Store is where layers, snapshots and the result go.
 	Store *layers.Store
-	// ContextDir is the build context directory.
+	// ContextDir is the build context directory; or, as docker build
+	// takes them, a git URL (https://host/repo.git#REF:SUBDIR,
+	// git@host:repo.git, ssh://, git://) or an http(s) URL of a tarball or
+	// of a Dockerfile, fetched into the store's temporary directory for
+	// the build (see package ctxfetch). Dockerfile then names a path
+	// inside the fetched context.
 	ContextDir string
+	// ContextTar, when set, is the build context as a tar stream
+	// (docker build - < ctx.tar; gzip, bzip2 or zstd compressed or not),
+	// with the Dockerfile inside it, or a plain Dockerfile and an empty
+	// context. ContextDir is then ignored.
+	ContextTar io.Reader
+	// BuildContexts are named contexts (--build-context NAME=VALUE): a
+	// directory, docker-image://REF, oci-layout://PATH[@sha256:...|:TAG],
+	// a git URL or an http(s) tarball URL. A named context replaces the
+	// stage or image NAME in FROM, COPY --from and RUN --mount from=.
+	BuildContexts map[string]string
 	// Dockerfile is the Dockerfile's path; "" means ContextDir/Dockerfile,
 	// then ContextDir/Containerfile.
 	Dockerfile string
@@ -146,6 +163,13 @@ type Options struct {
 	// Registry is how base images' registries are reached (credentials,
 	// TLS); InsecureRegistries is added to its Insecure list.
 	Registry registry.Conn
+
+	// contextID names a fetched main context stably (fetchContexts),
+	// dockerfileHost is where its Dockerfile is, and named are the opened
+	// BuildContexts.
+	contextID      string
+	dockerfileHost string
+	named          map[string]*namedContext
 
 	// binfmtDir is where RUN looks for emulators; "" means
 	// DefaultBinfmtDir. Tests point it at a fixture.

@@ -144,7 +144,10 @@ func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, 
 // given to user, so neither the context nor a snapshot changes.
 func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch string, chown bool, user owner) (*sandbox.Mount, error) {
 	src := "/" + m.Source
-	if m.From != "" {
+	cfs := s.b.ctx
+	if nc := s.b.treeContext(m.From); m.From != "" && nc != nil {
+		cfs = nc.tree
+	} else if m.From != "" {
 		from, err := s.mountFrom(ctx, m.From)
 		if err != nil {
 			return nil, err
@@ -162,14 +165,13 @@ func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch
 		}
 		return overlayMount(scratch, from.dirs, rp, fi.IsDir(), m.ReadOnly)
 	}
-	cfs := s.b.ctx
 	rp, err := cfs.Resolve(src)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: %w", m.Source, err)
 	}
 	fi, host, err := cfs.Lstat(rp)
 	if err != nil {
-		return nil, fmt.Errorf("source %s: not found in the build context", path.Clean(src))
+		return nil, fmt.Errorf("source %s: not found in the build context%s", path.Clean(src), cfs.label())
 	}
 	if chown && (fi.IsDir() || fi.Mode().IsRegular()) {
 		return ownedCopyMount(cfs, rp, scratch, user, m.ReadOnly)
@@ -243,6 +245,9 @@ type fromTree struct {
 // mountFrom is the tree of a stage (by name or index) or an image, for
 // from=.
 func (s *stageRun) mountFrom(ctx context.Context, from string) (*fromTree, error) {
+	if nc := s.b.treeContext(from); nc != nil {
+		return nil, cacheMountFromTree(nc)
+	}
 	if i, ok := s.b.stageRef(from); ok {
 		if i == s.index {
 			return nil, fmt.Errorf("from=%s refers to the stage itself", from)

@@ -42,6 +42,10 @@ type sourceFS interface {
 // (.dockerignore, .containerignore; see openContext).
 type contextFS struct {
 	root string
+	// id names the context for the build cache's per-context state (the
+	// digest index, step histories): root, or a stable name for a fetched
+	// context (a git remote and subdir) whose root changes every build.
+	id string
 	// ignoreFile is the ignore file in use ("" for none), for messages.
 	ignoreFile string
 	ignore     *patternmatcher.PatternMatcher
@@ -82,7 +86,7 @@ func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("build context %s is not a directory", dir)
 	}
-	c := &contextFS{root: abs, holds: map[string]bool{}}
+	c := &contextFS{root: abs, id: abs, holds: map[string]bool{}}
 	if ignoreFile != "" {
 		data, err := dockerfile.ReadFile(ignoreFile)
 		if err != nil {
@@ -155,6 +159,15 @@ func (c *contextFS) setIgnore(f string, data []byte) error {
 }
 
 func (c *contextFS) FromContext() bool { return true }
+
+// label is "" for the main context, and names a fetched or named one in
+// messages.
+func (c *contextFS) label() string {
+	if c.id == c.root {
+		return ""
+	}
+	return " (" + c.id + ")"
+}
 
 // excluded reports whether the in-context path p is excluded.
 func (c *contextFS) excluded(p string) bool {

@@ -27,6 +27,11 @@ type stageRun struct {
 	baseRef   string
 	platform  v1.Platform
 	deps      []dep
+	// context is the named tree context the stage is built on (FROM
+	// NAME); replaced says a named context replaces the stage itself (its
+	// instructions are not run). See contexts.go.
+	context  *namedContext
+	replaced bool
 
 	c *Container
 	// baseLayers is how many layers the stage's base has (for Squash).
@@ -74,6 +79,8 @@ func (s *stageRun) build(ctx context.Context) error {
 		dep := b.stages[s.baseStage]
 		base = dep.result
 		s.platform = dep.c.Platform()
+	} else if s.context != nil {
+		base = nil // the context's files go into a layer on scratch
 	} else {
 		img, err := b.resolveImage(ctx, s.baseRef, s.platform)
 		if err != nil {
@@ -106,12 +113,23 @@ func (s *stageRun) build(ctx context.Context) error {
 	s.startKey(base)
 	defer s.flushHistory()
 
-	cmds, err := s.onbuildTriggers()
-	if err != nil {
-		return err
+	var cmds []instructions.Command
+	if !s.replaced {
+		if cmds, err = s.onbuildTriggers(); err != nil {
+			return err
+		}
+		c.config.Config.OnBuild = nil
 	}
-	c.config.Config.OnBuild = nil
-	cmds = append(cmds, s.st.Commands...)
+	if s.context != nil {
+		cp, err := s.contextCopy(s.context)
+		if err != nil {
+			return b.df.ErrorAt(s.st.Location, err)
+		}
+		cmds = append(cmds, cp)
+	}
+	if !s.replaced {
+		cmds = append(cmds, s.st.Commands...)
+	}
 	s.steps = 1 + len(cmds)
 	for i, cmd := range cmds {
 		s.step = i + 2
@@ -169,6 +187,9 @@ func (s *stageRun) onbuildTriggers() ([]instructions.Command, error) {
 type onbuildCommand struct {
 	instructions.Command
 	from []parser.Range
+	// context marks the COPY that puts a named context's files into a
+	// stage built FROM it, rather than a trigger.
+	context bool
 }
 
 func (o onbuildCommand) Location() []parser.Range { return o.from }
@@ -190,7 +211,7 @@ func (s *stageRun) runStep(ctx context.Context, cmd instructions.Command) error 
 			return err
 		}
 		err = s.b.df.ErrorAt(cmd.Location(), err)
-		if oc, ok := cmd.(onbuildCommand); ok {
+		if oc, ok := cmd.(onbuildCommand); ok && !oc.context {
 			err = fmt.Errorf("%w (in ONBUILD trigger %q of the base image)", err, cmdText(oc.Command))
 		}
 		s.emit(progress.Event{Kind: progress.StepError, Instruction: text, Location: loc, Duration: time.Since(start), Error: err.Error()})

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,20 +57,36 @@ const (
 	CacheModeMax = "max"
 )
 
+// Cache types.
+const (
+	// CacheTypeRegistry is a cache at an image reference.
+	CacheTypeRegistry = "registry"
+	// CacheTypeLocal is a cache in an OCI image layout directory.
+	CacheTypeLocal = "local"
+)
+
 // CacheSpec is a parsed --cache-from or --cache-to value.
 type CacheSpec struct {
-	// Type is the cache's kind; only "registry" is supported.
+	// Type is the cache's kind: CacheTypeRegistry or CacheTypeLocal.
 	Type string
-	// Ref is the cache's image reference.
+	// Ref is a registry cache's image reference.
 	Ref string
+	// Src and Dest are a local cache's directory, to import from and to
+	// export to; Tag names the cache in it (default "latest").
+	Src, Dest, Tag string
 	// Mode is CacheModeMin or CacheModeMax (export only).
 	Mode string
+	// Mounts exports the contents of RUN --mount=type=cache directories
+	// with the steps (export only; mounts=true).
+	Mounts bool
 }
 
-// ParseCacheSpec parses a docker buildx style cache value,
-// type=registry,ref=REF[,mode=min|max]; a bare REF means
-// type=registry,ref=REF. Mode defaults to min. image-manifest=true and
-// oci-mediatypes=true are accepted (the format always is both).
+// ParseCacheSpec parses a docker buildx style cache value:
+// type=registry,ref=REF[,mode=min|max][,mounts=true] (a bare REF means
+// type=registry,ref=REF) or type=local,src=DIR / type=local,dest=DIR
+// [,tag=TAG][,mode=min|max][,mounts=true]. Mode defaults to min.
+// image-manifest=true and oci-mediatypes=true are accepted (the format
+// always is both).
 func ParseCacheSpec(s string) (CacheSpec, error) {
 	spec := CacheSpec{Type: "registry", Mode: CacheModeMin}
 	s = strings.TrimSpace(s)
@@ -90,6 +108,18 @@ func ParseCacheSpec(s string) (CacheSpec, error) {
 			typ = v
 		case "ref":
 			spec.Ref = v
+		case "src":
+			spec.Src = v
+		case "dest":
+			spec.Dest = v
+		case "tag":
+			spec.Tag = v
+		case "mounts":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return spec, fmt.Errorf("mounts=%s: want true or false", v)
+			}
+			spec.Mounts = b
 		case "mode":
 			if v != CacheModeMin && v != CacheModeMax {
 				return spec, fmt.Errorf("mode=%s: want min or max", v)
@@ -100,11 +130,28 @@ func ParseCacheSpec(s string) (CacheSpec, error) {
 				return spec, fmt.Errorf("%s=%s: only true is supported (the cache is always an OCI image manifest)", k, v)
 			}
 		default:
-			return spec, fmt.Errorf("unknown key %q (want type, ref or mode)", k)
+			return spec, fmt.Errorf("unknown key %q (want type, ref, src, dest, tag, mode or mounts)", k)
 		}
 	}
-	if typ != "" && typ != "registry" {
-		return spec, fmt.Errorf("type=%s: only type=registry is supported", typ)
+	switch typ {
+	case "", CacheTypeRegistry:
+		if spec.Src != "" || spec.Dest != "" || spec.Tag != "" {
+			return spec, errors.New("src, dest and tag are type=local's: a registry cache takes ref=REF")
+		}
+	case CacheTypeLocal:
+		spec.Type = CacheTypeLocal
+		if spec.Ref != "" {
+			return spec, errors.New("ref is type=registry's: a local cache takes src=DIR (--cache-from) or dest=DIR (--cache-to)")
+		}
+		if spec.Src == "" && spec.Dest == "" {
+			return spec, errors.New("type=local needs src=DIR (--cache-from) or dest=DIR (--cache-to)")
+		}
+		if spec.Tag == "" {
+			spec.Tag = "latest"
+		}
+		return spec, nil
+	default:
+		return spec, fmt.Errorf("type=%s: want registry or local", typ)
 	}
 	if spec.Ref == "" {
 		return spec, errors.New("missing ref=REF")
@@ -117,7 +164,23 @@ func ParseCacheSpec(s string) (CacheSpec, error) {
 
 // String renders the spec as ParseCacheSpec reads it.
 func (s CacheSpec) String() string {
-	return "type=" + s.Type + ",ref=" + s.Ref + ",mode=" + s.Mode
+	out := "type=" + s.Type
+	if s.Type == CacheTypeLocal {
+		if s.Src != "" {
+			out += ",src=" + s.Src
+		}
+		if s.Dest != "" {
+			out += ",dest=" + s.Dest
+		}
+		out += ",tag=" + s.Tag
+	} else {
+		out += ",ref=" + s.Ref
+	}
+	out += ",mode=" + s.Mode
+	if s.Mounts {
+		out += ",mounts=true"
+	}
+	return out
 }
 
 // CacheOptions configure ImportCache and NewCacheExport.
@@ -149,6 +212,18 @@ type cacheConfig struct {
 	Layers []cacheLayerInfo `json:"layers"`
 	// Records are the cached steps.
 	Records []cacheRecord `json:"records"`
+	// Mounts are the contents of cache mounts (mounts=true), each a layer
+	// of the manifest.
+	Mounts []cacheMountInfo `json:"mounts,omitempty"`
+}
+
+// cacheMountInfo is one exported cache mount instance.
+type cacheMountInfo struct {
+	ID       string `json:"id"`
+	Instance string `json:"instance"`
+	Overlay  bool   `json:"overlay,omitempty"`
+	// Layer is an index into the manifest's layers.
+	Layer int `json:"layer"`
 }
 
 type cacheLayerInfo struct {
@@ -177,6 +252,11 @@ type Cache struct {
 	ref     name.Reference
 	records map[v1.Hash]*layers.CacheRecord
 	layers  map[v1.Hash]v1.Layer
+	mounts  map[string]layers.CacheMount
+	// open reads a blob of the cache, checking its digest.
+	open func(ctx context.Context, d v1.Hash) (io.ReadCloser, error)
+	// where names the cache in messages.
+	where string
 }
 
 // ImportCache reads the cache at ref: its manifest and config blob, no
@@ -193,7 +273,15 @@ func ImportCache(ctx context.Context, ref string, opts CacheOptions) (*Cache, er
 		return nil, fmt.Errorf("cache %s: %w", ref, err)
 	}
 	full := CanonicalName(r)
-	c := &Cache{Ref: ref, ref: r, records: map[v1.Hash]*layers.CacheRecord{}, layers: map[v1.Hash]v1.Layer{}}
+	c := newCache(ref, full)
+	c.ref = r
+	c.open = func(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
+		rl, err := remote.Layer(r.Context().Digest(d.String()), opts.Conn.remoteOptions(ctx, pullJobs)...)
+		if err != nil {
+			return nil, err
+		}
+		return rl.Compressed()
+	}
 	fail := func(err error) (*Cache, error) {
 		return nil, fmt.Errorf("cache %s (registry %s): %w", full, registryHost(r), err)
 	}
@@ -238,6 +326,12 @@ func ImportCache(ctx context.Context, ref string, opts CacheOptions) (*Cache, er
 	}
 	opts.progress("imported cache %s: %d records, %d layers", full, len(c.records), len(c.layers))
 	return c, nil
+}
+
+// newCache is an empty cache named ref, shown as where.
+func newCache(ref, where string) *Cache {
+	return &Cache{Ref: ref, where: where, records: map[v1.Hash]*layers.CacheRecord{}, layers: map[v1.Hash]v1.Layer{},
+		mounts: map[string]layers.CacheMount{}}
 }
 
 // notFound reports whether err is a registry's "no such manifest or
@@ -289,15 +383,49 @@ func (c *Cache) decode(ctx context.Context, m *v1.Manifest, raw []byte, opts Cac
 			d := descs[i]
 			rec.Layer = &d
 			if _, ok := c.layers[d.Digest]; !ok {
-				c.layers[d.Digest] = &remote.MountableLayer{
-					Layer:     &cacheLayer{ctx: ctx, desc: d, ref: c.ref, opts: opts},
-					Reference: c.ref,
-				}
+				c.layers[d.Digest] = c.layer(ctx, d, opts)
 			}
 		}
 		c.records[r.Key] = rec
 	}
+	for _, m := range cfg.Mounts {
+		if m.Layer < 0 || m.Layer >= len(descs) {
+			return fmt.Errorf("cache mount %s names layer %d of %d", m.ID, m.Layer, len(descs))
+		}
+		if m.Instance == "" || strings.ContainsAny(m.Instance, "/\\") || m.Instance == "." || m.Instance == ".." {
+			return fmt.Errorf("cache mount %s: bad instance name %q", m.ID, m.Instance)
+		}
+		d := descs[m.Layer]
+		c.mounts[m.Instance] = layers.CacheMount{ID: m.ID, Instance: m.Instance, Overlay: m.Overlay, Desc: d, Layer: c.layer(ctx, d, opts)}
+	}
 	return nil
+}
+
+// layer is the cache's layer d, fetched when read; a registry cache's is
+// mountable from its repository.
+func (c *Cache) layer(ctx context.Context, d layers.Descriptor, opts CacheOptions) v1.Layer {
+	l := &cacheLayer{ctx: ctx, desc: d, cache: c, opts: opts}
+	if c.ref == nil {
+		return l
+	}
+	return &remote.MountableLayer{Layer: l, Reference: c.ref}
+}
+
+// CacheMount returns the exported content of the cache mount instance
+// (see layers.CacheMount), fetched when read.
+func (c *Cache) CacheMount(instance string) (layers.CacheMount, bool) {
+	m, ok := c.mounts[instance]
+	return m, ok
+}
+
+// CacheMounts lists the cache mounts the cache holds, by instance name.
+func (c *Cache) CacheMounts() []layers.CacheMount {
+	out := make([]layers.CacheMount, 0, len(c.mounts))
+	for _, m := range c.mounts {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
+	return out
 }
 
 // Len is the number of records in the cache.
@@ -325,10 +453,10 @@ func (c *Cache) Lookup(key v1.Hash) (*layers.CacheRecord, v1.Layer, bool) {
 type cacheLayer struct {
 	// ctx bounds the fetches; v1.Layer's methods take none, so it is the
 	// context ImportCache was given (as remote.Layer keeps its own).
-	ctx  context.Context
-	desc layers.Descriptor
-	ref  name.Reference
-	opts CacheOptions
+	ctx   context.Context
+	desc  layers.Descriptor
+	cache *Cache
+	opts  CacheOptions
 
 	mu sync.Mutex // serializes the download into the store
 }
@@ -360,20 +488,16 @@ func (l *cacheLayer) Compressed() (io.ReadCloser, error) {
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("cache layer %s from %s: %w", l.desc.Digest, CanonicalName(l.ref), err)
+			return nil, fmt.Errorf("cache layer %s from %s: %w", l.desc.Digest, l.cache.where, err)
 		}
 		l.opts.progress("cache layer %s: %d bytes", l.desc.Digest, l.desc.Size)
 	}
 	return st.Blobs().Open(l.desc.Digest)
 }
 
-// fetch streams the blob from the cache's repository, checking its digest.
+// fetch streams the blob from the cache, checking its digest.
 func (l *cacheLayer) fetch() (io.ReadCloser, error) {
-	rl, err := remote.Layer(l.ref.Context().Digest(l.desc.Digest.String()), l.opts.Conn.remoteOptions(l.ctx, pullJobs)...)
-	if err != nil {
-		return nil, err
-	}
-	return rl.Compressed()
+	return l.cache.open(l.ctx, l.desc.Digest)
 }
 
 func (l *cacheLayer) Uncompressed() (io.ReadCloser, error) {
@@ -403,7 +527,8 @@ func (c *closeBoth) Close() error {
 	return err
 }
 
-// CacheExport writes a build's cache to a registry (--cache-to).
+// CacheExport writes a build's cache to a registry or a local directory
+// (--cache-to).
 type CacheExport struct {
 	spec CacheSpec
 	ref  name.Reference
@@ -412,11 +537,21 @@ type CacheExport struct {
 
 // NewCacheExport returns the exporter of spec.
 func NewCacheExport(spec CacheSpec, opts CacheOptions) (*CacheExport, error) {
-	if spec.Type != "" && spec.Type != "registry" {
-		return nil, fmt.Errorf("cache type %q: only registry is supported", spec.Type)
-	}
 	if spec.Mode == "" {
 		spec.Mode = CacheModeMin
+	}
+	switch spec.Type {
+	case CacheTypeLocal:
+		if spec.Dest == "" {
+			return nil, errors.New("a local cache export needs dest=DIR")
+		}
+		if spec.Tag == "" {
+			spec.Tag = "latest"
+		}
+		return &CacheExport{spec: spec, opts: opts}, nil
+	case "", CacheTypeRegistry:
+	default:
+		return nil, fmt.Errorf("cache type %q: want registry or local", spec.Type)
 	}
 	r, err := ParseReference(spec.Ref, opts.Insecure)
 	if err != nil {
@@ -433,13 +568,34 @@ func NewCacheExport(spec CacheSpec, opts CacheOptions) (*CacheExport, error) {
 // the config blob; the manifest goes last, so the reference never names
 // an incomplete cache. Nothing is merged with what was there.
 func (e *CacheExport) ExportCache(ctx context.Context, entries []layers.CacheEntry) error {
+	return e.ExportCacheWith(ctx, entries, nil)
+}
+
+// ExportsCacheMounts reports whether the export carries cache mounts
+// (mounts=true).
+func (e *CacheExport) ExportsCacheMounts() bool { return e.spec.Mounts }
+
+// ExportCacheWith is ExportCache with the contents of cache mounts
+// (ignored unless mounts=true). Blobs the destination has are not sent
+// again: a cache mount whose content did not change has the same digest.
+func (e *CacheExport) ExportCacheWith(ctx context.Context, entries []layers.CacheEntry, mounts []layers.CacheMount) error {
+	if !e.spec.Mounts {
+		mounts = nil
+	}
+	img, err := encodeCache(entries, mounts, e.spec.Mode == CacheModeMax)
+	if err != nil {
+		return fmt.Errorf("cache %s: %w", e.spec, err)
+	}
+	if e.spec.Type == CacheTypeLocal {
+		e.opts.progress("exporting cache to %s: %d records, %d cache mounts, %d blobs", e.spec.Dest, len(img.cfg.Records), len(img.cfg.Mounts), len(img.layers))
+		if err := writeLocalCache(ctx, e.spec.Dest, e.spec.Tag, img); err != nil {
+			return fmt.Errorf("cache %s: %w", e.spec.Dest, err)
+		}
+		return nil
+	}
 	full := CanonicalName(e.ref)
 	fail := func(err error) error {
 		return fmt.Errorf("cache %s (registry %s): %w", full, registryHost(e.ref), err)
-	}
-	img, err := encodeCache(entries, e.spec.Mode == CacheModeMax)
-	if err != nil {
-		return fail(err)
 	}
 	jobs := e.opts.Jobs
 	if jobs <= 0 {
@@ -477,8 +633,8 @@ type cacheImage struct {
 }
 
 // encodeCache makes the cache manifest of entries (all, or only Final
-// ones).
-func encodeCache(entries []layers.CacheEntry, all bool) (*cacheImage, error) {
+// ones) and mounts.
+func encodeCache(entries []layers.CacheEntry, mounts []layers.CacheMount, all bool) (*cacheImage, error) {
 	img := &cacheImage{cfg: cacheConfig{Layers: []cacheLayerInfo{}, Records: []cacheRecord{}}}
 	index := map[v1.Hash]int{}
 	var descs []v1.Descriptor
@@ -512,6 +668,21 @@ func encodeCache(entries []layers.CacheEntry, all bool) (*cacheImage, error) {
 			r.Layer = &i
 		}
 		img.cfg.Records = append(img.cfg.Records, r)
+	}
+	for _, m := range mounts {
+		if m.Layer == nil {
+			continue
+		}
+		d := m.Desc
+		i, ok := index[d.Digest]
+		if !ok {
+			i = len(descs)
+			index[d.Digest] = i
+			descs = append(descs, v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+			img.cfg.Layers = append(img.cfg.Layers, cacheLayerInfo{Digest: d.Digest, DiffID: d.DiffID, UncompressedSize: d.UncompressedSize})
+			img.layers = append(img.layers, m.Layer)
+		}
+		img.cfg.Mounts = append(img.cfg.Mounts, cacheMountInfo{ID: m.ID, Instance: m.Instance, Overlay: m.Overlay, Layer: i})
 	}
 	var err error
 	if img.rawCfg, err = json.Marshal(img.cfg); err != nil {

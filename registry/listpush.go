@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -270,11 +271,19 @@ func (s *sourcedImage) sourced(l v1.Layer) (v1.Layer, error) {
 		if err != nil {
 			return nil, err
 		}
+		src, conn := s.src, s.x.conn
+		c := &Cache{ref: src, open: func(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
+			rl, err := remote.Layer(src.Context().Digest(d.String()), conn.remoteOptions(ctx, pullJobs)...)
+			if err != nil {
+				return nil, err
+			}
+			return rl.Compressed()
+		}}
 		l = &cacheLayer{
-			ctx:  s.x.ctx,
-			desc: layers.Descriptor{MediaType: mt, Digest: d, Size: size, DiffID: diffID},
-			ref:  s.src,
-			opts: CacheOptions{Conn: s.x.conn, Store: s.x.store},
+			ctx:   s.x.ctx,
+			desc:  layers.Descriptor{MediaType: mt, Digest: d, Size: size, DiffID: diffID},
+			cache: c,
+			opts:  CacheOptions{Conn: s.x.conn, Store: s.x.store},
 		}
 	}
 	return &remote.MountableLayer{Layer: l, Reference: s.src}, nil

@@ -23,9 +23,10 @@ func buildCommand() *cli.Command {
 		Name:      "build",
 		Aliases:   []string{"bud"},
 		Usage:     "build an image from a Dockerfile",
-		ArgsUsage: "CONTEXT",
+		ArgsUsage: "CONTEXT (a directory, a git URL, an http(s) URL, or - for a tar on standard input)",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
+			&cli.StringSliceFlag{Name: "build-context", Usage: "a named context NAME=VALUE: a directory, docker-image://REF, oci-layout://PATH[@sha256:...|:TAG], a git URL or an http(s) tarball URL; it replaces the stage or image NAME in FROM, COPY --from and RUN --mount from= (repeatable)"},
 			&cli.StringFlag{Name: "ignorefile", Usage: "filter the context with this ignore file (default: <Dockerfile>.dockerignore, <Dockerfile>.containerignore, CONTEXT/.containerignore or CONTEXT/.dockerignore, the first that exists)"},
 			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name the image (repeatable)"},
 			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build arg: KEY=VALUE, or KEY to take it from the environment (repeatable)"},
@@ -33,8 +34,8 @@ func buildCommand() *cli.Command {
 			&cli.StringFlag{Name: "platform", Usage: "target platform(s): os/arch[/variant][,...]"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "run every step; do not take any from the build cache"},
 			&cli.StringSliceFlag{Name: "no-cache-filter", Usage: "run every step of this stage (name or index; repeatable, or comma-separated)"},
-			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps from a registry cache: type=registry,ref=REF, or REF (repeatable; a REF that does not exist yet is a warning)"},
-			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache to a registry: type=registry,ref=REF[,mode=min|max] (repeatable; min: the result's stages, max: every stage)"},
+			&cli.StringSliceFlag{Name: "cache-from", Usage: "take steps (and cache mounts) from a cache: type=registry,ref=REF (or REF), or type=local,src=DIR (repeatable; a cache that does not exist yet is a warning)"},
+			&cli.StringSliceFlag{Name: "cache-to", Usage: "export the build cache: type=registry,ref=REF or type=local,dest=DIR, [,mode=min|max][,mounts=true] (repeatable; min: the result's stages, max: every stage; mounts=true: also the RUN --mount=type=cache directories)"},
 			&cli.StringSliceFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the result: type=oci|docker|local|tar,dest=PATH[,tar=false], or type=image|registry[,name=REF][,push=true][,push-by-digest=true] (repeatable)"},
 			&cli.StringSliceFlag{Name: "annotation", Usage: "annotate the result as buildx does: [TYPE[PLATFORM]:]KEY=VALUE, TYPE manifest (default), manifest-descriptor, index or index-descriptor (repeatable)"},
 			&cli.StringFlag{Name: "metadata-file", Usage: "write buildx's build metadata (digest, descriptor, names, platforms) to this JSON file"},
@@ -73,7 +74,10 @@ func runBuild(c *cli.Context) error {
 		if hint := attestArgHint(c.Args().Slice()); hint != "" {
 			return cli.Exit(hint, 2)
 		}
-		return cli.Exit("build needs exactly one CONTEXT directory (e.g. ibuild build -t app:1 .)", 2)
+		return cli.Exit("build needs exactly one CONTEXT: a directory, a git URL, an http(s) URL or - (e.g. ibuild build -t app:1 .)", 2)
+	}
+	if c.Args().First() == "-" && c.String("file") == "-" {
+		return cli.Exit("-f - and the context - both read standard input: put the Dockerfile in the context tar (-f names it there), or give a context directory", 2)
 	}
 	if c.Bool("squash") && c.Bool("squash-all") {
 		return cli.Exit("--squash and --squash-all exclude each other: --squash merges the layers the final stage adds, --squash-all every layer", 2)
@@ -103,6 +107,12 @@ func runBuild(c *cli.Context) error {
 		CompressionLevel: c.Int("compression-level"),
 		Squash:           c.Bool("squash"),
 		SquashAll:        c.Bool("squash-all"),
+	}
+	if opts.ContextDir == "-" {
+		opts.ContextDir, opts.ContextTar = "", os.Stdin
+	}
+	if opts.BuildContexts, err = parseBuildContexts(c.StringSlice("build-context")); err != nil {
+		return err
 	}
 	if opts.Dockerfile == "-" {
 		data, err := readStdin(c.Context)
@@ -307,7 +317,15 @@ func cacheOptions(c *cli.Context, opts *builder.Options, st *layers.Store) error
 		if err != nil {
 			return fmt.Errorf("--cache-from %s: %w", v, err)
 		}
-		cache, err := registry.ImportCache(c.Context, spec.Ref, copts)
+		var cache *registry.Cache
+		switch {
+		case spec.Type == registry.CacheTypeLocal && spec.Src == "":
+			return fmt.Errorf("--cache-from %s: a local cache is read from src=DIR (dest= is --cache-to's)", v)
+		case spec.Type == registry.CacheTypeLocal:
+			cache, err = registry.ImportLocalCache(c.Context, spec.Src, spec.Tag, copts)
+		default:
+			cache, err = registry.ImportCache(c.Context, spec.Ref, copts)
+		}
 		if err != nil {
 			return fmt.Errorf("--cache-from: %w", err)
 		}
@@ -320,6 +338,9 @@ func cacheOptions(c *cli.Context, opts *builder.Options, st *layers.Store) error
 		spec, err := registry.ParseCacheSpec(v)
 		if err != nil {
 			return fmt.Errorf("--cache-to %s: %w", v, err)
+		}
+		if spec.Type == registry.CacheTypeLocal && spec.Dest == "" {
+			return fmt.Errorf("--cache-to %s: a local cache is written to dest=DIR (src= is --cache-from's)", v)
 		}
 		exp, err := registry.NewCacheExport(spec, copts)
 		if err != nil {
@@ -349,6 +370,22 @@ func parseKeyValues(items []string, fromEnv bool) (map[string]string, error) {
 				continue
 			}
 			v = ev
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// parseBuildContexts parses --build-context NAME=VALUE items.
+func parseBuildContexts(items []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("--build-context %s: want NAME=VALUE (a directory, docker-image://REF, oci-layout://PATH, a git URL or an http(s) URL)", it)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--build-context %s is given twice: give each name once", k)
 		}
 		out[k] = v
 	}

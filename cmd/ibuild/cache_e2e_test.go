@@ -29,8 +29,8 @@ func TestBuildCacheFromTo(t *testing.T) {
 	cache := reg.Host + "/cache/cli:buildcache"
 	epoch := "--source-date-epoch=1700000000"
 
-	_, errOut, code := ibuild(t, t.TempDir(), "", "build", "--cache-to", "type=local,dest=/tmp/x", ctxDir)
-	if code == 0 || !strings.Contains(errOut, "--cache-to type=local,dest=/tmp/x") || !strings.Contains(errOut, `unknown key "dest"`) {
+	_, errOut, code := ibuild(t, t.TempDir(), "", "build", "--cache-to", "type=registry,ref="+cache+",dest=/tmp/x", ctxDir)
+	if code == 0 || !strings.Contains(errOut, "--cache-to type=registry,ref="+cache+",dest=/tmp/x") || !strings.Contains(errOut, "type=local's") {
 		t.Fatalf("bad --cache-to: exit %d\n%s", code, errOut)
 	}
 

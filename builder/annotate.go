@@ -55,7 +55,7 @@ func annotateImages(opts *Options, images []v1.Image, platforms []v1.Platform) e
 			continue
 		}
 		cfg := bi.cfg.DeepCopy()
-		merged := registry.MergeAnnotations(bi.manifest.Annotations, anns)
+		merged := registry.MergeAnnotations(bi.annotations, anns)
 		out, err := assemble(cfg, slices.Clone(bi.layers), bi.format, merged)
 		if err != nil {
 			return err

@@ -23,7 +23,9 @@ func buildCommand() *cli.Command {
 		Name:      "build",
 		Aliases:   []string{"bud"},
 		Usage:     "build an image from a Dockerfile",
-		ArgsUsage: "CONTEXT (a directory, a git URL, an http(s) URL, or - for a tar on standard input)",
+		ArgsUsage: "CONTEXT",
+		Description: "CONTEXT is a directory, a git URL (https://host/repo.git#REF:SUBDIR), an http(s) URL of a tarball or a Dockerfile, " +
+			"or - for a tar on standard input.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile path (default CONTEXT/Dockerfile, then Containerfile; - reads stdin)"},
 			&cli.StringSliceFlag{Name: "build-context", Usage: "a named context NAME=VALUE: a directory, docker-image://REF, oci-layout://PATH[@sha256:...|:TAG], a git URL or an http(s) tarball URL; it replaces the stage or image NAME in FROM, COPY --from and RUN --mount from= (repeatable)"},

@@ -771,6 +771,16 @@ func (b *build) run(ctx context.Context) (*stageRun, error) {
 		}
 		target = i
 	}
+	// The target and the stages it is built FROM make the result's layers,
+	// which leave the build (it is stored): those commit their blobs at
+	// once, in the pass that hashes them. Other stages' layers stay
+	// snapshots (see layers.CommitSnapshot). A squashed result carries none
+	// of them as they are.
+	if !b.opts.Squash && !b.opts.SquashAll {
+		for i := target; i >= 0 && !b.stages[i].exported; i = b.stages[i].baseStage {
+			b.stages[i].exported = true
+		}
+	}
 	names := make([]string, len(b.stages))
 	for i, s := range b.stages {
 		names[i] = s.name

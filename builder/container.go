@@ -55,6 +55,9 @@ type containerOptions struct {
 	format  Format
 	created time.Time
 	warn    func(string)
+	// eager makes layers' blobs at commit, in the pass that hashes them:
+	// for layers that will leave the build anyway.
+	eager bool
 }
 
 // newContainer starts a container from base (nil for scratch).
@@ -141,7 +144,11 @@ func (c *Container) addHistory(createdBy string) {
 // removed.
 func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (layers.Descriptor, error) {
 	defer os.RemoveAll(dir)
-	l, desc, err := c.store.CommitSnapshot(ctx, dir, c.config.RootFS.DiffIDs, c.opts.commit)
+	commit := c.store.CommitSnapshot
+	if c.opts.eager {
+		commit = c.store.CommitBlob
+	}
+	l, desc, err := commit(ctx, dir, c.config.RootFS.DiffIDs, c.opts.commit)
 	if err != nil {
 		return layers.Descriptor{}, fmt.Errorf("commit layer: %w", err)
 	}
@@ -231,7 +238,7 @@ func (c *Container) RootFS(ctx context.Context) (*layers.RootFS, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.rootfs, c.dirs = layers.NewRootFS(dirs), dirs
+	c.rootfs, c.dirs = layers.NewSnapshotRootFS(dirs), dirs
 	return c.rootfs, nil
 }
 

@@ -312,6 +312,19 @@ func applyDirMeta(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string)
 
 // ownerFor is the in-image owner of a copied file: --chown if given, root
 // for the build context (as docker build), else the source's owner.
+// linkable reports whether the regular file fi may be hard-linked into
+// the layer instead of copied: it is a file of a snapshot (a stage or an
+// image, never the build context, which its owner may change), and the
+// copy keeps its mode, owner and mtime (no --chown, no --chmod, not newer
+// than SOURCE_DATE_EPOCH, which committing would clamp in place).
+func linkable(l *layerDir, spec *copySpec, fi fs.FileInfo) bool {
+	im, ok := spec.from.(interface{ Immutable() bool })
+	if !ok || !im.Immutable() || spec.chown != nil || spec.chmod != nil {
+		return false
+	}
+	return l.epoch == nil || !fi.ModTime().After(*l.epoch)
+}
+
 func ownerFor(spec *copySpec, fi fs.FileInfo, host string) owner {
 	if spec.chown != nil {
 		return *spec.chown
@@ -345,6 +358,11 @@ func copyEntry(ctx context.Context, l *layerDir, spec *copySpec, fi fs.FileInfo,
 				return l.hardlink(dst, first)
 			}
 			l.links[key] = dst
+		}
+		if linkable(l, spec, fi) {
+			if ok, err := l.linkFrom(dst, host); ok || err != nil {
+				return err
+			}
 		}
 		f, err := os.Open(host)
 		if err != nil {

@@ -145,6 +145,7 @@ func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy str
 		return err
 	}
 	l := newLayerDir(tmp, base, stepTime(s.b.opts.SourceDateEpoch))
+	l.epoch = s.b.opts.SourceDateEpoch
 	if spec.extract == nil {
 		spec.extract = func(ctx context.Context, l *layerDir, host, dir string, o *owner) error {
 			return extractArchive(ctx, l, host, dir, o, s.b.warn)
@@ -171,3 +172,7 @@ func (i *imageFS) Lstat(p string) (fs.FileInfo, string, error) { return i.r.Lsta
 func (i *imageFS) ReadDir(p string) ([]fs.DirEntry, error)     { return i.r.ReadDir(p) }
 func (i *imageFS) Resolve(p string) (string, error)            { return i.r.Resolve(p) }
 func (i *imageFS) FromContext() bool                           { return false }
+
+// Immutable reports whether the image's files never change, so a copy
+// may hard-link them.
+func (i *imageFS) Immutable() bool { return i.r.Immutable() }

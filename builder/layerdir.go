@@ -44,6 +44,9 @@ type layerDir struct {
 	// links maps a source (dev, inode) to the first layer path written
 	// from it, so hardlinks stay hardlinks.
 	links map[[2]uint64]string
+	// epoch is the build's SOURCE_DATE_EPOCH: a file newer than it is
+	// never hard-linked from a snapshot (committing clamps its mtime).
+	epoch *time.Time
 	root  bool
 	// newDirMode, when set, is the mode of directories the step creates
 	// (COPY --chmod gives them its mode, as BuildKit does, except that
@@ -237,6 +240,21 @@ func (l *layerDir) symlink(p, target string, o owner, mtime time.Time) error {
 }
 
 // hardlink makes p a hardlink of the earlier written in-layer path first.
+// linkFrom makes the layer path p a hard link to host, a file of a
+// snapshot whose metadata (mode, owner, mtime) p keeps: no byte is
+// copied. It reports false when it cannot (another file system, too many
+// links), and the caller copies.
+func (l *layerDir) linkFrom(p, host string) (bool, error) {
+	h := l.host(p)
+	if err := clearTarget(h, p); err != nil {
+		return false, err
+	}
+	if err := os.Link(host, h); err != nil {
+		return false, nil
+	}
+	return true, nil
+}
+
 func (l *layerDir) hardlink(p, first string) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {

@@ -24,6 +24,8 @@ type stageRun struct {
 	name      string
 	st        *instructions.Stage
 	baseStage int
+	// exported is set for the stages whose layers the result carries.
+	exported bool
 	baseRef   string
 	platform  v1.Platform
 	deps      []dep
@@ -102,6 +104,7 @@ func (s *stageRun) build(ctx context.Context) error {
 		format:  b.opts.Format,
 		created: b.created,
 		warn:    b.warn,
+		eager:   s.exported,
 	})
 	if err != nil {
 		return b.df.ErrorAt(s.st.Location, err)

@@ -69,6 +69,22 @@ func (s *Store) CommitSnapshot(ctx context.Context, dir string, below []v1.Hash,
 	return s.LazyLayer(diffIDs, d, opts), d, nil
 }
 
+// CommitBlob commits the layer made in dir on top of the layers below as
+// a blob at once (one pass: tar, diffID, compression), for a layer that
+// will leave the machine anyway, and then makes dir the layer's snapshot
+// where the store can take it (else the caller removes it).
+func (s *Store) CommitBlob(ctx context.Context, dir string, below []v1.Hash, opts CommitOptions) (v1.Layer, Descriptor, error) {
+	d, err := s.blobs.CommitDir(ctx, dir, opts)
+	if err != nil {
+		return nil, Descriptor{}, err
+	}
+	diffIDs := append(append([]v1.Hash(nil), below...), d.DiffID)
+	// Only a shortcut is lost when this fails: the blob is there, the
+	// snapshot is extracted from it when needed.
+	_, _ = s.adopt(ctx, dir, diffIDs, d.UncompressedSize, opts.SourceDateEpoch)
+	return s.blobs.Layer(d), d, nil
+}
+
 // DiffDir is the diffID and size of the layer tar WriteTar makes of dir,
 // computed without writing it anywhere.
 func DiffDir(ctx context.Context, dir string, opts TarOptions) (v1.Hash, int64, error) {

@@ -29,12 +29,24 @@ import (
 // never followed on the host; Resolve follows them as the image would.
 type RootFS struct {
 	dirs []string
+	// snapshots: dirs are the store's snapshots, which nothing changes.
+	snapshots bool
 }
 
 // NewRootFS returns the merged view of dirs, bottom layer first.
 func NewRootFS(dirs []string) *RootFS {
 	return &RootFS{dirs: slices.Clone(dirs)}
 }
+
+// NewSnapshotRootFS is NewRootFS for dirs that are the store's snapshots
+// (Snapshots), whose files nothing changes: a copy may hard-link them.
+func NewSnapshotRootFS(dirs []string) *RootFS {
+	return &RootFS{dirs: slices.Clone(dirs), snapshots: true}
+}
+
+// Immutable reports whether the view's files never change (its
+// directories are snapshots).
+func (r *RootFS) Immutable() bool { return r.snapshots }
 
 // maxSymlinks is how many symlinks Resolve follows before giving up.
 const maxSymlinks = 255

@@ -436,11 +436,23 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	return img, desc, nil
 }
 
+// MountOptions configure Mount. The zero value is the safe default: the
+// mount is nosuid and nodev, so the image's setuid binaries and device
+// nodes grant nothing to whoever reaches the mount point.
+type MountOptions struct {
+	// Suid honours setuid and setgid bits of files under the mount (no
+	// nosuid).
+	Suid bool
+	// Dev lets device nodes under the mount be opened (no nodev).
+	Dev bool
+}
+
 // Mount mounts the container's root file system (an overlay of its layers
 // with a writable upper directory) and returns where; Unmount keeps what
-// was changed through it as a new layer. Mounting needs root, or the user
-// namespace `ibuild unshare` enters.
-func (c *Container) Mount(ctx context.Context) (string, error) {
+// was changed through it as a new layer. The mount is nosuid and nodev
+// unless opts say otherwise; a container already mounted is left as it
+// is. Mounting needs root, or the user namespace `ibuild unshare` enters.
+func (c *Container) Mount(ctx context.Context, opts MountOptions) (string, error) {
 	st := c.work.state
 	if st.MountPoint != "" {
 		return st.MountPoint, nil
@@ -461,6 +473,15 @@ func (c *Container) Mount(ctx context.Context) (string, error) {
 	}
 	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"]); err != nil {
 		return "", fmt.Errorf("mount %s: %w (rootless: run it inside `ibuild unshare`)", st.Name, err)
+	}
+	// The overlay is first mounted with default flags; until they are
+	// restricted here it is reachable only through the store root, which
+	// only its owner may enter.
+	if flags := mountRestrictions(opts); flags != 0 {
+		if err := unix.Mount("", paths["merged"], "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+			unmountAll(paths["merged"])
+			return "", fmt.Errorf("mount %s: make the mount nosuid,nodev: %w", st.Name, err)
+		}
 	}
 	st.MountPoint = paths["merged"]
 	if err := c.save(ctx); err != nil {
@@ -491,6 +512,18 @@ func (c *Container) Unmount(ctx context.Context) error {
 	os.RemoveAll(filepath.Join(c.work.dir, "work"))
 	os.RemoveAll(upper)
 	return c.save(ctx)
+}
+
+// mountRestrictions are the mount flags opts ask for.
+func mountRestrictions(opts MountOptions) uintptr {
+	var flags uintptr
+	if !opts.Suid {
+		flags |= unix.MS_NOSUID
+	}
+	if !opts.Dev {
+		flags |= unix.MS_NODEV
+	}
+	return flags
 }
 
 func unmountAll(p string) error {

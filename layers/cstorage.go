@@ -44,6 +44,13 @@ type StoreOption func(*storeConfig)
 
 type storeConfig struct {
 	snapshotter string
+	warn        func(string)
+}
+
+// WithWarnings passes OpenStore's non-fatal findings to warn, such as a
+// store root other users could enter (which OpenStore tightens).
+func WithWarnings(warn func(string)) StoreOption {
+	return func(c *storeConfig) { c.warn = warn }
 }
 
 // WithSnapshotter selects how Snapshots materializes layers: one of

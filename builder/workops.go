@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -498,11 +499,20 @@ func (c *Container) Unmount(ctx context.Context) error {
 	if st.MountPoint == "" {
 		return nil
 	}
+	upper := filepath.Join(c.work.dir, "upper")
+	// Checked while still mounted, so that the file can be renamed
+	// through the mount and nothing written is lost.
+	var bad *layers.WhiteoutNameError
+	if err := layers.CheckNames(ctx, upper); errors.As(err, &bad) {
+		return fmt.Errorf("umount %s: %s was written through the mount: a name starting with \".wh.\" cannot be carried in an OCI layer, where such names mark deleted files; rename or remove %s and umount again (the container stays mounted)",
+			st.Name, bad.Path, filepath.Join(st.MountPoint, filepath.FromSlash(bad.Path)))
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("umount %s: %w", st.Name, err)
+	}
 	if err := unmountAll(st.MountPoint); err != nil {
 		return fmt.Errorf("umount %s: %w", st.Name, err)
 	}
 	st.MountPoint = ""
-	upper := filepath.Join(c.work.dir, "upper")
 	if ents, err := os.ReadDir(upper); err == nil && len(ents) > 0 {
 		c.opts = containerOptions{commit: layers.CommitOptions{Compression: layers.Gzip}, created: time.Now().UTC()}
 		if _, err := c.addLayerDir(ctx, upper, "ibuild mount "+st.Name); err != nil {

@@ -34,6 +34,11 @@ const (
 	// marked opaque too. WriteTar turns the result into one layer with
 	// the same effect as the layers had one by one (see Store.Squash).
 	OverlayWhiteouts
+	// RejectWhiteouts fails on an entry named .wh.* with a
+	// *WhiteoutNameError: for archives that are not layers (ADD's),
+	// whose every file must land in the layer as a file, which no ".wh."
+	// name can.
+	RejectWhiteouts
 )
 
 // ExtractOptions controls Extract.
@@ -89,7 +94,7 @@ func Extract(ctx context.Context, r io.Reader, root string, opts ExtractOptions)
 		cache:  dirRef{fd: -1},
 		buf:    make([]byte, copyBufSize),
 	}
-	if opts.Whiteouts != KeepWhiteouts {
+	if opts.Whiteouts == ApplyWhiteouts || opts.Whiteouts == OverlayWhiteouts {
 		x.written = make(map[string]struct{})
 	}
 	defer x.close()
@@ -106,6 +111,9 @@ func Extract(ctx context.Context, r io.Reader, root string, opts ExtractOptions)
 			return fmt.Errorf("extract %s: read tar: %w", src, err)
 		}
 		if err := x.entry(hdr, tr); err != nil {
+			if wn := (*WhiteoutNameError)(nil); errors.As(err, &wn) {
+				return fmt.Errorf("extract %s: %w", src, err) // it names the entry
+			}
 			return fmt.Errorf("extract %s: %s: %w", src, hdr.Name, err)
 		}
 	}
@@ -200,7 +208,13 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return errors.New("a non-directory entry cannot replace the root")
 	}
 	dir, base := splitRel(name)
-	if x.opts.Whiteouts != KeepWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
+	if x.opts.Whiteouts == RejectWhiteouts {
+		for _, c := range strings.Split(name, "/") {
+			if IsWhiteoutName(c) {
+				return &WhiteoutNameError{Path: hdr.Name}
+			}
+		}
+	} else if x.opts.Whiteouts != KeepWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
 		return x.whiteout(dir, base, hdr)
 	}
 	if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && x.opts.Rootless {

@@ -300,6 +300,9 @@ func TestWriteTarDevicesAndOverlay(t *testing.T) {
 	mustWrite(t, filepath.Join(dir, "owned"), "o", 0o644)
 	mustDo(t, unix.Lsetxattr(filepath.Join(dir, "owned"), OwnerXattr, []byte("1234:5678"), 0))
 	epoch := time.Unix(1000, 0)
+	if err := CheckNames(context.Background(), dir); err != nil {
+		t.Errorf("CheckNames on an overlay upper directory: %v", err)
+	}
 
 	es := readTarEntries(t, writeTarBytes(t, dir, TarOptions{SourceDateEpoch: &epoch}))
 	want := []string{".wh.gone", "cap", "null", "opq/", "opq/.wh..wh..opq", "opq/.wh.deleted", "opq/keep/", "owned", "uopq/", "uopq/.wh..wh..opq"}
@@ -355,6 +358,10 @@ func TestWriteTarErrors(t *testing.T) {
 	bad := t.TempDir()
 	mustWrite(t, filepath.Join(bad, "f"), "", 0o644)
 	setUserXattr(t, filepath.Join(bad, "f"), OwnerXattr, "nobody")
+	whFile := t.TempDir()
+	mustWrite(t, filepath.Join(whFile, "etc", "sub", ".wh.passwd"), "not a whiteout", 0o644)
+	whDir := t.TempDir()
+	mustDo(t, os.MkdirAll(filepath.Join(whDir, "a", ".wh.dir", "x"), 0o755))
 	tests := []struct {
 		name string
 		ctx  context.Context
@@ -364,12 +371,24 @@ func TestWriteTarErrors(t *testing.T) {
 		{"canceled", canceled, dir, "context canceled"},
 		{"missing dir", context.Background(), filepath.Join(dir, "nope"), "no such file"},
 		{"bad owner xattr", context.Background(), bad, "invalid owner"},
+		{"file named .wh.", context.Background(), whFile, `/etc/sub/.wh.passwd: a name starting with ".wh." cannot be carried in an OCI layer`},
+		{"directory named .wh.", context.Background(), whDir, `/a/.wh.dir: a name starting with ".wh."`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := WriteTar(tc.ctx, io.Discard, tc.dir, TarOptions{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+			var wn *WhiteoutNameError
+			if strings.Contains(tc.want, ".wh.") {
+				if !errors.As(err, &wn) {
+					t.Errorf("err = %v, want a *WhiteoutNameError", err)
+				}
+				// CheckNames finds the same file without reading content.
+				if cerr := CheckNames(tc.ctx, tc.dir); !errors.As(cerr, &wn) || !strings.Contains(cerr.Error(), tc.want) {
+					t.Errorf("CheckNames = %v, want %q", cerr, tc.want)
+				}
 			}
 		})
 	}

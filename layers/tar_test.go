@@ -211,7 +211,6 @@ func TestWriteTarEntries(t *testing.T) {
 	mustDo(t, os.Link(filepath.Join(dir, "bin/tool"), filepath.Join(dir, "bin/tool2")))
 	mustDo(t, os.Link(filepath.Join(dir, "bin/tool"), filepath.Join(dir, "a/tool0")))
 	mustDo(t, unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
-	mustWrite(t, filepath.Join(dir, ".wh.plain"), "", 0o644)
 	setUserXattr(t, filepath.Join(dir, "etc/passwd"), "user.foo", "bar\x00baz")
 	sparse := filepath.Join(dir, "sparse")
 	f, err := os.Create(sparse)
@@ -225,7 +224,7 @@ func TestWriteTarEntries(t *testing.T) {
 
 	es := readTarEntries(t, writeTarBytes(t, dir, TarOptions{SourceDateEpoch: &epoch}))
 	want := []string{
-		".wh.plain", "a/", "a/tool0", "a/z", "a-b", "bin/", "bin/link", "bin/suid", "bin/tool", "bin/tool2",
+		"a/", "a/tool0", "a/z", "a-b", "bin/", "bin/link", "bin/suid", "bin/tool", "bin/tool2",
 		"etc/", "etc/passwd", "fifo", "sparse", "tmp/", "var/", "var/empty/",
 	}
 	if got := entryNames(es); strings.Join(got, " ") != strings.Join(want, " ") {
@@ -262,7 +261,6 @@ func TestWriteTarEntries(t *testing.T) {
 		{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
 		{name: "var/empty/", typ: tar.TypeDir, mode: 0o755},
 		{name: "fifo", typ: tar.TypeFifo, mode: 0o644},
-		{name: ".wh.plain", typ: tar.TypeReg, mode: 0o644},
 		{name: "etc/passwd", typ: tar.TypeReg, mode: 0o644, body: "root:x:0:0::/root:/bin/sh\n", xattr: "bar\x00baz"},
 		{name: "sparse", typ: tar.TypeReg, mode: 0o644, body: string(make([]byte, 3<<20)) + "end"},
 	}

@@ -153,7 +153,7 @@ type extractor struct {
 	written    *pathSet
 	lastParent string
 	dirs       dirList
-	buf     []byte
+	buf        []byte
 }
 
 // dirRef is an open directory inside the root and its resolved path

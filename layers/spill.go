@@ -20,9 +20,9 @@ import (
 // directories' metadata (set last). Both are held in memory up to
 // spillBytes each and beyond that in unnamed temporary files, so the
 // memory an extraction takes does not grow with the number of entries a
-// layer has (a tar of a million entries is extracted in the memory of a
-// few thousand).
-const spillBytes = 4 << 20
+// layer has (a tar of a million entries is extracted in the memory of
+// about ten thousand).
+const spillBytes = 1 << 20
 
 // newSpillFile makes an unnamed temporary file on dir's file system
 // (O_TMPFILE), else in the default temporary directory, unlinked at once:
@@ -306,16 +306,22 @@ func (l *dirList) reverse(fn func(dirMeta) error) error {
 		if _, err := l.f.ReadAt(b, l.chunks[c]); err != nil {
 			return fmt.Errorf("read spilled directories: %w", err)
 		}
-		var ms []dirMeta
-		for len(b) > 0 {
-			m, rest, err := decodeDirMeta(b)
+		// Find where each record starts, then decode them last first.
+		var starts []int32
+		for rest := b; len(rest) > 0; {
+			starts = append(starts, int32(len(b)-len(rest)))
+			_, next, err := decodeDirMeta(rest)
 			if err != nil {
 				return err
 			}
-			ms, b = append(ms, m), rest
+			rest = next
 		}
-		for i := len(ms) - 1; i >= 0; i-- {
-			if err := fn(ms[i]); err != nil {
+		for i := len(starts) - 1; i >= 0; i-- {
+			m, _, err := decodeDirMeta(b[starts[i]:])
+			if err != nil {
+				return err
+			}
+			if err := fn(m); err != nil {
 				return err
 			}
 		}
@@ -359,9 +365,9 @@ func decodeDirMeta(b []byte) (dirMeta, []byte, error) {
 	if err != nil || n > uint64(r.Len()) {
 		return m, nil, errBadSpill
 	}
-	p := make([]byte, n)
-	r.Read(p)
-	m.path = string(p)
+	at := len(b) - r.Len()
+	m.path = string(b[at : at+int(n)])
+	r.Seek(int64(n), io.SeekCurrent)
 	mode, err := binary.ReadUvarint(r)
 	if err != nil {
 		return m, nil, errBadSpill

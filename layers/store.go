@@ -133,7 +133,7 @@ const StoreMode fs.FileMode = 0o700
 
 // makePrivateRoot creates the store root dir with StoreMode, or tightens
 // an existing one that others could enter, saying so through warn (which
-// may be nil). A root this process cannot tighten (another user's) is
+// may be nil) when it already held a store. A root this process cannot tighten (another user's) is
 // used as it is, after a warning.
 func makePrivateRoot(dir string, warn func(string)) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
@@ -158,12 +158,17 @@ func makePrivateRoot(dir string, warn func(string)) error {
 			warn(fmt.Sprintf(format, args...))
 		}
 	}
+	// A directory that holds no store yet exposed nothing: made private
+	// without a word (t.TempDir and mkdir give 0755 directories).
+	fresh := !lexists(filepath.Join(dir, "oci-layout"))
 	if err := os.Chmod(dir, StoreMode); err != nil {
 		say("store %s is mode %04o, so other users can reach the image files in it (setuid binaries, devices); could not make it %04o: %v (fix with chmod %o %s as its owner)",
 			dir, perm, StoreMode, err, StoreMode, dir)
 		return nil
 	}
-	say("store %s was mode %04o, open to other users; made it %04o", dir, perm, StoreMode)
+	if !fresh {
+		say("store %s was mode %04o, open to other users; made it %04o", dir, perm, StoreMode)
+	}
 	return nil
 }
 

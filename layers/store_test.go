@@ -177,7 +177,8 @@ func TestOpenStoreLayout(t *testing.T) {
 }
 
 // TestOpenStoreRootMode checks that a new store root is 0700 and that an
-// existing one others could enter is tightened, with a warning.
+// existing one others could enter is tightened, with a warning when it
+// held a store (an empty directory exposed nothing).
 func TestOpenStoreRootMode(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -187,14 +188,20 @@ func TestOpenStoreRootMode(t *testing.T) {
 	}{
 		{"new", 0, false},
 		{"existing 0700", 0o700, false},
-		{"existing 0755", 0o755, true},
-		{"existing 0711", 0o711, true},
+		{"existing empty 0755", 0o755, false},
+		{"existing store 0755", 0o755, true},
+		{"existing store 0711", 0o711, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "store")
 			if tc.existing != 0 {
 				if err := os.Mkdir(root, 0o700); err != nil {
 					t.Fatal(err)
+				}
+				if strings.Contains(tc.name, "store") {
+					if _, err := layers.OpenStore(ctx, root); err != nil {
+						t.Fatal(err)
+					}
 				}
 				if err := os.Chmod(root, tc.existing); err != nil {
 					t.Fatal(err)

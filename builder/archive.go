@@ -122,7 +122,7 @@ func extractArchive(ctx context.Context, l *layerDir, hostPath, destDir string, 
 	defer rc.Close()
 	root := l.host(destDir)
 	err = layers.Extract(ctx, rc, root, layers.ExtractOptions{
-		Whiteouts:   layers.ApplyWhiteouts,
+		Whiteouts:   layers.RejectWhiteouts,
 		Source:      filepath.Base(hostPath),
 		Rootless:    !l.root,
 		RecordOwner: true,

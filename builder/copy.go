@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/moby/patternmatcher"
+
+	"github.com/ibuild/ibuild/layers"
 )
 
 // copySpec is one COPY or ADD, after expansion, with its sources resolved
@@ -114,6 +116,9 @@ func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
 		if destIsDir() {
 			target = path.Join(dest, f.name)
 		}
+		if err := checkCopyName(spec, f.name, target); err != nil {
+			return err
+		}
 		dir, err := l.mkdirAll(path.Dir(target), defOwner)
 		if err != nil {
 			return err
@@ -127,6 +132,20 @@ func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
 		}
 	}
 	return l.finish()
+}
+
+// checkCopyName refuses to copy src (named as the user knows it) to the
+// in-image path dst when a component of dst starts with ".wh.": no layer
+// can carry such a name (see layers.WhiteoutNameError), and written
+// verbatim it would delete a file of the image instead.
+func checkCopyName(spec *copySpec, src, dst string) error {
+	for _, c := range strings.Split(dst, "/") {
+		if layers.IsWhiteoutName(c) {
+			return fmt.Errorf("%s (in the %s): %w; rename it, or leave it out with .dockerignore or --exclude",
+				src, spec.fromName, &layers.WhiteoutNameError{Path: dst})
+		}
+	}
+	return nil
 }
 
 // splitParents returns the source pattern and, for --parents, the prefix
@@ -176,6 +195,9 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 			return err
 		}
 		target = path.Join(dest, path.Base(match))
+	}
+	if err := checkCopyName(spec, strings.TrimPrefix(match, "/"), target); err != nil {
+		return err
 	}
 	if fi.IsDir() {
 		dir, err := l.mkdirAll(target, defOwner)
@@ -264,6 +286,9 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 			}
 		}
 		childSrc := path.Join(src, e.Name())
+		if err := checkCopyName(spec, strings.TrimPrefix(childSrc, "/"), path.Join(dst, e.Name())); err != nil {
+			return err
+		}
 		cfi, chost, err := spec.from.Lstat(childSrc)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {

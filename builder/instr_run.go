@@ -145,10 +145,20 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	desc, err := s.c.addLayerDir(ctx, dirs["upper"], cmdText(c))
 	if err != nil {
-		return err
+		return stepCreated(err)
 	}
 	s.layerSize = desc.ReportedSize()
 	return nil
+}
+
+// stepCreated words the failed commit of a step's layer that holds a
+// file no layer can carry (a ".wh." name) as what the command did.
+func stepCreated(err error) error {
+	var wn *layers.WhiteoutNameError
+	if errors.As(err, &wn) {
+		return fmt.Errorf("the command created %w; remove or rename it within the same RUN step", wn)
+	}
+	return err
 }
 
 // runArgs is the step's argv and standard input. Shell form runs under the

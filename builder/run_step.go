@@ -145,7 +145,7 @@ func (s *stageRun) commitChanges(ctx context.Context, c *instructions.RunCommand
 	}
 	desc, err := s.c.addLinkedLayerDir(ctx, upper, cmdText(c))
 	if err != nil {
-		return err
+		return stepCreated(err)
 	}
 	// The directory already holds what the layer holds.
 	s.c.syncedUnpacked()

@@ -26,9 +26,9 @@ type stageRun struct {
 	baseStage int
 	// exported is set for the stages whose layers the result carries.
 	exported bool
-	baseRef   string
-	platform  v1.Platform
-	deps      []dep
+	baseRef  string
+	platform v1.Platform
+	deps     []dep
 	// context is the named tree context the stage is built on (FROM
 	// NAME); replaced says a named context replaces the stage itself (its
 	// instructions are not run). See contexts.go.

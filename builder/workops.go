@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -471,11 +472,23 @@ func (c *Container) Commit(ctx context.Context, name string, o CommitOptions) (v
 	return img, desc, nil
 }
 
+// MountOptions configure Mount. The zero value is the safe default: the
+// mount is nosuid and nodev, so the image's setuid binaries and device
+// nodes grant nothing to whoever reaches the mount point.
+type MountOptions struct {
+	// Suid honours setuid and setgid bits of files under the mount (no
+	// nosuid).
+	Suid bool
+	// Dev lets device nodes under the mount be opened (no nodev).
+	Dev bool
+}
+
 // Mount mounts the container's root file system (an overlay of its layers
 // with a writable upper directory) and returns where; Unmount keeps what
-// was changed through it as a new layer. Mounting needs root, or the user
-// namespace `ibuild unshare` enters.
-func (c *Container) Mount(ctx context.Context) (string, error) {
+// was changed through it as a new layer. The mount is nosuid and nodev
+// unless opts say otherwise; a container already mounted is left as it
+// is. Mounting needs root, or the user namespace `ibuild unshare` enters.
+func (c *Container) Mount(ctx context.Context, opts MountOptions) (string, error) {
 	st := c.work.state
 	if st.MountPoint != "" {
 		return st.MountPoint, nil
@@ -494,7 +507,9 @@ func (c *Container) Mount(ctx context.Context) (string, error) {
 	if len(dirs) == 0 {
 		dirs = []string{paths["empty"]}
 	}
-	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"], 0); err != nil {
+	// nosuid and nodev are set as the overlay is mounted, so it is never
+	// reachable without them.
+	if err := sandbox.MountLayers(dirs, paths["upper"], paths["work"], paths["merged"], mountRestrictions(opts)); err != nil {
 		return "", fmt.Errorf("mount %s: %w (rootless: run it inside `ibuild unshare`)", st.Name, err)
 	}
 	st.MountPoint = paths["merged"]
@@ -512,11 +527,20 @@ func (c *Container) Unmount(ctx context.Context) error {
 	if st.MountPoint == "" {
 		return nil
 	}
+	upper := filepath.Join(c.work.dir, "upper")
+	// Checked while still mounted, so that the file can be renamed
+	// through the mount and nothing written is lost.
+	var bad *layers.WhiteoutNameError
+	if err := layers.CheckNames(ctx, upper); errors.As(err, &bad) {
+		return fmt.Errorf("umount %s: %s was written through the mount: a name starting with \".wh.\" cannot be carried in an OCI layer, where such names mark deleted files; rename or remove %s and umount again (the container stays mounted)",
+			st.Name, bad.Path, filepath.Join(st.MountPoint, filepath.FromSlash(bad.Path)))
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("umount %s: %w", st.Name, err)
+	}
 	if err := unmountAll(st.MountPoint); err != nil {
 		return fmt.Errorf("umount %s: %w", st.Name, err)
 	}
 	st.MountPoint = ""
-	upper := filepath.Join(c.work.dir, "upper")
 	if ents, err := os.ReadDir(upper); err == nil && len(ents) > 0 {
 		c.opts = containerOptions{commit: layers.CommitOptions{Compression: layers.Gzip}, created: time.Now().UTC()}
 		if _, err := c.addLayerDir(ctx, upper, "ibuild mount "+st.Name); err != nil {
@@ -526,6 +550,18 @@ func (c *Container) Unmount(ctx context.Context) error {
 	os.RemoveAll(filepath.Join(c.work.dir, "work"))
 	os.RemoveAll(upper)
 	return c.save(ctx)
+}
+
+// mountRestrictions are the mount attributes (unix.MOUNT_ATTR_*) opts ask for.
+func mountRestrictions(opts MountOptions) uint64 {
+	var attrs uint64
+	if !opts.Suid {
+		attrs |= unix.MOUNT_ATTR_NOSUID
+	}
+	if !opts.Dev {
+		attrs |= unix.MOUNT_ATTR_NODEV
+	}
+	return attrs
 }
 
 func unmountAll(p string) error {

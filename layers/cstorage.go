@@ -44,6 +44,13 @@ type StoreOption func(*storeConfig)
 
 type storeConfig struct {
 	snapshotter string
+	warn        func(string)
+}
+
+// WithWarnings passes OpenStore's non-fatal findings to warn, such as a
+// store root other users could enter (which OpenStore tightens).
+func WithWarnings(warn func(string)) StoreOption {
+	return func(c *storeConfig) { c.warn = warn }
 }
 
 // WithSnapshotter selects how Snapshots materializes layers: one of
@@ -305,7 +312,7 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", src, err)
+		return s.explainUnpack(ctx, l, src, err)
 	}
 	_, err = io.Copy(io.Discard, tr)
 	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
@@ -330,6 +337,33 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 		return fmt.Errorf("snapshot %s: %w", src, err)
 	}
 	return nil
+}
+
+// explainUnpack words err, containers/storage's failure to unpack the
+// layer l (src names it), with what extracting l alone with Extract says:
+// the storage library's messages name no tar entry ("no such file or
+// directory" for a hard link to nothing), Extract's name the entry and,
+// for a hard link, its target. This runs only after a failure.
+func (s *Store) explainUnpack(ctx context.Context, l v1.Layer, src string, err error) error {
+	plain := fmt.Errorf("snapshot %s: %w", src, err)
+	if ctx.Err() != nil || errors.Is(err, storage.ErrDuplicateID) {
+		return plain
+	}
+	dir, terr := s.TempDir("unpack-check-")
+	if terr != nil {
+		return plain
+	}
+	defer forceRemoveAll(dir)
+	rc, rerr := l.Uncompressed()
+	if rerr != nil {
+		return plain
+	}
+	defer rc.Close()
+	xerr := Extract(ctx, rc, dir, ExtractOptions{Whiteouts: KeepWhiteouts, Source: src, Rootless: os.Geteuid() != 0, RecordOwner: true})
+	if xerr == nil {
+		return plain
+	}
+	return fmt.Errorf("snapshot: %v (containers/storage: %w)", xerr, err)
 }
 
 // touchOrCreate refreshes path's mtime, creating the file if needed.

@@ -34,6 +34,11 @@ const (
 	// marked opaque too. WriteTar turns the result into one layer with
 	// the same effect as the layers had one by one (see Store.Squash).
 	OverlayWhiteouts
+	// RejectWhiteouts fails on an entry named .wh.* with a
+	// *WhiteoutNameError: for archives that are not layers (ADD's),
+	// whose every file must land in the layer as a file, which no ".wh."
+	// name can.
+	RejectWhiteouts
 )
 
 // ExtractOptions controls Extract.
@@ -52,6 +57,10 @@ type ExtractOptions struct {
 	// entry's owner in the OwnerXattr attribute instead of warning, so the
 	// owner survives into layers made from the extracted tree (snapshots).
 	RecordOwner bool
+	// spillBytes overrides spillBytes, and beforeFinish is called once
+	// every entry is in, before directory metadata is set: for tests.
+	spillBytes   int
+	beforeFinish func()
 }
 
 // maxExtractSymlinks bounds symlink resolution, as the kernel's ELOOP does.
@@ -89,8 +98,13 @@ func Extract(ctx context.Context, r io.Reader, root string, opts ExtractOptions)
 		cache:  dirRef{fd: -1},
 		buf:    make([]byte, copyBufSize),
 	}
-	if opts.Whiteouts != KeepWhiteouts {
-		x.written = make(map[string]struct{})
+	limit := spillBytes
+	if opts.spillBytes > 0 {
+		limit = opts.spillBytes
+	}
+	x.dirs.dir, x.dirs.limit = root, limit
+	if opts.Whiteouts == ApplyWhiteouts || opts.Whiteouts == OverlayWhiteouts {
+		x.written = newPathSet(root, limit)
 	}
 	defer x.close()
 	tr := tar.NewReader(r)
@@ -106,8 +120,14 @@ func Extract(ctx context.Context, r io.Reader, root string, opts ExtractOptions)
 			return fmt.Errorf("extract %s: read tar: %w", src, err)
 		}
 		if err := x.entry(hdr, tr); err != nil {
+			if wn := (*WhiteoutNameError)(nil); errors.As(err, &wn) {
+				return fmt.Errorf("extract %s: %w", src, err) // it names the entry
+			}
 			return fmt.Errorf("extract %s: %s: %w", src, hdr.Name, err)
 		}
+	}
+	if opts.beforeFinish != nil {
+		opts.beforeFinish()
 	}
 	if err := x.finishDirs(); err != nil {
 		return fmt.Errorf("extract %s: %w", src, err)
@@ -126,11 +146,14 @@ type extractor struct {
 	cacheName string
 	cache     dirRef
 	stale     bool // something the cached resolution went through may have changed
-	// written holds the resolved paths this layer created (ApplyWhiteouts
-	// only), which an opaque marker must keep.
-	written map[string]struct{}
-	dirs    []dirMeta
-	buf     []byte
+	// written holds the resolved paths this layer created, and their
+	// parents (ApplyWhiteouts and OverlayWhiteouts only): its whiteouts
+	// and opaque markers hide lower layers' files, never these. lastParent
+	// is the parent whose ancestors were added last.
+	written    *pathSet
+	lastParent string
+	dirs       dirList
+	buf        []byte
 }
 
 // dirRef is an open directory inside the root and its resolved path
@@ -151,6 +174,10 @@ type dirMeta struct {
 func (x *extractor) close() {
 	x.dropCache()
 	unix.Close(x.rootFd)
+	if x.written != nil {
+		x.written.Close()
+	}
+	x.dirs.close()
 }
 
 func (x *extractor) dropCache() {
@@ -167,17 +194,34 @@ func (x *extractor) warnf(name, format string, args ...any) {
 }
 
 // markWritten records that this layer wrote p (and so its parents).
-func (x *extractor) markWritten(p string) {
+// Entries come sorted, so the parents are those of the entry before
+// most of the time, and then are not added again.
+func (x *extractor) markWritten(p string) error {
 	if x.written == nil {
-		return
+		return nil
 	}
-	for p != "" {
-		if _, ok := x.written[p]; ok {
-			return
+	if err := x.written.Add(p); err != nil {
+		return err
+	}
+	parent, _ := splitRel(p)
+	if parent == x.lastParent {
+		return nil
+	}
+	x.lastParent = parent
+	for q := parent; q != ""; q, _ = splitRel(q) {
+		if err := x.written.Add(q); err != nil {
+			return err
 		}
-		x.written[p] = struct{}{}
-		p, _ = splitRel(p)
 	}
+	return nil
+}
+
+// wrote reports whether this layer wrote p or something below it.
+func (x *extractor) wrote(p string) (bool, error) {
+	if x.written == nil {
+		return false, nil
+	}
+	return x.written.Has(p)
 }
 
 func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
@@ -200,7 +244,13 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return errors.New("a non-directory entry cannot replace the root")
 	}
 	dir, base := splitRel(name)
-	if x.opts.Whiteouts != KeepWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
+	if x.opts.Whiteouts == RejectWhiteouts {
+		for _, c := range strings.Split(name, "/") {
+			if IsWhiteoutName(c) {
+				return &WhiteoutNameError{Path: hdr.Name}
+			}
+		}
+	} else if x.opts.Whiteouts != KeepWhiteouts && strings.HasPrefix(base, whiteoutPrefix) {
 		return x.whiteout(dir, base, hdr)
 	}
 	if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && x.opts.Rootless {
@@ -310,7 +360,9 @@ func (x *extractor) linkTarget(linkname string) (dirRef, string, error) {
 // directory under a directory entry (they merge) and, for a hardlink, the
 // target file itself (then done is true: nothing is left to do).
 func (x *extractor) clear(n node, hdr *tar.Header, tfd int, tbase string) (done bool, err error) {
-	x.markWritten(n.path)
+	if err := x.markWritten(n.path); err != nil {
+		return false, err
+	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(n.pfd, n.base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -414,6 +466,8 @@ func (x *extractor) makeDir(n node, hdr *tar.Header) error {
 	// real mode is set with its times at the end.
 	mode := uint32(hdr.Mode & 0o7777)
 	m := dirMeta{path: n.path, mode: mode, fixMode: mode&0o700 != 0o700, mtime: hdr.ModTime, atime: hdr.AccessTime}
-	x.dirs = append(x.dirs, m)
+	if err := x.dirs.add(m); err != nil {
+		return err
+	}
 	return x.setMeta(n, hdr, mode|0o700)
 }

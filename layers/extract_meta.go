@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -130,6 +131,9 @@ func (x *extractor) whiteout(dir, base string, hdr *tar.Header) error {
 	if base == whiteoutOpaque {
 		return x.opaque(d)
 	}
+	if own, err := x.wrote(joinRel(d.path, victim)); err != nil || own {
+		return err // a whiteout hides lower layers' files, not its own layer's
+	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(d.fd, victim, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -140,59 +144,89 @@ func (x *extractor) whiteout(dir, base string, hdr *tar.Header) error {
 	return x.remove(d.fd, victim, &st)
 }
 
-// opaque removes everything in d that this layer did not write.
+// opaque removes everything in d that this layer did not write, at any
+// depth: a directory this layer wrote into keeps only what it wrote there,
+// as the OCI image spec and an overlay mount have it.
 func (x *extractor) opaque(d dirRef) error {
-	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &os.PathError{Op: "open", Path: d.path, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), d.path)
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return &os.PathError{Op: "readdir", Path: d.path, Err: err}
-	}
 	x.stale = true
-	for _, n := range names {
-		if _, keep := x.written[joinRel(d.path, n)]; keep {
-			continue
+	return x.keepWritten(d.fd, d.path)
+}
+
+// keepWritten is opaque for the directory dpath, open as dirfd. It reads
+// the directory a chunk of names at a time, so a huge one costs no more
+// memory than a small one.
+func (x *extractor) keepWritten(dirfd int, dpath string) error {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dpath, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dpath)
+	defer f.Close()
+	for {
+		names, rerr := f.Readdirnames(readdirChunk)
+		for _, n := range names {
+			p := joinRel(dpath, n)
+			own, err := x.wrote(p)
+			if err != nil {
+				return err
+			}
+			if !own {
+				if err := removeAllAt(fd, n); err != nil {
+					return err
+				}
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				continue
+			}
+			cfd, err := unix.Openat(fd, n, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return &os.PathError{Op: "open", Path: p, Err: err}
+			}
+			err = x.keepWritten(cfd, p)
+			unix.Close(cfd)
+			if err != nil {
+				return err
+			}
 		}
-		if err := removeAllAt(d.fd, n); err != nil {
-			return err
+		if rerr == io.EOF || len(names) == 0 {
+			return nil
+		}
+		if rerr != nil {
+			return &os.PathError{Op: "readdir", Path: dpath, Err: rerr}
 		}
 	}
-	return nil
 }
 
 // finishDirs sets directory modes and times, deepest last-written first.
 // A directory replaced or removed by a later entry is skipped.
 func (x *extractor) finishDirs() error {
-	for i := len(x.dirs) - 1; i >= 0; i-- {
-		m := x.dirs[i]
+	return x.dirs.reverse(func(m dirMeta) error {
 		dir, base := splitRel(m.path)
 		if m.path == "" {
 			dir, base = "", "."
 		}
 		pfd, err := x.openExact(dir)
 		if err != nil {
-			continue
+			return nil // replaced or removed by a later entry
 		}
+		defer unix.Close(pfd)
 		var st unix.Stat_t
-		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			if m.fixMode {
-				err = unix.Fchmodat(pfd, base, m.mode, 0)
-			}
-			if err == nil {
-				err = setTimes(pfd, base, m.atime, m.mtime)
-			}
-			if err != nil {
-				unix.Close(pfd)
-				return fmt.Errorf("%s: %w", m.path, err)
-			}
+		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return nil
 		}
-		unix.Close(pfd)
-	}
-	return nil
+		if m.fixMode {
+			err = unix.Fchmodat(pfd, base, m.mode, 0)
+		}
+		if err == nil {
+			err = setTimes(pfd, base, m.atime, m.mtime)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.path, err)
+		}
+		return nil
+	})
 }
 
 // openExact opens the resolved directory path p without following any

@@ -3,6 +3,7 @@ package layers
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"strings"
@@ -151,6 +152,11 @@ func (x *extractor) remove(dirfd int, name string, st *unix.Stat_t) error {
 	return removeAllAt(dirfd, name)
 }
 
+// readdirChunk is how many names a directory is read at a time when
+// removing or filtering it, so a huge directory costs no more memory than
+// a small one.
+const readdirChunk = 512
+
 // removeAllAt removes name in dirfd and, for a directory, everything below
 // it, never following symlinks.
 func removeAllAt(dirfd int, name string) error {
@@ -166,18 +172,32 @@ func removeAllAt(dirfd int, name string) error {
 		return &os.PathError{Op: "remove", Path: name, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), name)
-	names, err := f.Readdirnames(-1)
-	if err == nil {
+	// Remove a chunk of names at a time; read from the start again once
+	// the end is reached, until a read finds the directory empty.
+	for {
+		names, rerr := f.Readdirnames(readdirChunk)
 		for _, n := range names {
-			if err = removeAllAt(fd, n); err != nil {
+			if err := removeAllAt(fd, n); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		if rerr != nil && rerr != io.EOF {
+			f.Close()
+			return &os.PathError{Op: "readdir", Path: name, Err: rerr}
+		}
+		if len(names) == 0 || rerr == io.EOF {
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				f.Close()
+				return &os.PathError{Op: "readdir", Path: name, Err: err}
+			}
+			if more, _ := f.Readdirnames(1); len(more) == 0 {
 				break
 			}
+			f.Seek(0, io.SeekStart)
 		}
 	}
 	f.Close()
-	if err != nil {
-		return err
-	}
 	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 		return &os.PathError{Op: "remove", Path: name, Err: err}
 	}

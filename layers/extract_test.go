@@ -187,7 +187,12 @@ func TestExtractWhiteouts(t *testing.T) {
 			with(map[string]string{"app": "dir 0750", "app/sub": "", "app/sub/x": "", "app/y": "", "app/new": `file 0644 "n"`})},
 		{"opaque marker after new contents", ApplyWhiteouts,
 			[][]byte{buildTar(t, dirEnt("app/", 0o755), regEnt("app/!new", "n", 0o644), dirEnt("app/sub/", 0o755), regEnt("app/sub/z", "z", 0o644), regEnt("app/.wh..wh..opq", "", 0))},
-			with(map[string]string{"app/sub": "dir 0755", "app/sub/z": `file 0644 "z"`, "app/y": "", "app/!new": `file 0644 "n"`})},
+			// app/sub is this layer's, but what the base had in it is
+			// lower content of app, which the marker hides too.
+			with(map[string]string{"app/sub": "dir 0755", "app/sub/z": `file 0644 "z"`, "app/sub/x": "", "app/y": "", "app/!new": `file 0644 "n"`})},
+		{"whiteout of the layer's own file", ApplyWhiteouts,
+			[][]byte{buildTar(t, regEnt("etc/passwd", "mine", 0o644), regEnt("etc/.wh.passwd", "", 0), regEnt("etc/.wh.hosts", "", 0))},
+			with(map[string]string{"etc/passwd": `file 0644 "mine"`, "etc/hosts": ""})},
 		{"replace a file with a dir and back", ApplyWhiteouts,
 			[][]byte{
 				buildTar(t, dirEnt("file/", 0o711), regEnt("file/inner", "i", 0o644)),
@@ -238,7 +243,6 @@ func TestExtractRoundTrip(t *testing.T) {
 		}
 	})
 	mustDo(t, unix.Mkfifo(filepath.Join(src, "fifo"), 0o600))
-	mustWrite(t, filepath.Join(src, ".wh.kept"), "", 0)
 	setUserXattr(t, filepath.Join(src, "etc/passwd"), "user.foo", "bar")
 	f, err := os.Create(filepath.Join(src, "sparse"))
 	mustDo(t, err)

@@ -43,6 +43,9 @@ func ChainIDs(diffIDs []v1.Hash) []v1.Hash {
 //     directory (overlay whiteouts and opaque directories);
 //   - vfs: one directory, the top layer's complete tree.
 //
+// Layers below one whose root directory is opaque are left out: the
+// opaque root hides all they hold (see belowOpaqueRoot).
+//
 // Each layer is created once: callers in any goroutine or process wait on a
 // per-layer flock for whoever creates it, and the content is checked
 // against the layer's diffID; a killed process never leaves a partial
@@ -71,7 +74,8 @@ func (s *Store) Snapshots(ctx context.Context, img v1.Image, warn func(string)) 
 	defer unlock()
 	chains := ChainIDs(diffIDs)
 	if s.snapshotter != SnapshotterNative {
-		return s.csSnapshots(ctx, ls, diffIDs, chains)
+		dirs, err := s.csSnapshots(ctx, ls, diffIDs, chains)
+		return belowOpaqueRoot(dirs), err
 	}
 	dirs := make([]string, len(ls))
 	for i, l := range ls {
@@ -81,7 +85,23 @@ func (s *Store) Snapshots(ctx context.Context, img v1.Image, warn func(string)) 
 		}
 		dirs[i] = d
 	}
-	return dirs, nil
+	return belowOpaqueRoot(dirs), nil
+}
+
+// belowOpaqueRoot drops the layers an opaque root hides: a layer whose
+// root directory is opaque (a .wh..wh..opq at the top of its tar) hides
+// everything the layers below it hold, as the OCI image spec says. The
+// kernel's overlay ignores the opaque mark on a lower layer's root, so
+// the hidden layers must not be among the lowers at all; every other
+// reader (RootFS, Extract, Flatten, Squash) honours the mark itself and
+// sees the same tree.
+func belowOpaqueRoot(dirs []string) []string {
+	for i := len(dirs) - 1; i > 0; i-- {
+		if isOpaqueLayerDir(dirs[i]) {
+			return dirs[i:]
+		}
+	}
+	return dirs
 }
 
 func (s *Store) snapshotDir(chain v1.Hash) string {

@@ -109,8 +109,8 @@ func (x *extractor) overlayWhiteout(dir, base, victim string, hdr *tar.Header) e
 		return markOpaque(filepath.Join(x.root, d.path))
 	}
 	p := joinRel(d.path, victim)
-	if _, ok := x.written[p]; ok {
-		return nil // a whiteout hides lower layers' files, not its own layer's
+	if own, err := x.wrote(p); err != nil || own {
+		return err // a whiteout hides lower layers' files, not its own layer's
 	}
 	var st unix.Stat_t
 	switch err := unix.Fstatat(d.fd, victim, &st, unix.AT_SYMLINK_NOFOLLOW); {

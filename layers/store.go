@@ -74,7 +74,9 @@ type Store struct {
 }
 
 // OpenStore opens the store at root, creating it if needed. Call Close when
-// done with it.
+// done with it. The root is made StoreMode (0700), as containers/storage
+// makes its own: an existing root that other users could enter is
+// tightened, and WithWarnings hears about it (or why it could not be).
 func OpenStore(ctx context.Context, root string, opts ...StoreOption) (*Store, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -89,6 +91,9 @@ func OpenStore(ctx context.Context, root string, opts ...StoreOption) (*Store, e
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	if err := makePrivateRoot(abs, cfg.warn); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", root, err)
 	}
 	blobs, err := OpenBlobStore(abs)
@@ -119,6 +124,53 @@ func OpenStore(ctx context.Context, root string, opts ...StoreOption) (*Store, e
 		return nil, err
 	}
 	return s, nil
+}
+
+// StoreMode is the mode of a store's root directory: only its owner may
+// enter it. Snapshots hold image files as the image has them, setuid-root
+// binaries and device nodes included, and working containers are mounted
+// below it; a root other users could traverse would hand them those files.
+const StoreMode fs.FileMode = 0o700
+
+// makePrivateRoot creates the store root dir with StoreMode, or tightens
+// an existing one that others could enter, saying so through warn (which
+// may be nil) when it already held a store. A root this process cannot tighten (another user's) is
+// used as it is, after a warning.
+func makePrivateRoot(dir string, warn func(string)) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, StoreMode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o077 == 0 {
+		return nil
+	}
+	say := func(format string, args ...any) {
+		if warn != nil {
+			warn(fmt.Sprintf(format, args...))
+		}
+	}
+	// A directory that holds no store yet exposed nothing: made private
+	// without a word (t.TempDir and mkdir give 0755 directories).
+	fresh := !lexists(filepath.Join(dir, "oci-layout"))
+	if err := os.Chmod(dir, StoreMode); err != nil {
+		say("store %s is mode %04o, so other users can reach the image files in it (setuid binaries, devices); could not make it %04o: %v (fix with chmod %o %s as its owner)",
+			dir, perm, StoreMode, err, StoreMode, dir)
+		return nil
+	}
+	if !fresh {
+		say("store %s was mode %04o, open to other users; made it %04o", dir, perm, StoreMode)
+	}
+	return nil
 }
 
 // Root is the store's root directory (absolute).

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,6 +173,55 @@ func TestOpenStoreLayout(t *testing.T) {
 	os.WriteFile(filepath.Join(bad, "oci-layout"), []byte(`{"imageLayoutVersion":"2.0.0"}`), 0o644)
 	if _, err := layers.OpenStore(ctx, bad); err == nil {
 		t.Error("OpenStore accepted a layout of another version")
+	}
+}
+
+// TestOpenStoreRootMode checks that a new store root is 0700 and that an
+// existing one others could enter is tightened, with a warning when it
+// held a store (an empty directory exposed nothing).
+func TestOpenStoreRootMode(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		existing os.FileMode // 0: the root does not exist yet
+		warns    bool
+	}{
+		{"new", 0, false},
+		{"existing 0700", 0o700, false},
+		{"existing empty 0755", 0o755, false},
+		{"existing store 0755", 0o755, true},
+		{"existing store 0711", 0o711, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := filepath.Join(t.TempDir(), "store")
+			if tc.existing != 0 {
+				if err := os.Mkdir(root, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if strings.Contains(tc.name, "store") {
+					if _, err := layers.OpenStore(ctx, root); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := os.Chmod(root, tc.existing); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var warnings []string
+			if _, err := layers.OpenStore(ctx, root, layers.WithWarnings(func(m string) { warnings = append(warnings, m) })); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != layers.StoreMode {
+				t.Errorf("store root mode %04o, want %04o", fi.Mode().Perm(), layers.StoreMode)
+			}
+			if got := len(warnings) > 0; got != tc.warns || (got && !strings.Contains(warnings[0], "made it 0700")) {
+				t.Errorf("warnings %q, want one saying the root was made 0700: %v", warnings, tc.warns)
+			}
+		})
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -23,6 +24,55 @@ const (
 	whiteoutMeta   = ".wh..wh."
 	whiteoutOpaque = ".wh..wh..opq"
 )
+
+// WhiteoutNameError reports a file whose name starts with ".wh.". No OCI
+// layer can carry one: layers use such names to mark deleted files (the
+// image spec: "it is not possible to create a filesystem which has a file
+// or directory with a name beginning with .wh."), so it would delete the
+// file it names from the layers below instead of being a file. WriteTar,
+// COPY and ADD refuse one rather than write it.
+type WhiteoutNameError struct {
+	// Path is the file's absolute path in the image, or its name in the
+	// archive it came from.
+	Path string
+}
+
+func (e *WhiteoutNameError) Error() string {
+	return fmt.Sprintf("%s: a name starting with %q cannot be carried in an OCI layer, where such names mark deleted files", e.Path, whiteoutPrefix)
+}
+
+// IsWhiteoutName reports whether name (a base name) starts with ".wh.",
+// the prefix OCI layers reserve for whiteouts.
+func IsWhiteoutName(name string) bool { return strings.HasPrefix(name, whiteoutPrefix) }
+
+// CheckNames walks dir, a layer directory WriteTar would read, and
+// returns a *WhiteoutNameError for the first file WriteTar would refuse,
+// nil when there is none. It reads names and types only: a caller that
+// must not lose dir to a failed commit (ibuild umount) checks first.
+func CheckNames(ctx context.Context, dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == dir || !IsWhiteoutName(d.Name()) {
+			return nil
+		}
+		if d.Type()&fs.ModeCharDevice != 0 {
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err == nil && isOverlayWhiteout(&st) {
+				return nil
+			}
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		return &WhiteoutNameError{Path: "/" + filepath.ToSlash(rel)}
+	})
+}
 
 // copyBufSize is the chunk size used to stream file contents.
 const copyBufSize = 256 << 10
@@ -43,7 +93,8 @@ const copyBufSize = 256 << 10
 // an empty regular file .wh.NAME, a directory marked opaque with
 // trusted.overlay.opaque=y or user.overlay.opaque=y is followed by a
 // DIR/.wh..wh..opq entry, and overlay's own xattrs are dropped. Sockets are
-// skipped: tar cannot represent them.
+// skipped: tar cannot represent them. Any other file whose name starts
+// with ".wh." is a *WhiteoutNameError: in a layer it would be a whiteout.
 //
 // WriteTar does not close w.
 func WriteTar(ctx context.Context, w io.Writer, dir string, opts TarOptions) error {
@@ -123,6 +174,8 @@ func (t *tarWriter) walk(fd int, rel string) error {
 		}
 		if isOverlayWhiteout(&c.st) {
 			c.tarName = whiteoutPrefix + n
+		} else if IsWhiteoutName(n) {
+			return &WhiteoutNameError{Path: "/" + rel + n}
 		}
 		kids = append(kids, c)
 	}

@@ -211,7 +211,6 @@ func TestWriteTarEntries(t *testing.T) {
 	mustDo(t, os.Link(filepath.Join(dir, "bin/tool"), filepath.Join(dir, "bin/tool2")))
 	mustDo(t, os.Link(filepath.Join(dir, "bin/tool"), filepath.Join(dir, "a/tool0")))
 	mustDo(t, unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
-	mustWrite(t, filepath.Join(dir, ".wh.plain"), "", 0o644)
 	setUserXattr(t, filepath.Join(dir, "etc/passwd"), "user.foo", "bar\x00baz")
 	sparse := filepath.Join(dir, "sparse")
 	f, err := os.Create(sparse)
@@ -225,7 +224,7 @@ func TestWriteTarEntries(t *testing.T) {
 
 	es := readTarEntries(t, writeTarBytes(t, dir, TarOptions{SourceDateEpoch: &epoch}))
 	want := []string{
-		".wh.plain", "a/", "a/tool0", "a/z", "a-b", "bin/", "bin/link", "bin/suid", "bin/tool", "bin/tool2",
+		"a/", "a/tool0", "a/z", "a-b", "bin/", "bin/link", "bin/suid", "bin/tool", "bin/tool2",
 		"etc/", "etc/passwd", "fifo", "sparse", "tmp/", "var/", "var/empty/",
 	}
 	if got := entryNames(es); strings.Join(got, " ") != strings.Join(want, " ") {
@@ -262,7 +261,6 @@ func TestWriteTarEntries(t *testing.T) {
 		{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
 		{name: "var/empty/", typ: tar.TypeDir, mode: 0o755},
 		{name: "fifo", typ: tar.TypeFifo, mode: 0o644},
-		{name: ".wh.plain", typ: tar.TypeReg, mode: 0o644},
 		{name: "etc/passwd", typ: tar.TypeReg, mode: 0o644, body: "root:x:0:0::/root:/bin/sh\n", xattr: "bar\x00baz"},
 		{name: "sparse", typ: tar.TypeReg, mode: 0o644, body: string(make([]byte, 3<<20)) + "end"},
 	}
@@ -300,6 +298,9 @@ func TestWriteTarDevicesAndOverlay(t *testing.T) {
 	mustWrite(t, filepath.Join(dir, "owned"), "o", 0o644)
 	mustDo(t, unix.Lsetxattr(filepath.Join(dir, "owned"), OwnerXattr, []byte("1234:5678"), 0))
 	epoch := time.Unix(1000, 0)
+	if err := CheckNames(context.Background(), dir); err != nil {
+		t.Errorf("CheckNames on an overlay upper directory: %v", err)
+	}
 
 	es := readTarEntries(t, writeTarBytes(t, dir, TarOptions{SourceDateEpoch: &epoch}))
 	want := []string{".wh.gone", "cap", "null", "opq/", "opq/.wh..wh..opq", "opq/.wh.deleted", "opq/keep/", "owned", "uopq/", "uopq/.wh..wh..opq"}
@@ -355,6 +356,10 @@ func TestWriteTarErrors(t *testing.T) {
 	bad := t.TempDir()
 	mustWrite(t, filepath.Join(bad, "f"), "", 0o644)
 	setUserXattr(t, filepath.Join(bad, "f"), OwnerXattr, "nobody")
+	whFile := t.TempDir()
+	mustWrite(t, filepath.Join(whFile, "etc", "sub", ".wh.passwd"), "not a whiteout", 0o644)
+	whDir := t.TempDir()
+	mustDo(t, os.MkdirAll(filepath.Join(whDir, "a", ".wh.dir", "x"), 0o755))
 	tests := []struct {
 		name string
 		ctx  context.Context
@@ -364,12 +369,24 @@ func TestWriteTarErrors(t *testing.T) {
 		{"canceled", canceled, dir, "context canceled"},
 		{"missing dir", context.Background(), filepath.Join(dir, "nope"), "no such file"},
 		{"bad owner xattr", context.Background(), bad, "invalid owner"},
+		{"file named .wh.", context.Background(), whFile, `/etc/sub/.wh.passwd: a name starting with ".wh." cannot be carried in an OCI layer`},
+		{"directory named .wh.", context.Background(), whDir, `/a/.wh.dir: a name starting with ".wh."`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := WriteTar(tc.ctx, io.Discard, tc.dir, TarOptions{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+			var wn *WhiteoutNameError
+			if strings.Contains(tc.want, ".wh.") {
+				if !errors.As(err, &wn) {
+					t.Errorf("err = %v, want a *WhiteoutNameError", err)
+				}
+				// CheckNames finds the same file without reading content.
+				if cerr := CheckNames(tc.ctx, tc.dir); !errors.As(cerr, &wn) || !strings.Contains(cerr.Error(), tc.want) {
+					t.Errorf("CheckNames = %v, want %q", cerr, tc.want)
+				}
 			}
 		})
 	}

@@ -164,12 +164,15 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		}
 	}
 	fail := func(err error) (v1.Descriptor, error) {
-		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, explain(ctx, err, r, "pull", opts.Conn))
+		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", full, explain(ctx, plainStall(err), r, "pull", opts.Conn))
 	}
 	ropts := opts.remoteOptions(ctx)
 	opts.progress("resolving %s", full)
-	desc, err := remote.Get(r, ropts...)
-	if err != nil {
+	var desc *remote.Descriptor
+	if err := retryBroken(ctx, func() (err error) {
+		desc, err = remote.Get(r, ropts...)
+		return err
+	}); err != nil {
 		return fail(err)
 	}
 	var top v1.Descriptor
@@ -182,11 +185,14 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 		if err != nil {
 			return fail(err)
 		}
-		cdesc, err := remote.Get(r.Context().Digest(child.Digest.String()), ropts...)
-		if err != nil {
+		var cdesc *remote.Descriptor
+		if err := retryBroken(ctx, func() (err error) {
+			cdesc, err = remote.Get(r.Context().Digest(child.Digest.String()), ropts...)
+			return err
+		}); err != nil {
 			return fail(err)
 		}
-		img, err := cdesc.Image()
+		img, err := withConfig(ctx, cdesc)
 		if err != nil {
 			return fail(err)
 		}
@@ -213,7 +219,7 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 			return fail(fmt.Errorf("index %s: %w", top.Digest, err))
 		}
 	} else {
-		img, err := desc.Image()
+		img, err := withConfig(ctx, desc)
 		if err != nil {
 			return fail(err)
 		}
@@ -233,6 +239,24 @@ func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions
 	}
 	opts.progress("pulled %s: %s", full, top.Digest)
 	return top, nil
+}
+
+// withConfig is the image desc describes, with its config downloaded
+// (retried as retryBroken does). Each try starts from a new image: one
+// whose config download broke keeps the part it got.
+func withConfig(ctx context.Context, desc *remote.Descriptor) (v1.Image, error) {
+	var img v1.Image
+	err := retryBroken(ctx, func() (err error) {
+		if img, err = desc.Image(); err != nil {
+			return err
+		}
+		_, err = img.RawConfigFile()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return img, nil
 }
 
 // storeImage downloads img's missing blobs into store: layers (in
@@ -351,10 +375,16 @@ func retryBroken(ctx context.Context, f func() error) error {
 	}
 }
 
-// brokenConn reports whether err is a connection that broke.
+// brokenConn reports whether err is a connection that broke, or a body
+// that stopped coming (a *StallError after the answer's headers; one
+// before them was retried by the HTTP transport already).
 func brokenConn(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
+	}
+	var stall *StallError
+	if errors.As(err, &stall) {
+		return stall.inBody
 	}
 	var ne net.Error
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||

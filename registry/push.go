@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -132,7 +133,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 	}
 	full := CanonicalName(r)
 	fail := func(err error) (v1.Hash, error) {
-		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), explain(ctx, err, r, "push", opts.Conn))
+		return v1.Hash{}, fmt.Errorf("push %s (registry %s): %w", full, registryHost(r), explain(ctx, plainStall(err), r, "push", opts.Conn))
 	}
 	jobs := opts.Jobs
 	if jobs <= 0 {
@@ -423,8 +424,45 @@ func layerSource(l v1.Layer) name.Reference {
 // mountable offers l to remote.Write as mountable into dest: from its own
 // source repository (layerSource) when that is on dest's registry, else
 // from from (when not nil). Layers from another registry are uploaded
-// (their bytes are read from where they are).
+// (their bytes are read from where they are). The bytes are tagged with
+// the blob's digest (see namedLayer).
 func mountable(l v1.Layer, from, dest name.Reference) v1.Layer {
+	m := mountableAs(l, from, dest)
+	if ml, ok := m.(*remote.MountableLayer); ok {
+		return &remote.MountableLayer{Layer: namedLayer{ml.Layer}, Reference: ml.Reference}
+	}
+	return namedLayer{m}
+}
+
+// namedLayer tags the bytes of its blob with its digest, so that a
+// stalled upload of them can name the blob: remote.Write uploads them in
+// requests whose URLs do not (see stallTransport.describe).
+type namedLayer struct{ v1.Layer }
+
+func (n namedLayer) Unwrap() v1.Layer { return n.Layer }
+
+func (n namedLayer) Compressed() (io.ReadCloser, error) {
+	rc, err := n.Layer.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	d, err := n.Layer.Digest()
+	if err != nil {
+		return rc, nil
+	}
+	return &blobBody{ReadCloser: rc, digest: d.String()}, nil
+}
+
+// blobBody is the content of the blob digest.
+type blobBody struct {
+	io.ReadCloser
+	digest string
+}
+
+func (b *blobBody) blobDigest() string { return b.digest }
+
+// mountableAs is mountable without the tagging.
+func mountableAs(l v1.Layer, from, dest name.Reference) v1.Layer {
 	if own := layerSource(l); own != nil {
 		if own.Context().RegistryStr() == dest.Context().RegistryStr() {
 			if ml, ok := l.(*remote.MountableLayer); ok && ml.Reference == own {
@@ -481,9 +519,9 @@ func (m *mountImage) ConfigLayer() (v1.Layer, error) {
 		return nil, err
 	}
 	if m.from == nil {
-		return l, nil
+		return namedLayer{l}, nil
 	}
-	return &remote.MountableLayer{Layer: l, Reference: m.from}, nil
+	return &remote.MountableLayer{Layer: namedLayer{l}, Reference: m.from}, nil
 }
 
 // mountIndex is an index whose images are mountImages.

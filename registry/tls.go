@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 )
@@ -46,11 +47,38 @@ type Conn struct {
 	// TLS settings are applied to a clone of it when it is an
 	// *http.Transport, and not at all otherwise.
 	Transport http.RoundTripper
+	// Timeout is how long a request may move no data (no answer, no body
+	// bytes received, no upload bytes taken) before it is abandoned with
+	// a *StallError and retried; 0 means DefaultTimeout, a negative value
+	// no limit. It bounds no request as a whole: a large blob that keeps
+	// moving takes as long as it needs.
+	Timeout time.Duration
+}
+
+// stallTimeout is c.Timeout with its default applied; 0 means none.
+func (c Conn) stallTimeout() time.Duration {
+	switch {
+	case c.Timeout < 0:
+		return 0
+	case c.Timeout == 0:
+		return DefaultTimeout
+	}
+	return c.Timeout
 }
 
 // roundTripper is the transport with the TLS settings of c applied per
-// registry host.
+// registry host, and the no-progress timeout.
 func (c Conn) roundTripper() http.RoundTripper {
+	rt := c.tlsRoundTripper()
+	if d := c.stallTimeout(); d > 0 {
+		return &stallTransport{base: rt, timeout: d}
+	}
+	return rt
+}
+
+// tlsRoundTripper is the transport with the TLS settings of c applied per
+// registry host.
+func (c Conn) tlsRoundTripper() http.RoundTripper {
 	tr := c.Transport
 	if tr == nil {
 		tr = http.DefaultTransport

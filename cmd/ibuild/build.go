@@ -60,7 +60,7 @@ func buildCommand() *cli.Command {
 			&cli.BoolFlag{Name: "push", Usage: "push the result to every -t name that has a registry (not localhost/...)"},
 			&cli.StringFlag{Name: "digestfile", Usage: "with --push, write the pushed manifest (or index) digest to this file"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates when pushing (--push)"},
-			authfileFlag, certDirFlag,
+			authfileFlag, certDirFlag, registryTimeoutFlag,
 			&cli.StringFlag{Name: "network", Value: "host", Usage: "network of RUN steps: host or none (RUN --network overrides)"},
 			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: NO ISOLATION, a chroot into an unpacked root file system: a RUN step can reach everything ibuild's own user can, so use it only where the pod or VM around ibuild is the security boundary, see docs/security.md)"},
 			&cli.StringSliceFlag{Name: "cap-add", Usage: "add a capability to RUN steps' set, docker's default (e.g. NET_ADMIN, or ALL; repeatable)"},

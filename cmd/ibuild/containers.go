@@ -299,8 +299,12 @@ func needsUnshare(verb string) error {
 func mountCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "mount",
-		Usage:     "mount a working container's root file system and print where; ibuild umount keeps the changes as a layer",
+		Usage:     "mount a working container's root file system (nosuid,nodev) and print where; ibuild umount keeps the changes as a layer",
 		ArgsUsage: "NAME",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "suid", Usage: "honour setuid and setgid bits under the mount (default: nosuid)"},
+			&cli.BoolFlag{Name: "dev", Usage: "let device nodes under the mount be opened (default: nodev)"},
+		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("mount needs one container", 2)
@@ -309,7 +313,7 @@ func mountCommand() *cli.Command {
 				return err
 			}
 			return withContainer(c, c.Args().First(), func(ctr *builder.Container) error {
-				p, err := ctr.Mount(c.Context)
+				p, err := ctr.Mount(c.Context, builder.MountOptions{Suid: c.Bool("suid"), Dev: c.Bool("dev")})
 				if err == nil {
 					fmt.Println(p)
 				}

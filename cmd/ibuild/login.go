@@ -17,6 +17,9 @@ import (
 var (
 	authfileFlag = &cli.StringFlag{Name: "authfile", Usage: "containers auth.json with registry credentials (default $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json)"}
 	certDirFlag  = &cli.StringFlag{Name: "cert-dir", Usage: "directory of *.crt CA certificates and client.cert/client.key used for the registry, instead of /etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST"}
+	// registryTimeoutFlag is pull's, push's and build's.
+	registryTimeoutFlag = &cli.DurationFlag{Name: "registry-timeout", Value: registry.DefaultTimeout,
+		Usage: "give up a registry request that moves no data for this long (then retry it a few times); 0: wait forever"}
 )
 
 // authConfig is where credentials are looked up, from the environment.
@@ -44,6 +47,11 @@ func connOptions(c *cli.Context) registry.Conn {
 	if c.IsSet("tls-verify") {
 		v := c.Bool("tls-verify")
 		conn.TLSVerify = &v
+	}
+	if c.IsSet("registry-timeout") {
+		if conn.Timeout = c.Duration("registry-timeout"); conn.Timeout <= 0 {
+			conn.Timeout = -1 // no limit
+		}
 	}
 	return conn
 }

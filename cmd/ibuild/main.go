@@ -149,7 +149,8 @@ func openStore(c *cli.Context) (*layers.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return layers.OpenStore(c.Context, root, layers.WithSnapshotter(c.String("storage-driver")))
+	return layers.OpenStore(c.Context, root, layers.WithSnapshotter(c.String("storage-driver")),
+		layers.WithWarnings(func(msg string) { fmt.Fprintln(os.Stderr, "ibuild: warning:", msg) }))
 }
 
 // tuneGC trades memory for time in a short-lived process: a fully cached

@@ -18,7 +18,7 @@ func pullCommand() *cli.Command {
 			&cli.StringFlag{Name: "platform", Usage: "platform to pull from an index: os/arch[/variant] (default: the host's)"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates"},
-			authfileFlag, certDirFlag,
+			authfileFlag, certDirFlag, registryTimeoutFlag,
 			&cli.StringFlag{Name: "policy", Value: registry.PullAlways, Usage: "always (re-resolve in the registry), missing or never"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
 			progressFlag,

@@ -19,7 +19,7 @@ func pushCommand() *cli.Command {
 			&cli.StringFlag{Name: "digestfile", Usage: "write the pushed manifest digest to this file"},
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates"},
-			authfileFlag, certDirFlag,
+			authfileFlag, certDirFlag, registryTimeoutFlag,
 			&cli.IntFlag{Name: "jobs", Value: 3, Usage: "blobs uploaded at once"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
 			progressFlag,

@@ -57,3 +57,35 @@ func TestBuildPushAndPull(t *testing.T) {
 		t.Fatalf("push of a local name without DEST: exit %d\n%s", code, errOut)
 	}
 }
+
+// TestRegistryTimeoutFlag pushes and pulls through a proxy that stops
+// responding: --registry-timeout bounds how long each request may move no
+// data, and after a few tries the command fails with a message naming the
+// registry and the blob or manifest.
+func TestRegistryTimeoutFlag(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out several timeouts")
+	}
+	reg := registrytest.Start(t)
+	px := registrytest.NewProxy(t, reg.Host)
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY hello /hello\n", "hello": "stalled\n"})
+	root := t.TempDir()
+	mustIbuild(t, root, "build", "-q", "-t", "stall:1", ctxDir)
+
+	px.StallEvery("PATCH /v2/cli/stall/blobs/uploads/", 1, 100)
+	_, errOut, code := ibuild(t, root, "", "push", "--registry-timeout", "500ms", "stall:1", px.Host+"/cli/stall:1")
+	if code == 0 || !strings.Contains(errOut, "registry "+px.Host+" stopped responding") || !strings.Contains(errOut, "blob sha256:") || !strings.Contains(errOut, "500ms") {
+		t.Errorf("push to a stalled registry: exit %d, want an error naming the registry and the blob:\n%s", code, errOut)
+	}
+	if n := px.StallEvery("", 0, 0); n < 2 {
+		t.Errorf("%d uploads stalled: the push was not retried", n)
+	}
+
+	mustIbuild(t, root, "push", "-q", "stall:1", reg.Host+"/cli/stall:1")
+	px.StallEvery("GET /v2/cli/stall/manifests/", 1, 100)
+	_, errOut, code = ibuild(t, t.TempDir(), "", "pull", "--registry-timeout", "500ms", px.Host+"/cli/stall:1")
+	if code == 0 || !strings.Contains(errOut, "registry "+px.Host+" stopped responding") || !strings.Contains(errOut, "manifest cli/stall:1") {
+		t.Errorf("pull from a stalled registry: exit %d, want an error naming the registry and the manifest:\n%s", code, errOut)
+	}
+	px.StallEvery("", 0, 0)
+}

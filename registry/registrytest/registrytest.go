@@ -1,7 +1,7 @@
 // Package registrytest starts registries for tests: Debian's
 // docker-registry (distribution v2) on a free 127.0.0.1 port, and a
-// reverse proxy in front of one that counts requests, can corrupt blobs,
-// fail or drop requests, and slow blob transfers down. It is for tests
+// reverse proxy in front of one that counts requests and can corrupt,
+// fail, drop or stall them, and slow blob transfers down. It is for tests
 // only.
 package registrytest
 
@@ -217,13 +217,25 @@ type Proxy struct {
 	served int64
 	// sent and received count every request and response body byte.
 	sent, received int64
+	// stall* select requests that get no answer (see StallEvery); stop
+	// ends every stall when the test ends.
+	stallMatch string
+	stallEvery int
+	stallMax   int
+	stallReqs  int
+	stalled    int
+	stop       chan struct{}
 }
+
+// stallLimit bounds how long a stalled request hangs when neither its
+// client nor the end of the test ends it.
+const stallLimit = 2 * time.Minute
 
 // NewProxy serves target (host:port, plain HTTP) on a new 127.0.0.1 port
 // until the test ends.
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	p := &Proxy{corrupt: map[string]bool{}}
+	p := &Proxy{corrupt: map[string]bool{}, stop: make(chan struct{})}
 	u := &url.URL{Scheme: "http", Host: target}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.ModifyResponse = func(resp *http.Response) error {
@@ -279,7 +291,19 @@ func NewProxy(t testing.TB, target string) *Proxy {
 				p.dropped++
 			}
 		}
+		stall := false
+		if p.stallEvery > 0 && strings.Contains(r.Method+" "+r.URL.Path, p.stallMatch) {
+			p.stallReqs++
+			stall = p.stallReqs%p.stallEvery == 0 && p.stalled < p.stallMax
+			if stall {
+				p.stalled++
+			}
+		}
 		p.mu.Unlock()
+		if stall {
+			stallConn(w, r, u, p.stop)
+			return
+		}
 		if drop && !fail {
 			dropConn(w, r, u)
 			return
@@ -312,8 +336,64 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		rp.ServeHTTP(&countingWriter{ResponseWriter: w, p: p}, r)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(p.stop) }) // runs first: no handler keeps srv.Close waiting
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
 	return p
+}
+
+// stallConn serves r by going silent, as a registry that was stopped
+// (SIGSTOP) or lost its network would: of a GET, the full headers and
+// half of the body (at least one byte) are sent; of a request with a
+// body, up to half of it is read; then nothing more is sent or read until
+// the client gives up, the test ends or stallLimit passes.
+func stallConn(w http.ResponseWriter, r *http.Request, target *url.URL, stop <-chan struct{}) {
+	if r.Method == http.MethodGet {
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
+		resp, err := http.DefaultTransport.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && resp.ContentLength >= 2 {
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(http.StatusOK)
+			io.CopyN(w, resp.Body, resp.ContentLength/2)
+			w.(http.Flusher).Flush()
+		}
+	} else if r.Body != nil {
+		n := r.ContentLength / 2
+		if n <= 0 {
+			n = 32 << 10
+		}
+		io.CopyN(io.Discard, r.Body, n)
+	}
+	t := time.NewTimer(stallLimit)
+	defer t.Stop()
+	select {
+	case <-r.Context().Done():
+	case <-stop:
+	case <-t.C:
+	}
+}
+
+// StallEvery makes the proxy stop responding to every nth request whose
+// "METHOD /path" contains match (e.g. "PATCH /v2/app/blobs/uploads/",
+// "GET /v2/app/blobs/"), until max requests have stalled; n = 0 stops
+// it. A stalled GET gets its headers and half of its body, a stalled
+// upload has half of its body read; then the proxy neither sends nor
+// reads until the client gives up (see stallConn). It returns how many
+// requests stalled since the previous call.
+func (p *Proxy) StallEvery(match string, n, max int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	stalled := p.stalled
+	p.stallMatch, p.stallEvery, p.stallMax, p.stallReqs, p.stalled = match, n, max, 0, 0
+	return stalled
 }
 
 // dropConn serves r by breaking its connection: a GET is forwarded to

@@ -518,10 +518,9 @@ func (m *mountImage) ConfigLayer() (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if m.from == nil {
-		return namedLayer{l}, nil
-	}
-	return &remote.MountableLayer{Layer: namedLayer{l}, Reference: m.from}, nil
+	// As a layer: mountable from its own source (a list entry's) or from,
+	// its bytes named for a stall's error.
+	return mountable(l, m.from, m.dest), nil
 }
 
 // mountIndex is an index whose images are mountImages.

@@ -106,6 +106,10 @@ func (l *transferLayer) Compressed() (io.ReadCloser, error) {
 	return &sentReader{transferReader: newTransferReader(rc, Transfer{Ref: l.ref, Action: "push", Digest: d, Size: size}, l.report)}, nil
 }
 
+// blobDigest names the blob being sent, for a stalled upload's error
+// (see stallTransport).
+func (r *sentReader) blobDigest() string { return r.t.Digest.String() }
+
 // sentReader is a transferReader that reports a push finished when its
 // last byte was read.
 type sentReader struct {

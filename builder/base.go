@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
 )
@@ -276,7 +277,7 @@ type imageSource struct {
 }
 
 // imageSource resolves ref once per build and returns its root filesystem.
-func (b *build) imageSource(ctx context.Context, ref string, platform v1.Platform) (sourceFS, error) {
+func (b *build) imageSource(ctx context.Context, ref string, platform v1.Platform) (copier.Source, error) {
 	key := ref + "|" + PlatformString(platform)
 	b.mu.Lock()
 	src, ok := b.images[key]

@@ -23,6 +23,7 @@ import (
 	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/dockerfile"
 	"github.com/ibuild/ibuild/builder/graph"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
@@ -100,14 +101,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	} else if opts.DockerfileContent != nil {
 		besideDockerfile = "" // not read from a file: nothing beside it
 	}
-	cfs, err := openContext(opts.ContextDir, besideDockerfile, opts.IgnoreFile)
+	cfs, err := copier.OpenContext(opts.ContextDir, besideDockerfile, opts.IgnoreFile)
 	if err != nil {
 		return nil, err
 	}
 	if opts.contextID != "" {
-		cfs.id = opts.contextID
+		cfs.ID = opts.contextID
 	}
-	cache, err := newCacheSession(&opts, cfs.id)
+	cache, err := newCacheSession(&opts, cfs.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -472,7 +473,7 @@ type build struct {
 	opts      *Options
 	df        *dockerfile.Dockerfile
 	exp       *dockerfile.Expander
-	ctx       *contextFS
+	ctx       *copier.ContextFS
 	platform  v1.Platform
 	showPlat  bool
 	meta      *dockerfile.Vars
@@ -498,7 +499,7 @@ type build struct {
 	emulator emulatorCheck
 }
 
-func newBuild(ctx context.Context, opts *Options, dfPath string, data []byte, cfs *contextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
+func newBuild(ctx context.Context, opts *Options, dfPath string, data []byte, cfs *copier.ContextFS, platform v1.Platform, showPlat bool, warn func(string)) (*build, error) {
 	df, err := dockerfile.ParseContext(ctx, dfPath, data)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/ibuild/ibuild/builder/ctxhash"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -112,21 +113,21 @@ type otherIndex struct {
 
 // index is the digest index of the tree src: the build context's, a
 // named context's (each has its own), or for another tree a throwaway one.
-func (cs *cacheSession) index(src sourceFS) *ctxhash.Index {
-	c, ok := src.(*contextFS)
-	if !ok || c.id == "" || c.id == cs.mainID {
+func (cs *cacheSession) index(src copier.Source) *ctxhash.Index {
+	c, ok := src.(*copier.ContextFS)
+	if !ok || c.ID == "" || c.ID == cs.mainID {
 		return cs.idx
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if o, ok := cs.others[c.id]; ok {
+	if o, ok := cs.others[c.ID]; ok {
 		return o.idx
 	}
-	sum := sha256.Sum256([]byte(c.id))
+	sum := sha256.Sum256([]byte(c.ID))
 	p := filepath.Join(filepath.Dir(cs.idxPath), hex.EncodeToString(sum[:16]))
 	o := &otherIndex{idx: ctxhash.Load(p), path: p}
 	o.idx.Jobs = cs.idx.Jobs
-	cs.others[c.id] = o
+	cs.others[c.ID] = o
 	return o.idx
 }
 

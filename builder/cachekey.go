@@ -22,6 +22,7 @@ import (
 	"github.com/moby/patternmatcher"
 
 	"github.com/ibuild/ibuild/builder/ctxhash"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/sandbox"
 )
 
@@ -180,7 +181,7 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 		}
 		var local []string
 		for _, src := range c.SourcePaths {
-			if !isURL(src) {
+			if !copier.IsURL(src) {
 				local = append(local, src)
 				continue
 			}
@@ -261,19 +262,19 @@ type srcEntry struct {
 // symlink's target, a regular file's content digest (from the context's
 // digest index), hard links, and, with SOURCE_DATE_EPOCH, the clamped
 // mtime. A missing source adds a marker; the step reports the error.
-func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix string, from sourceFS, srcs []string, parents bool, exclude *patternmatcher.PatternMatcher) error {
+func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix string, from copier.Source, srcs []string, parents bool, exclude *patternmatcher.PatternMatcher) error {
 	w := &srcWalk{from: from, exclude: exclude, links: map[[2]uint64]string{}, epoch: s.b.opts.SourceDateEpoch != nil}
 	if w.epoch {
 		w.epochNs = s.b.opts.SourceDateEpoch.UnixNano()
 	}
 	var matches []string
 	for _, src := range srcs {
-		pattern, _ := splitParents(src, parents)
-		if !hasGlob(pattern) {
+		pattern, _ := copier.SplitParents(src, parents)
+		if !copier.HasGlob(pattern) {
 			matches = append(matches, pattern)
 			continue
 		}
-		m, err := globSources(from, pattern)
+		m, err := copier.Glob(from, pattern)
 		if err != nil {
 			return err
 		}
@@ -315,7 +316,7 @@ func (s *stageRun) sourceInputs(ctx context.Context, k *keyBuilder, prefix strin
 }
 
 type srcWalk struct {
-	from    sourceFS
+	from    copier.Source
 	exclude *patternmatcher.PatternMatcher
 	links   map[[2]uint64]string
 	epoch   bool
@@ -418,7 +419,7 @@ func (s *stageRun) historyPath() (string, error) {
 	if s.b.opts.dockerfileHost != "" {
 		abs = s.b.df.Path // in a fetched context: its path there
 	}
-	id := sha256.Sum256([]byte(fmt.Sprintf("stage\x00%s\x00%s\x00%s\x00%d", s.b.ctx.id, abs,
+	id := sha256.Sum256([]byte(fmt.Sprintf("stage\x00%s\x00%s\x00%s\x00%d", s.b.ctx.ID, abs,
 		PlatformString(s.platform), s.index)))
 	return filepath.Join(dir, hex.EncodeToString(id[:16])+".json"), nil
 }
@@ -602,9 +603,9 @@ func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (strin
 	}
 	sum := sha256.Sum256([]byte(rawURL))
 	vpath := filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
-	var prev *urlValidators
+	var prev *copier.URLValidators
 	if b, err := os.ReadFile(vpath); err == nil {
-		var v urlValidators
+		var v copier.URLValidators
 		if json.Unmarshal(b, &v) == nil && v.Digest != "" && (v.ETag != "" || v.LastModified != "") {
 			prev = &v
 		}
@@ -614,20 +615,20 @@ func (s *stageRun) urlInput(ctx context.Context, rawURL, checksum string) (strin
 			return "", err
 		}
 	}
-	f, err := fetchURLIf(ctx, s.b.opts.HTTPClient, rawURL, "", s.stepTmp, prev)
+	f, err := copier.FetchURLIf(ctx, s.b.opts.HTTPClient, rawURL, "", s.stepTmp, prev)
 	if err != nil {
 		return "", err
 	}
-	v := urlValidators{}
-	if f.notModified {
+	v := copier.URLValidators{}
+	if f.NotModified {
 		v = *prev
 	} else {
-		v = urlValidators{ETag: f.etag, LastModified: f.lastModified, Digest: f.checksum, Name: f.name}
-		if f.lastModified != "" {
-			v.ModTime = f.modTime.Unix()
+		v = copier.URLValidators{ETag: f.ETag, LastModified: f.LastModified, Digest: f.Checksum, Name: f.Name}
+		if f.LastModified != "" {
+			v.ModTime = f.ModTime.Unix()
 		}
 		if s.prefetched == nil {
-			s.prefetched = map[string]*fetched{}
+			s.prefetched = map[string]*copier.Fetched{}
 		}
 		s.prefetched[rawURL] = f
 		if v.ETag != "" || v.LastModified != "" {

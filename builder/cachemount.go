@@ -16,6 +16,7 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -39,7 +40,7 @@ import (
 // source=, U) is used by one step at a time: sharing=shared waits as
 // locked does, so no step can swap a path for a symlink meanwhile, and an
 // overlay's upper directory is never in two mounts at once.
-func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *runMounts, scratch string, chown bool, user owner) (*sandbox.Mount, error) {
+func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *runMounts, scratch string, chown bool, user copier.Owner) (*sandbox.Mount, error) {
 	id := m.CacheID
 	if id == "" {
 		id = m.Target
@@ -146,7 +147,7 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 			return nil, fmt.Errorf("cache %s: %w", id, err)
 		}
 	}
-	if err := newSeededCache(dir, from, mkdirCache, mode, owner{int(uid), int(gid)}); err != nil {
+	if err := newSeededCache(dir, from, mkdirCache, mode, copier.Owner{UID: int(uid), GID: int(gid)}); err != nil {
 		return nil, fmt.Errorf("cache %s from %s: %w", id, m.From, err)
 	}
 	view := layers.NewRootFS(append(append([]string(nil), from.dirs...), upper))
@@ -241,7 +242,7 @@ func seededLayout(tmp string, from *fromTree) (string, error) {
 		}
 	}
 	if fi, host, err := from.rootfs.Lstat("/"); err == nil {
-		uid, gid := statOwner(fi, host)
+		uid, gid := copier.StatOwner(fi, host)
 		if err := os.Chown(upper, uid, gid); err != nil {
 			return "", err
 		}
@@ -255,7 +256,7 @@ func seededLayout(tmp string, from *fromTree) (string, error) {
 // with mkdirCache a /cache directory with mode and o where the tree has
 // none. It is made under a temporary name and renamed into place, so an
 // interrupted start leaves no half-made instance.
-func newSeededCache(dir string, from *fromTree, mkdirCache bool, mode uint64, o owner) error {
+func newSeededCache(dir string, from *fromTree, mkdirCache bool, mode uint64, o copier.Owner) error {
 	if _, err := os.Lstat(dir); err == nil {
 		return nil
 	}

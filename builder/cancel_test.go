@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 )
 
 // stopsOnCancel runs f with a context cancelled 100ms later and expects f
@@ -92,8 +93,8 @@ func TestCopyStopsOnCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer zero.Close()
-	l := newLayerDir(t.TempDir(), nil, time.Now())
+	l := copier.NewLayerDir(t.TempDir(), nil, time.Now())
 	stopsOnCancel(t, "copying /dev/zero", func(ctx context.Context) error {
-		return l.writeFile(ctx, "/zero", zero, 0o644, owner{}, time.Now())
+		return l.WriteFile(ctx, "/zero", zero, 0o644, copier.Owner{}, time.Now())
 	})
 }

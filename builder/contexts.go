@@ -17,6 +17,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/ibuild/ibuild/builder/ctxfetch"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 )
 
@@ -30,7 +31,7 @@ const keepGitDirArg = "BUILDKIT_CONTEXT_KEEP_GIT_DIR"
 type namedContext struct {
 	// name is the normalized name (see contextKey); value as given.
 	name, value string
-	tree        *contextFS
+	tree        *copier.ContextFS
 	// image is a reference resolveImage takes.
 	image string
 }
@@ -184,12 +185,12 @@ func (o *Options) dockerfileInContext(dir string) error {
 			return errors.New("no Dockerfile or Containerfile at the root of the build context (use -f to name one inside it)")
 		}
 	}
-	c := &contextFS{root: dir}
+	c := &copier.ContextFS{Root: dir}
 	rp, err := c.Resolve("/" + rel)
 	if err != nil {
 		return fmt.Errorf("Dockerfile %s: %w", rel, err)
 	}
-	o.dockerfileHost = c.host(rp)
+	o.dockerfileHost = c.Host(rp)
 	o.Dockerfile = path.Clean(rel)
 	return nil
 }
@@ -240,12 +241,12 @@ func openNamedContext(ctx context.Context, n, v string, opts *Options, fopts ctx
 		}
 		dir = f.Dir
 	}
-	tree, err := openContext(dir, "", "")
+	tree, err := copier.OpenContext(dir, "", "")
 	if err != nil {
 		return nil, f, err
 	}
 	if f != nil {
-		tree.id = f.ID
+		tree.ID = f.ID
 	}
 	nc.tree = tree
 	return nc, f, nil

@@ -9,26 +9,28 @@ import (
 	"path"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/ibuild/ibuild/builder/internal/copier"
 )
 
 // add runs ADD: as COPY from the build context, plus local tar archives
 // (plain, gzip, bzip2, xz, zstd) extracted into the destination and
 // http(s) URLs downloaded (verified with --checksum when given).
 func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
-	spec := &copySpec{instr: "ADD", link: c.Link, unpack: true}
+	spec := &copier.Spec{Instr: "ADD", Link: c.Link, Unpack: true}
 	if c.Unpack != nil {
-		spec.unpack = *c.Unpack
+		spec.Unpack = *c.Unpack
 	}
 	if err := s.fillSpec(ctx, spec, &c.SourcesAndDest, c.Chown, c.Chmod, c.ExcludePatterns); err != nil {
 		return err
 	}
 	var local []string
 	var urls []string
-	for _, src := range spec.srcs {
+	for _, src := range spec.Srcs {
 		switch {
-		case isGitURL(src):
+		case copier.IsGitURL(src):
 			return fmt.Errorf("ADD of a git repository (%s) is not supported; clone it into the build context instead", src)
-		case isURL(src):
+		case copier.IsURL(src):
 			urls = append(urls, src)
 		default:
 			local = append(local, src)
@@ -37,7 +39,7 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if c.Checksum != "" && (len(urls) != 1 || len(local) > 0) {
 		return fmt.Errorf("--checksum needs exactly one http(s) source")
 	}
-	spec.srcs = local
+	spec.Srcs = local
 	if len(urls) == 0 {
 		return s.commitCopy(ctx, spec, cmdText(c))
 	}
@@ -54,36 +56,36 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	for _, u := range urls {
 		f := s.prefetched[u]
 		if f == nil {
-			if f, err = fetchURL(ctx, s.b.opts.HTTPClient, u, c.Checksum, dir); err != nil {
+			if f, err = copier.FetchURL(ctx, s.b.opts.HTTPClient, u, c.Checksum, dir); err != nil {
 				return err
 			}
 		}
-		s.b.recordURL(u, f.checksum)
-		if err := os.Chmod(f.path, 0o600); err != nil {
+		s.b.recordURL(u, f.Checksum)
+		if err := os.Chmod(f.Path, 0o600); err != nil {
 			return err
 		}
-		if err := os.Chtimes(f.path, f.modTime, f.modTime); err != nil {
+		if err := os.Chtimes(f.Path, f.ModTime, f.ModTime); err != nil {
 			return err
 		}
-		name := f.name
+		name := f.Name
 		if name == "" {
 			// Only a destination with a file name can take it.
-			err := noFileName(u, spec.dest)
+			err := noFileName(u, spec.Dest)
 			if len(urls) > 1 {
 				return err
 			}
 			name = "download"
-			spec.nameless = map[string]error{"/" + name: err}
+			spec.Nameless = map[string]error{"/" + name: err}
 		}
 		if _, dup := dl.files["/"+name]; !dup {
 			names = append(names, "/"+name)
 		}
-		dl.files["/"+name] = f.path
+		dl.files["/"+name] = f.Path
 	}
 	// URL sources are not extracted (docker's rule) and keep their remote
 	// name; they are copied from a small tree of the downloads.
-	spec.srcs = names
-	spec.from, spec.fromName, spec.unpack = dl, "download", false
+	spec.Srcs = names
+	spec.From, spec.FromName, spec.Unpack = dl, "download", false
 	return s.commitCopy(ctx, spec, cmdText(c))
 }
 
@@ -92,7 +94,7 @@ func (s *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 func noFileName(rawURL, dest string) error {
 	shown := rawURL
 	if u, err := url.Parse(rawURL); err == nil {
-		shown = redactURL(u)
+		shown = copier.RedactURL(u)
 	}
 	return fmt.Errorf("no file name can be derived from the URL %s (the last element of its path is \"..\"): give the destination a file name, e.g. %s",
 		shown, path.Join(dest, "NAME"))

@@ -11,13 +11,14 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/patternmatcher"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/layers"
 )
 
 // copyCmd runs COPY: files from the build context, a stage (--from=name or
 // index) or an image (--from=ref) into a new layer.
 func (s *stageRun) copyCmd(ctx context.Context, c *instructions.CopyCommand) error {
-	spec := &copySpec{instr: "COPY", link: c.Link, parents: c.Parents}
+	spec := &copier.Spec{Instr: "COPY", Link: c.Link, Parents: c.Parents}
 	if err := s.fillSpec(ctx, spec, &c.SourcesAndDest, c.Chown, c.Chmod, c.ExcludePatterns); err != nil {
 		return err
 	}
@@ -30,20 +31,20 @@ func (s *stageRun) copyCmd(ctx context.Context, c *instructions.CopyCommand) err
 		if err != nil {
 			return err
 		}
-		spec.from, spec.fromName = src, name
+		spec.From, spec.FromName = src, name
 	}
 	return s.commitCopy(ctx, spec, cmdText(c))
 }
 
 // fillSpec fills the parts COPY and ADD share.
-func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instructions.SourcesAndDest, chown, chmod string, exclude []string) error {
-	spec.from, spec.fromName = s.b.ctx, "build context"
-	spec.srcs = append([]string(nil), sd.SourcePaths...)
+func (s *stageRun) fillSpec(ctx context.Context, spec *copier.Spec, sd *instructions.SourcesAndDest, chown, chmod string, exclude []string) error {
+	spec.From, spec.FromName = s.b.ctx, "build context"
+	spec.Srcs = append([]string(nil), sd.SourcePaths...)
 	for _, sc := range sd.SourceContents {
-		spec.inline = append(spec.inline, inlineFile{name: path.Base(sc.Path), data: sc.Data})
+		spec.Inline = append(spec.Inline, copier.InlineFile{Name: path.Base(sc.Path), Data: sc.Data})
 	}
-	if len(spec.srcs)+len(spec.inline) == 0 {
-		return fmt.Errorf("%s needs at least one source", spec.instr)
+	if len(spec.Srcs)+len(spec.Inline) == 0 {
+		return fmt.Errorf("%s needs at least one source", spec.Instr)
 	}
 	dest := sd.DestPath
 	if dest == "" {
@@ -65,37 +66,37 @@ func (s *stageRun) fillSpec(ctx context.Context, spec *copySpec, sd *instruction
 	if dest != "/" && strings.HasSuffix(dest, "/.") {
 		dest = strings.TrimSuffix(dest, ".")
 	}
-	spec.dest = dest
-	mode, err := parseChmod(chmod)
+	spec.Dest = dest
+	mode, err := copier.ParseChmod(chmod)
 	if err != nil {
 		return err
 	}
-	spec.chmod = mode
+	spec.Chmod = mode
 	if chown != "" {
-		var files fileReader
+		var files copier.FileReader
 		if rootfs, err := s.c.RootFS(ctx); err == nil {
 			files = rootfs
 		} else {
 			return err
 		}
-		o, err := resolveOwner(chown, files)
+		o, err := copier.ResolveOwner(chown, files)
 		if err != nil {
 			return fmt.Errorf("--chown=%s: %w", chown, err)
 		}
-		spec.chown = &o
+		spec.Chown = &o
 	}
 	if len(exclude) > 0 {
 		pm, err := patternmatcher.New(exclude)
 		if err != nil {
 			return fmt.Errorf("--exclude: %w", err)
 		}
-		spec.exclude = pm
+		spec.Exclude = pm
 	}
 	return nil
 }
 
 // fromSource is the tree of a stage (by name or index) or of an image.
-func (s *stageRun) fromSource(ctx context.Context, from string) (sourceFS, string, error) {
+func (s *stageRun) fromSource(ctx context.Context, from string) (copier.Source, string, error) {
 	if nc := s.b.treeContext(from); nc != nil {
 		return nc.tree, "context " + nc.name, nil
 	}
@@ -131,9 +132,9 @@ func (s *stageRun) fromSource(ctx context.Context, from string) (sourceFS, strin
 }
 
 // commitCopy performs spec into a new layer and commits it.
-func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy string) error {
+func (s *stageRun) commitCopy(ctx context.Context, spec *copier.Spec, createdBy string) error {
 	var base *layers.RootFS
-	if !spec.link {
+	if !spec.Link {
 		rootfs, err := s.c.RootFS(ctx)
 		if err != nil {
 			return err
@@ -144,14 +145,14 @@ func (s *stageRun) commitCopy(ctx context.Context, spec *copySpec, createdBy str
 	if err != nil {
 		return err
 	}
-	l := newLayerDir(tmp, base, stepTime(s.b.opts.SourceDateEpoch))
-	l.epoch = s.b.opts.SourceDateEpoch
-	if spec.extract == nil {
-		spec.extract = func(ctx context.Context, l *layerDir, host, dir string, o *owner) error {
-			return extractArchive(ctx, l, host, dir, o, s.b.warn)
+	l := copier.NewLayerDir(tmp, base, copier.StepTime(s.b.opts.SourceDateEpoch))
+	l.Epoch = s.b.opts.SourceDateEpoch
+	if spec.Extract == nil {
+		spec.Extract = func(ctx context.Context, l *copier.LayerDir, host, dir string, o *copier.Owner) error {
+			return copier.ExtractArchive(ctx, l, host, dir, o, s.b.warn)
 		}
 	}
-	if err := copyInto(ctx, l, spec); err != nil {
+	if err := copier.Copy(ctx, l, spec); err != nil {
 		os.RemoveAll(tmp)
 		return err
 	}

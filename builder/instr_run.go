@@ -17,6 +17,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"golang.org/x/sys/unix"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
@@ -237,23 +238,23 @@ func (s *stageRun) runEnv() []string {
 // resolveRunUser resolves USER for a step: a name or uid, optionally with
 // a group; without a group, the user's primary group from /etc/passwd (0
 // for an unknown numeric uid); supplementary groups from /etc/group.
-func resolveRunUser(spec string, files fileReader) (uid, gid uint32, groups []uint32, err error) {
+func resolveRunUser(spec string, files copier.FileReader) (uid, gid uint32, groups []uint32, err error) {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	var name string
 	if n, err := strconv.ParseUint(userPart, 10, 32); err == nil {
 		uid = uint32(n)
-		if e, ok := lookupPasswd(files, "", int(n)); ok {
-			gid, name = uint32(e.gid), e.name
+		if e, ok := copier.LookupPasswd(files, "", int(n)); ok {
+			gid, name = uint32(e.GID), e.Name
 		}
 	} else {
-		e, ok := lookupPasswd(files, userPart, -1)
+		e, ok := copier.LookupPasswd(files, userPart, -1)
 		if !ok {
 			return 0, 0, nil, fmt.Errorf("unable to find user %s: no matching entries in passwd file", userPart)
 		}
-		uid, gid, name = uint32(e.uid), uint32(e.gid), e.name
+		uid, gid, name = uint32(e.UID), uint32(e.GID), e.Name
 	}
 	if hasGroup {
-		g, err := resolveGroup(groupPart, files)
+		g, err := copier.ResolveGroup(groupPart, files)
 		if err != nil {
 			return 0, 0, nil, err
 		}
@@ -272,13 +273,13 @@ func resolveRunUser(spec string, files fileReader) (uid, gid uint32, groups []ui
 }
 
 // supplementaryGroups lists the gids of /etc/group entries naming user.
-func supplementaryGroups(files fileReader, user string) []int {
+func supplementaryGroups(files copier.FileReader, user string) []int {
 	data, err := files.ReadFile("/etc/group")
 	if err != nil {
 		return nil
 	}
 	var out []int
-	scanColonFile(data, func(f []string) bool {
+	copier.ScanColonFile(data, func(f []string) bool {
 		if len(f) >= 4 {
 			for _, m := range strings.Split(f[3], ",") {
 				if strings.TrimSpace(m) == user {

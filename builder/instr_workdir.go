@@ -5,6 +5,8 @@ import (
 	"path"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/ibuild/ibuild/builder/internal/copier"
 )
 
 // workdir runs WORKDIR: a relative path is taken from the current one. The
@@ -39,16 +41,16 @@ func (s *stageRun) ensureDir(ctx context.Context, dir, createdBy string) (bool, 
 	if err != nil {
 		return false, err
 	}
-	resolved, err := resolveIn(dir, rootfs.Lstat)
+	resolved, err := copier.ResolveIn(dir, rootfs.Lstat)
 	if err != nil {
 		return false, err
 	}
 	if fi, _, err := rootfs.Lstat(resolved); err == nil && fi.IsDir() {
 		return false, nil
 	}
-	o := owner{}
+	o := copier.Owner{}
 	if u := s.c.imageConfig().User; u != "" {
-		if o, err = resolveOwner(u, rootfs); err != nil {
+		if o, err = copier.ResolveOwner(u, rootfs); err != nil {
 			return false, err
 		}
 	}
@@ -56,11 +58,11 @@ func (s *stageRun) ensureDir(ctx context.Context, dir, createdBy string) (bool, 
 	if err != nil {
 		return false, err
 	}
-	l := newLayerDir(tmp, rootfs, stepTime(s.b.opts.SourceDateEpoch))
-	if _, err := l.mkdirAll(resolved, o); err != nil {
+	l := copier.NewLayerDir(tmp, rootfs, copier.StepTime(s.b.opts.SourceDateEpoch))
+	if _, err := l.MkdirAll(resolved, o); err != nil {
 		return false, err
 	}
-	if err := l.finish(); err != nil {
+	if err := l.Finish(); err != nil {
 		return false, err
 	}
 	desc, err := s.c.addLayerDir(ctx, tmp, createdBy)

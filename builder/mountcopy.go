@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -24,7 +25,7 @@ import (
 // left out). With hardlink, regular files are hard-linked where possible
 // instead of copied: only for a copy nothing will change the files of
 // (a read-only mount, or one under a throwaway overlay).
-func copySourceTree(src sourceFS, p, dst string, hardlink bool) error {
+func copySourceTree(src copier.Source, p, dst string, hardlink bool) error {
 	fi, host, err := src.Lstat(p)
 	if err != nil {
 		return err
@@ -66,7 +67,7 @@ func copySourceTree(src sourceFS, p, dst string, hardlink bool) error {
 // itself, which for the build context changes the user's files on the
 // host; a copy gives the step the same view and leaves them alone. Writes
 // to it (rw) are discarded with the step's scratch directory.
-func ownedCopyMount(src sourceFS, p, scratch string, o owner, readOnly bool) (*sandbox.Mount, error) {
+func ownedCopyMount(src copier.Source, p, scratch string, o copier.Owner, readOnly bool) (*sandbox.Mount, error) {
 	dst := filepath.Join(scratch, "owned")
 	if err := copySourceTree(src, p, dst, false); err != nil {
 		return nil, fmt.Errorf("source %s: copy for U: %w", p, err)
@@ -83,7 +84,7 @@ func ownedCopyMount(src sourceFS, p, scratch string, o owner, readOnly bool) (*s
 
 // chownTree gives every entry of the host tree root (root included) the
 // owner o, without following symlinks.
-func chownTree(root string, o owner) error {
+func chownTree(root string, o copier.Owner) error {
 	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -97,13 +98,13 @@ func chownTree(root string, o owner) error {
 // an entry of a lower directory with another owner is copied up first,
 // with its parents, as the overlay itself copies up on chown (regular
 // files with their content; devices, sockets and pipes are refused).
-func chownUpper(view *layers.RootFS, upper, p string, o owner) error {
+func chownUpper(view *layers.RootFS, upper, p string, o copier.Owner) error {
 	fi, host, err := view.Lstat(p)
 	if err != nil {
 		return err
 	}
 	inUpper := host == upper || strings.HasPrefix(host, upper+string(filepath.Separator))
-	if uid, gid := statOwner(fi, host); uid != o.UID || gid != o.GID {
+	if uid, gid := copier.StatOwner(fi, host); uid != o.UID || gid != o.GID {
 		dst := filepath.Join(upper, filepath.FromSlash(p))
 		if !inUpper {
 			if err := copyUpParents(view, upper, path.Dir(p)); err != nil {
@@ -185,12 +186,12 @@ func copyUp(fi fs.FileInfo, host, dst string) error {
 	default:
 		return errors.New("a device, socket or pipe cannot be copied up")
 	}
-	uid, gid := statOwner(fi, host)
+	uid, gid := copier.StatOwner(fi, host)
 	if err := os.Lchown(dst, uid, gid); err != nil {
 		return err
 	}
 	if fi.IsDir() {
 		return nil // its mtime changes as entries are copied into it anyway
 	}
-	return setMtime(dst, fi.ModTime())
+	return copier.SetMtime(dst, fi.ModTime())
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
@@ -24,7 +25,7 @@ import (
 // setCommand fills the step's command, standard input and user (resolved
 // in files, the image's tree), and gives the step a HOME when the
 // environment has none.
-func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files fileReader) error {
+func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, files copier.FileReader) error {
 	spec.Args, spec.Stdin = s.runArgs(c)
 	caps, err := s.b.opts.capabilities()
 	if err != nil {
@@ -55,7 +56,7 @@ func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, fi
 // is the home directory of the first /etc/passwd entry of the step's uid
 // (as written there, even empty), or "/" when the image has no such entry
 // or no /etc/passwd. It is never written to the image config.
-func withHome(env []string, uid uint32, files fileReader) []string {
+func withHome(env []string, uid uint32, files copier.FileReader) []string {
 	out := make([]string, 0, len(env)+1)
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -68,8 +69,8 @@ func withHome(env []string, uid uint32, files fileReader) []string {
 		out = append(out, kv)
 	}
 	home := "/"
-	if e, ok := lookupPasswd(files, "", int(uid)); ok {
-		home = e.home
+	if e, ok := copier.LookupPasswd(files, "", int(uid)); ok {
+		home = e.Home
 	}
 	return append(out, "HOME="+home)
 }
@@ -104,7 +105,7 @@ func (s *stageRun) planMounts(ctx context.Context, c *instructions.RunCommand, s
 	if len(ms) == 0 {
 		return points, func() {}, nil
 	}
-	user := owner{UID: int(spec.UID), GID: int(spec.GID)}
+	user := copier.Owner{UID: int(spec.UID), GID: int(spec.GID)}
 	rm, err := s.prepareMounts(ctx, ms, s.b.df.RunMountExtras(c), user, rootfs, tmp)
 	if err != nil {
 		return nil, func() {}, err

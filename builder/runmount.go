@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -59,7 +60,7 @@ func (r *runMounts) close() {
 // targets are resolved in rootfs; tmp is the step's scratch directory,
 // removed after it. extras are the flags' buildah options (nil for none)
 // and user the step's uid and gid, which U gives a mount's source.
-func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, extras []dockerfile.MountExtras, user owner, rootfs *layers.RootFS, tmp string) (_ *runMounts, err error) {
+func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, extras []dockerfile.MountExtras, user copier.Owner, rootfs *layers.RootFS, tmp string) (_ *runMounts, err error) {
 	r := &runMounts{}
 	defer func() {
 		if err != nil {
@@ -142,7 +143,7 @@ func (s *stageRun) prepareMounts(ctx context.Context, ms []*instructions.Mount, 
 // possible) without the excluded files; rw puts a throwaway overlay over
 // it. With chown (buildah's U) the source is copied instead, and the copy
 // given to user, so neither the context nor a snapshot changes.
-func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch string, chown bool, user owner) (*sandbox.Mount, error) {
+func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch string, chown bool, user copier.Owner) (*sandbox.Mount, error) {
 	src := "/" + m.Source
 	cfs := s.b.ctx
 	if nc := s.b.treeContext(m.From); m.From != "" && nc != nil {
@@ -171,14 +172,14 @@ func (s *stageRun) bindMount(ctx context.Context, m *instructions.Mount, scratch
 	}
 	fi, host, err := cfs.Lstat(rp)
 	if err != nil {
-		return nil, fmt.Errorf("source %s: not found in the build context%s", path.Clean(src), cfs.label())
+		return nil, fmt.Errorf("source %s: not found in the build context%s", path.Clean(src), cfs.Label())
 	}
 	if chown && (fi.IsDir() || fi.Mode().IsRegular()) {
 		return ownedCopyMount(cfs, rp, scratch, user, m.ReadOnly)
 	}
 	switch {
 	case fi.IsDir():
-		if cfs.ignore != nil {
+		if cfs.Filtered() {
 			copyDir := filepath.Join(scratch, "context")
 			if err := copySourceTree(cfs, rp, copyDir, true); err != nil {
 				return nil, fmt.Errorf("source %s: %w", path.Clean(src), err)

@@ -13,6 +13,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
 )
@@ -59,7 +60,7 @@ type stageRun struct {
 	// stepTmp and prefetched hold ADD URL downloads made while computing
 	// the current step's key, for the step to use.
 	stepTmp    string
-	prefetched map[string]*fetched
+	prefetched map[string]*copier.Fetched
 
 	result     v1.Image
 	rootfsOnce sync.Once

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ibuild/ibuild/builder/attest"
 	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/builder/sandbox"
 	"github.com/ibuild/ibuild/layers"
@@ -59,7 +60,7 @@ func newOpsBuild(ctx context.Context, opts *Options, name, text, contextDir stri
 		defer os.RemoveAll(dir)
 		contextDir = dir
 	}
-	cfs, err := openContext(contextDir, "", "")
+	cfs, err := copier.OpenContext(contextDir, "", "")
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +244,7 @@ func (c *Container) Copy(ctx context.Context, o CopyOptions) error {
 	srcs := make([]string, 0, len(o.Sources)+1)
 	for _, src := range o.Sources {
 		switch {
-		case o.From != "", isURL(src):
+		case o.From != "", copier.IsURL(src):
 			srcs = append(srcs, src)
 		default:
 			// Host paths: the context is "/", so every path is reachable

@@ -1,4 +1,4 @@
-package builder
+package copier
 
 import (
 	"archive/tar"
@@ -108,10 +108,10 @@ func isArchive(hostPath string) bool {
 	return err == nil && ok
 }
 
-// extractArchive extracts the archive at hostPath into the resolved layer
+// ExtractArchive extracts the archive at hostPath into the resolved layer
 // directory destDir, confined to that directory. With o set, every
 // extracted entry is owned by it (ADD --chown).
-func extractArchive(ctx context.Context, l *layerDir, hostPath, destDir string, o *owner, warn func(string)) error {
+func ExtractArchive(ctx context.Context, l *LayerDir, hostPath, destDir string, o *Owner, warn func(string)) error {
 	rc, ok, err := openArchive(hostPath)
 	if err != nil {
 		return err
@@ -151,35 +151,35 @@ func extractArchive(ctx context.Context, l *layerDir, hostPath, destDir string, 
 		if d.IsDir() {
 			l.dirTimes[p] = fi.ModTime()
 		} else if !isLink {
-			return setMtime(p, fi.ModTime())
+			return SetMtime(p, fi.ModTime())
 		}
 		return nil
 	})
 	return err
 }
 
-// fetched is a downloaded ADD URL.
-type fetched struct {
-	path     string
-	name     string
-	modTime  time.Time
-	checksum string
-	// etag and lastModified are the server's validators; notModified is
+// Fetched is a downloaded ADD URL.
+type Fetched struct {
+	Path     string
+	Name     string
+	ModTime  time.Time
+	Checksum string
+	// ETag and LastModified are the server's validators; notModified is
 	// set when a conditional request found the content unchanged.
-	etag, lastModified string
-	notModified        bool
+	ETag, LastModified string
+	NotModified        bool
 }
 
-// fetchURL downloads rawURL into dir, verifying checksum ("sha256:<hex>")
+// FetchURL downloads rawURL into dir, verifying checksum ("sha256:<hex>")
 // when given. The file name is taken from Content-Disposition when present,
 // else from the URL's last path element, as docker does.
-func fetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir string) (*fetched, error) {
-	return fetchURLIf(ctx, client, rawURL, checksum, dir, nil)
+func FetchURL(ctx context.Context, client *http.Client, rawURL, checksum, dir string) (*Fetched, error) {
+	return FetchURLIf(ctx, client, rawURL, checksum, dir, nil)
 }
 
-// urlValidators are what a server said about a URL's content last time:
+// URLValidators are what a server said about a URL's content last time:
 // its validators (ETag, Last-Modified) and what the content was.
-type urlValidators struct {
+type URLValidators struct {
 	ETag         string `json:"etag,omitempty"`
 	LastModified string `json:"last_modified,omitempty"`
 	Digest       string `json:"digest"`
@@ -187,10 +187,10 @@ type urlValidators struct {
 	ModTime      int64  `json:"mtime"`
 }
 
-// fetchURLIf is fetchURL with a conditional request when prev has
-// validators: a 304 answer gives a fetched with notModified set and no
+// FetchURLIf is FetchURL with a conditional request when prev has
+// validators: a 304 answer gives a Fetched with NotModified set and no
 // file.
-func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir string, prev *urlValidators) (*fetched, error) {
+func FetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir string, prev *URLValidators) (*Fetched, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid URL %q: %w", rawURL, err)
@@ -212,14 +212,14 @@ func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir 
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", redactURL(u), err)
+		return nil, fmt.Errorf("download %s: %w", RedactURL(u), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified && prev != nil {
-		return &fetched{notModified: true, etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}, nil
+		return &Fetched{NotModified: true, ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}, nil
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, fmt.Errorf("download %s: server answered %s", redactURL(u), resp.Status)
+		return nil, fmt.Errorf("download %s: server answered %s", RedactURL(u), resp.Status)
 	}
 	f, err := os.CreateTemp(dir, "add-*")
 	if err != nil {
@@ -229,7 +229,7 @@ func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir 
 	if _, err := io.Copy(io.MultiWriter(f, h), resp.Body); err != nil {
 		f.Close()
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("download %s: %w", redactURL(u), err)
+		return nil, fmt.Errorf("download %s: %w", RedactURL(u), err)
 	}
 	if err := f.Close(); err != nil {
 		return nil, err
@@ -237,16 +237,16 @@ func fetchURLIf(ctx context.Context, client *http.Client, rawURL, checksum, dir 
 	sum := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	if checksum != "" && checksum != sum {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("checksum mismatch for %s: want %s, got %s", redactURL(u), checksum, sum)
+		return nil, fmt.Errorf("checksum mismatch for %s: want %s, got %s", RedactURL(u), checksum, sum)
 	}
-	out := &fetched{path: f.Name(), checksum: sum, modTime: time.Now(),
-		etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
+	out := &Fetched{Path: f.Name(), Checksum: sum, ModTime: time.Now(),
+		ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}
 	if lm := resp.Header.Get("Last-Modified"); lm != "" {
 		if t, err := http.ParseTime(lm); err == nil {
-			out.modTime = t
+			out.ModTime = t
 		}
 	}
-	out.name = downloadName(u, resp.Header.Get("Content-Disposition"))
+	out.Name = downloadName(u, resp.Header.Get("Content-Disposition"))
 	return out, nil
 }
 
@@ -274,19 +274,19 @@ func downloadName(u *url.URL, contentDisposition string) string {
 	}
 }
 
-// redactURL drops user info and query, which may hold credentials.
-func redactURL(u *url.URL) string {
+// RedactURL drops user info and query, which may hold credentials.
+func RedactURL(u *url.URL) string {
 	c := *u
 	c.User = nil
 	c.RawQuery = ""
 	return c.String()
 }
 
-func isURL(s string) bool {
+func IsURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
 
-func isGitURL(s string) bool {
+func IsGitURL(s string) bool {
 	return strings.HasPrefix(s, "git@") || strings.HasPrefix(s, "git://") ||
-		(isURL(s) && strings.Contains(s, ".git") && (strings.HasSuffix(s, ".git") || strings.Contains(s, ".git#")))
+		(IsURL(s) && strings.Contains(s, ".git") && (strings.HasSuffix(s, ".git") || strings.Contains(s, ".git#")))
 }

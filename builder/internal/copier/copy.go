@@ -1,4 +1,4 @@
-package builder
+package copier
 
 import (
 	"context"
@@ -17,42 +17,42 @@ import (
 	"github.com/ibuild/ibuild/layers"
 )
 
-// copySpec is one COPY or ADD, after expansion, with its sources resolved
+// Spec is one COPY or ADD, after expansion, with its sources resolved
 // to a tree.
-type copySpec struct {
-	// instr is "COPY" or "ADD", for messages.
-	instr string
-	from  sourceFS
-	// fromName names the source in messages ("build context", "stage build").
-	fromName string
-	srcs     []string
-	// inline are heredoc sources: name -> content.
-	inline []inlineFile
-	// dest is absolute in-image; a trailing "/" means a directory.
-	dest    string
-	chown   *owner
-	chmod   *fs.FileMode
-	link    bool
-	parents bool
-	exclude *patternmatcher.PatternMatcher
-	// unpack extracts local archives (ADD).
-	unpack bool
-	// extract is called for archive sources when unpack is set; it writes
+type Spec struct {
+	// Instr is "COPY" or "ADD", for messages.
+	Instr string
+	From  Source
+	// FromName names the source in messages ("build context", "stage build").
+	FromName string
+	Srcs     []string
+	// Inline are heredoc sources: name -> content.
+	Inline []InlineFile
+	// Dest is absolute in-image; a trailing "/" means a directory.
+	Dest    string
+	Chown   *Owner
+	Chmod   *fs.FileMode
+	Link    bool
+	Parents bool
+	Exclude *patternmatcher.PatternMatcher
+	// Unpack extracts local archives (ADD).
+	Unpack bool
+	// Extract is called for archive sources when unpack is set; it writes
 	// the archive's content into the layer at the resolved directory.
-	extract func(ctx context.Context, l *layerDir, hostPath, destDir string, o *owner) error
-	// nameless are sources without a file name of their own (an ADD URL
+	Extract func(ctx context.Context, l *LayerDir, hostPath, destDir string, o *Owner) error
+	// Nameless are sources without a file name of their own (an ADD URL
 	// whose path ends in ".."), with the error to give when the
 	// destination is a directory.
-	nameless map[string]error
+	Nameless map[string]error
 }
 
-type inlineFile struct {
-	name string
-	data string
+type InlineFile struct {
+	Name string
+	Data string
 }
 
-// parseChmod parses an octal --chmod value.
-func parseChmod(s string) (*fs.FileMode, error) {
+// ParseChmod parses an octal --chmod value.
+func ParseChmod(s string) (*fs.FileMode, error) {
 	if s == "" {
 		return nil, nil
 	}
@@ -73,33 +73,33 @@ func parseChmod(s string) (*fs.FileMode, error) {
 	return &m, nil
 }
 
-// copyInto performs spec into the layer l. As BuildKit does, each source
+// Copy performs spec into the layer l. As BuildKit does, each source
 // (and each match of a wildcard) is copied on its own, in order: a
 // destination without a trailing slash is a directory only when it is one
 // at that moment, so several files copied to /f leave the last one there,
 // and a wildcard matching nothing copies nothing. Sources from the context
 // or a stage go first, heredocs after. Directories the copy creates take
 // --chmod's permission bits.
-func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
-	slash := strings.HasSuffix(spec.dest, "/")
-	dest := path.Clean(spec.dest)
+func Copy(ctx context.Context, l *LayerDir, spec *Spec) error {
+	slash := strings.HasSuffix(spec.Dest, "/")
+	dest := path.Clean(spec.Dest)
 	destIsDir := func() bool { return slash || l.isDir(mustResolve(l, dest)) }
-	if spec.chmod != nil {
-		m := *spec.chmod & fs.ModePerm
+	if spec.Chmod != nil {
+		m := *spec.Chmod & fs.ModePerm
 		l.newDirMode = &m
 	}
-	defOwner := owner{}
-	if spec.chown != nil {
-		defOwner = *spec.chown
+	defOwner := Owner{}
+	if spec.Chown != nil {
+		defOwner = *spec.Chown
 	}
-	for _, src := range spec.srcs {
+	for _, src := range spec.Srcs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		pattern, pivot := splitParents(src, spec.parents)
+		pattern, pivot := SplitParents(src, spec.Parents)
 		matches := []string{pattern}
-		if hasGlob(pattern) {
-			m, err := globSources(spec.from, pattern)
+		if HasGlob(pattern) {
+			m, err := Glob(spec.From, pattern)
 			if err != nil {
 				return err
 			}
@@ -111,46 +111,46 @@ func copyInto(ctx context.Context, l *layerDir, spec *copySpec) error {
 			}
 		}
 	}
-	for _, f := range spec.inline {
+	for _, f := range spec.Inline {
 		target := dest
 		if destIsDir() {
-			target = path.Join(dest, f.name)
+			target = path.Join(dest, f.Name)
 		}
-		if err := checkCopyName(spec, f.name, target); err != nil {
+		if err := checkCopyName(spec, f.Name, target); err != nil {
 			return err
 		}
-		dir, err := l.mkdirAll(path.Dir(target), defOwner)
+		dir, err := l.MkdirAll(path.Dir(target), defOwner)
 		if err != nil {
 			return err
 		}
 		mode := fs.FileMode(0o644)
-		if spec.chmod != nil {
-			mode = *spec.chmod
+		if spec.Chmod != nil {
+			mode = *spec.Chmod
 		}
-		if err := l.writeFile(ctx, path.Join(dir, path.Base(target)), strings.NewReader(f.data), mode, defOwner, l.now); err != nil {
+		if err := l.WriteFile(ctx, path.Join(dir, path.Base(target)), strings.NewReader(f.Data), mode, defOwner, l.now); err != nil {
 			return err
 		}
 	}
-	return l.finish()
+	return l.Finish()
 }
 
 // checkCopyName refuses to copy src (named as the user knows it) to the
 // in-image path dst when a component of dst starts with ".wh.": no layer
 // can carry such a name (see layers.WhiteoutNameError), and written
 // verbatim it would delete a file of the image instead.
-func checkCopyName(spec *copySpec, src, dst string) error {
+func checkCopyName(spec *Spec, src, dst string) error {
 	for _, c := range strings.Split(dst, "/") {
 		if layers.IsWhiteoutName(c) {
 			return fmt.Errorf("%s (in the %s): %w; rename it, or leave it out with .dockerignore or --exclude",
-				src, spec.fromName, &layers.WhiteoutNameError{Path: dst})
+				src, spec.FromName, &layers.WhiteoutNameError{Path: dst})
 		}
 	}
 	return nil
 }
 
-// splitParents returns the source pattern and, for --parents, the prefix
+// SplitParents returns the source pattern and, for --parents, the prefix
 // below which the source's path is kept ("/./" marks it; default "/").
-func splitParents(src string, parents bool) (string, string) {
+func SplitParents(src string, parents bool) (string, string) {
 	if !parents {
 		return path.Clean("/" + src), ""
 	}
@@ -160,7 +160,7 @@ func splitParents(src string, parents bool) (string, string) {
 	return path.Clean("/" + src), "/"
 }
 
-func mustResolve(l *layerDir, p string) string {
+func mustResolve(l *LayerDir, p string) string {
 	r, err := l.resolve(p)
 	if err != nil {
 		return p
@@ -168,19 +168,19 @@ func mustResolve(l *layerDir, p string) string {
 	return r
 }
 
-func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, dest string, destIsDir bool, defOwner owner) error {
+func copyOne(ctx context.Context, l *LayerDir, spec *Spec, match, pivot, dest string, destIsDir bool, defOwner Owner) error {
 	// The top-level source is followed when it is a symlink, as docker does.
-	rp, err := spec.from.Resolve(match)
+	rp, err := spec.From.Resolve(match)
 	if err != nil {
 		return err
 	}
-	fi, host, err := spec.from.Lstat(rp)
+	fi, host, err := spec.From.Lstat(rp)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			if spec.from.FromContext() {
+			if spec.From.FromContext() {
 				return fmt.Errorf("file not found in build context or excluded by .dockerignore: %s", strings.TrimPrefix(match, "/"))
 			}
-			return fmt.Errorf("%s not found in %s", match, spec.fromName)
+			return fmt.Errorf("%s not found in %s", match, spec.FromName)
 		}
 		return err
 	}
@@ -191,7 +191,7 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 			return err
 		}
 	} else if !fi.IsDir() && destIsDir {
-		if err := spec.nameless[match]; err != nil {
+		if err := spec.Nameless[match]; err != nil {
 			return err
 		}
 		target = path.Join(dest, path.Base(match))
@@ -200,22 +200,22 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 		return err
 	}
 	if fi.IsDir() {
-		dir, err := l.mkdirAll(target, defOwner)
+		dir, err := l.MkdirAll(target, defOwner)
 		if err != nil {
 			return err
 		}
 		return copyTree(ctx, l, spec, rp, dir, "")
 	}
-	if spec.unpack && fi.Mode().IsRegular() && isArchive(host) {
+	if spec.Unpack && fi.Mode().IsRegular() && isArchive(host) {
 		// ADD of a local archive: its content goes into the destination
 		// directory (ADD archive /dir/ and ADD archive /dir alike).
-		dir, err := l.mkdirAll(dest, defOwner)
+		dir, err := l.MkdirAll(dest, defOwner)
 		if err != nil {
 			return err
 		}
-		return spec.extract(ctx, l, host, dir, spec.chown)
+		return spec.Extract(ctx, l, host, dir, spec.Chown)
 	}
-	dir, err := l.mkdirAll(path.Dir(target), defOwner)
+	dir, err := l.MkdirAll(path.Dir(target), defOwner)
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func copyOne(ctx context.Context, l *layerDir, spec *copySpec, match, pivot, des
 // pivot and match (match itself too when it is a directory) that the
 // destination lacks, with their source directories' metadata, as
 // BuildKit's copy of the pivot filtered to match does.
-func copyParentDirs(l *layerDir, spec *copySpec, match, pivot, dest string, matchIsDir bool, defOwner owner) error {
+func copyParentDirs(l *LayerDir, spec *Spec, match, pivot, dest string, matchIsDir bool, defOwner Owner) error {
 	rel := strings.TrimPrefix(strings.TrimPrefix(match, pivot), "/")
 	comps := strings.Split(rel, "/")
 	if !matchIsDir {
@@ -241,11 +241,11 @@ func copyParentDirs(l *layerDir, spec *copySpec, match, pivot, dest string, matc
 		if l.isDir(mustResolve(l, dst)) {
 			continue
 		}
-		fi, host, err := spec.from.Lstat(src)
+		fi, host, err := spec.From.Lstat(src)
 		if err != nil || !fi.IsDir() {
 			continue // the copy itself reports it
 		}
-		r, err := l.mkdirAll(dst, defOwner)
+		r, err := l.MkdirAll(dst, defOwner)
 		if err != nil {
 			return err
 		}
@@ -259,11 +259,11 @@ func copyParentDirs(l *layerDir, spec *copySpec, match, pivot, dest string, matc
 // copyTree copies the contents of the source directory src into the
 // resolved layer directory dst. rel is src's path below the copied root,
 // for --exclude.
-func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel string) error {
+func copyTree(ctx context.Context, l *LayerDir, spec *Spec, src, dst, rel string) error {
 	// The copied root takes the destination's metadata (existing, or new
 	// as mkdirAll made it); directories below it take their source's.
 	if rel != "" {
-		fi, host, err := spec.from.Lstat(src)
+		fi, host, err := spec.From.Lstat(src)
 		if err != nil {
 			return err
 		}
@@ -271,7 +271,7 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 			return err
 		}
 	}
-	ents, err := spec.from.ReadDir(src)
+	ents, err := spec.From.ReadDir(src)
 	if err != nil {
 		return err
 	}
@@ -280,8 +280,8 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 			return err
 		}
 		childRel := path.Join(rel, e.Name())
-		if spec.exclude != nil {
-			if ex, _ := spec.exclude.MatchesOrParentMatches(childRel); ex {
+		if spec.Exclude != nil {
+			if ex, _ := spec.Exclude.MatchesOrParentMatches(childRel); ex {
 				continue
 			}
 		}
@@ -289,7 +289,7 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 		if err := checkCopyName(spec, strings.TrimPrefix(childSrc, "/"), path.Join(dst, e.Name())); err != nil {
 			return err
 		}
-		cfi, chost, err := spec.from.Lstat(childSrc)
+		cfi, chost, err := spec.From.Lstat(childSrc)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
@@ -321,11 +321,11 @@ func copyTree(ctx context.Context, l *layerDir, spec *copySpec, src, dst, rel st
 }
 
 // applyDirMeta gives the layer directory dst the metadata of source dir.
-func applyDirMeta(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
+func applyDirMeta(l *LayerDir, spec *Spec, fi fs.FileInfo, host, dst string) error {
 	o := ownerFor(spec, fi, host)
 	mode := fi.Mode()
-	if spec.chmod != nil {
-		mode = fs.ModeDir | *spec.chmod
+	if spec.Chmod != nil {
+		mode = fs.ModeDir | *spec.Chmod
 	}
 	h := l.host(dst)
 	if err := l.setMeta(h, mode, o, false); err != nil {
@@ -335,38 +335,38 @@ func applyDirMeta(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string)
 	return nil
 }
 
-// ownerFor is the in-image owner of a copied file: --chown if given, root
-// for the build context (as docker build), else the source's owner.
 // linkable reports whether the regular file fi may be hard-linked into
 // the layer instead of copied: it is a file of a snapshot (a stage or an
 // image, never the build context, which its owner may change), and the
 // copy keeps its mode, owner and mtime (no --chown, no --chmod, not newer
 // than SOURCE_DATE_EPOCH, which committing would clamp in place).
-func linkable(l *layerDir, spec *copySpec, fi fs.FileInfo) bool {
-	im, ok := spec.from.(interface{ Immutable() bool })
-	if !ok || !im.Immutable() || spec.chown != nil || spec.chmod != nil {
+func linkable(l *LayerDir, spec *Spec, fi fs.FileInfo) bool {
+	im, ok := spec.From.(interface{ Immutable() bool })
+	if !ok || !im.Immutable() || spec.Chown != nil || spec.Chmod != nil {
 		return false
 	}
-	return l.epoch == nil || !fi.ModTime().After(*l.epoch)
+	return l.Epoch == nil || !fi.ModTime().After(*l.Epoch)
 }
 
-func ownerFor(spec *copySpec, fi fs.FileInfo, host string) owner {
-	if spec.chown != nil {
-		return *spec.chown
+// ownerFor is the in-image owner of a copied file: --chown if given, root
+// for the build context (as docker build), else the source's owner.
+func ownerFor(spec *Spec, fi fs.FileInfo, host string) Owner {
+	if spec.Chown != nil {
+		return *spec.Chown
 	}
-	if spec.from.FromContext() {
-		return owner{}
+	if spec.From.FromContext() {
+		return Owner{}
 	}
-	uid, gid := statOwner(fi, host)
-	return owner{uid, gid}
+	uid, gid := StatOwner(fi, host)
+	return Owner{uid, gid}
 }
 
 // copyEntry copies one non-directory source to the resolved layer path dst.
-func copyEntry(ctx context.Context, l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string) error {
+func copyEntry(ctx context.Context, l *LayerDir, spec *Spec, fi fs.FileInfo, host, dst string) error {
 	o := ownerFor(spec, fi, host)
 	mode := fi.Mode()
-	if spec.chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
-		mode = *spec.chmod
+	if spec.Chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
+		mode = *spec.Chmod
 	}
 	st, _ := fi.Sys().(*syscall.Stat_t)
 	switch {
@@ -394,15 +394,15 @@ func copyEntry(ctx context.Context, l *layerDir, spec *copySpec, fi fs.FileInfo,
 			return err
 		}
 		defer f.Close()
-		return l.writeFile(ctx, dst, f, mode, o, fi.ModTime())
+		return l.WriteFile(ctx, dst, f, mode, o, fi.ModTime())
 	default:
 		return l.special(dst, fi, o)
 	}
 }
 
-// stepTime is the mtime for files a step creates: SOURCE_DATE_EPOCH when
+// StepTime is the mtime for files a step creates: SOURCE_DATE_EPOCH when
 // set, else now.
-func stepTime(epoch *time.Time) time.Time {
+func StepTime(epoch *time.Time) time.Time {
 	if epoch != nil {
 		return *epoch
 	}

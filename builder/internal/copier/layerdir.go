@@ -1,4 +1,4 @@
-package builder
+package copier
 
 import (
 	"context"
@@ -25,12 +25,12 @@ import (
 // writer reads it back; it never reaches a layer as an xattr.
 const ownerXattr = layers.OwnerXattr
 
-// layerDir is a fresh directory that becomes one layer. Paths given to its
+// LayerDir is a fresh directory that becomes one layer. Paths given to its
 // methods are absolute in-image paths; it resolves them against the image
 // (so a symlink in the image is followed inside the image, never onto the
 // host) and creates them in the layer directory without following any
 // symlink there.
-type layerDir struct {
+type LayerDir struct {
 	dir string
 	// base is the image below the layer; nil for scratch or COPY --link.
 	base *layers.RootFS
@@ -44,22 +44,22 @@ type layerDir struct {
 	// links maps a source (dev, inode) to the first layer path written
 	// from it, so hardlinks stay hardlinks.
 	links map[[2]uint64]string
-	// epoch is the build's SOURCE_DATE_EPOCH: a file newer than it is
+	// Epoch is the build's SOURCE_DATE_EPOCH: a file newer than it is
 	// never hard-linked from a snapshot (committing clamps its mtime).
-	epoch *time.Time
+	Epoch *time.Time
 	root  bool
 	// newDirMode, when set, is the mode of directories the step creates
 	// (COPY --chmod gives them its mode, as BuildKit does, except that
 	// the owner keeps rwx: an unprivileged build must still fill and
-	// read them); else 0755. It is applied by finish, deepest first.
+	// read them); else 0755. It is applied by Finish, deepest first.
 	newDirMode *fs.FileMode
 	// pendingModes are the directories made with newDirMode, and their
-	// owners, waiting for finish.
-	pendingModes map[string]owner
+	// owners, waiting for Finish.
+	pendingModes map[string]Owner
 }
 
-func newLayerDir(dir string, base *layers.RootFS, now time.Time) *layerDir {
-	return &layerDir{
+func NewLayerDir(dir string, base *layers.RootFS, now time.Time) *LayerDir {
+	return &LayerDir{
 		dir:      dir,
 		base:     base,
 		now:      now,
@@ -70,12 +70,12 @@ func newLayerDir(dir string, base *layers.RootFS, now time.Time) *layerDir {
 	}
 }
 
-func (l *layerDir) host(p string) string {
+func (l *LayerDir) host(p string) string {
 	return filepath.Join(l.dir, filepath.FromSlash(path.Clean("/"+p)))
 }
 
 // lstat describes p as the merged view (this layer over the image) has it.
-func (l *layerDir) lstat(p string) (fs.FileInfo, string, error) {
+func (l *LayerDir) lstat(p string) (fs.FileInfo, string, error) {
 	if fi, err := os.Lstat(l.host(p)); err == nil {
 		return fi, l.host(p), nil
 	}
@@ -86,27 +86,27 @@ func (l *layerDir) lstat(p string) (fs.FileInfo, string, error) {
 }
 
 // resolve follows symlinks in p within the merged view.
-func (l *layerDir) resolve(p string) (string, error) {
-	return resolveIn(p, l.lstat)
+func (l *LayerDir) resolve(p string) (string, error) {
+	return ResolveIn(p, l.lstat)
 }
 
 // isDir reports whether the in-image path p (resolved) is a directory.
-func (l *layerDir) isDir(p string) bool {
+func (l *LayerDir) isDir(p string) bool {
 	fi, _, err := l.lstat(p)
 	return err == nil && fi.IsDir()
 }
 
-// mkdirAll makes sure the directory p exists in the layer, resolving
+// MkdirAll makes sure the directory p exists in the layer, resolving
 // symlinks of the image on the way, and returns the resolved path. Parents
 // that exist in the image are copied into the layer with their metadata
 // (so the layer's tar carries them unchanged); new ones get mode 0755, the
 // owner o, and the step's time.
-func (l *layerDir) mkdirAll(p string, o owner) (string, error) {
+func (l *LayerDir) MkdirAll(p string, o Owner) (string, error) {
 	p = path.Clean("/" + p)
 	if r, ok := l.resolved[p]; ok {
 		return r, nil
 	}
-	parent, err := l.mkdirAll(path.Dir(p), o)
+	parent, err := l.MkdirAll(path.Dir(p), o)
 	if err != nil {
 		return "", err
 	}
@@ -118,7 +118,7 @@ func (l *layerDir) mkdirAll(p string, o owner) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		r, err = l.mkdirAll(r, o)
+		r, err = l.MkdirAll(r, o)
 		if err != nil {
 			return "", err
 		}
@@ -133,7 +133,7 @@ func (l *layerDir) mkdirAll(p string, o owner) (string, error) {
 }
 
 // ensureDir creates the resolved directory cand in the layer if missing.
-func (l *layerDir) ensureDir(cand string, o owner) error {
+func (l *LayerDir) ensureDir(cand string, o Owner) error {
 	h := l.host(cand)
 	if fi, err := os.Lstat(h); err == nil {
 		if !fi.IsDir() {
@@ -149,8 +149,8 @@ func (l *layerDir) ensureDir(cand string, o owner) error {
 			if err := os.Mkdir(h, 0o755); err != nil {
 				return err
 			}
-			uid, gid := statOwner(fi, bh)
-			if err := l.setMeta(h, fi.Mode(), owner{uid, gid}, false); err != nil {
+			uid, gid := StatOwner(fi, bh)
+			if err := l.setMeta(h, fi.Mode(), Owner{uid, gid}, false); err != nil {
 				return err
 			}
 			l.dirTimes[h] = fi.ModTime()
@@ -165,7 +165,7 @@ func (l *layerDir) ensureDir(cand string, o owner) error {
 	}
 	if l.newDirMode != nil {
 		if l.pendingModes == nil {
-			l.pendingModes = map[string]owner{}
+			l.pendingModes = map[string]Owner{}
 		}
 		l.pendingModes[h] = o
 	}
@@ -189,10 +189,10 @@ func clearTarget(h, p string) error {
 	return os.Remove(h)
 }
 
-// writeFile creates the regular file p (resolved parent) from r. It
+// WriteFile creates the regular file p (resolved parent) from r. It
 // copies 64 MiB at a time (in the kernel when r is a file), and stops
 // between two with ctx's error once ctx is done.
-func (l *layerDir) writeFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode, o owner, mtime time.Time) error {
+func (l *LayerDir) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode, o Owner, mtime time.Time) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {
 		return err
@@ -221,11 +221,11 @@ func (l *layerDir) writeFile(ctx context.Context, p string, r io.Reader, mode fs
 	if err := l.setMeta(h, mode, o, false); err != nil {
 		return err
 	}
-	return setMtime(h, mtime)
+	return SetMtime(h, mtime)
 }
 
 // symlink creates the symlink p -> target.
-func (l *layerDir) symlink(p, target string, o owner, mtime time.Time) error {
+func (l *LayerDir) symlink(p, target string, o Owner, mtime time.Time) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {
 		return err
@@ -236,15 +236,14 @@ func (l *layerDir) symlink(p, target string, o owner, mtime time.Time) error {
 	if err := l.setMeta(h, fs.ModeSymlink|0o777, o, true); err != nil {
 		return err
 	}
-	return setMtime(h, mtime)
+	return SetMtime(h, mtime)
 }
 
-// hardlink makes p a hardlink of the earlier written in-layer path first.
 // linkFrom makes the layer path p a hard link to host, a file of a
 // snapshot whose metadata (mode, owner, mtime) p keeps: no byte is
 // copied. It reports false when it cannot (another file system, too many
 // links), and the caller copies.
-func (l *layerDir) linkFrom(p, host string) (bool, error) {
+func (l *LayerDir) linkFrom(p, host string) (bool, error) {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {
 		return false, err
@@ -255,7 +254,8 @@ func (l *layerDir) linkFrom(p, host string) (bool, error) {
 	return true, nil
 }
 
-func (l *layerDir) hardlink(p, first string) error {
+// hardlink makes p a hardlink of the earlier written in-layer path first.
+func (l *LayerDir) hardlink(p, first string) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {
 		return err
@@ -264,7 +264,7 @@ func (l *layerDir) hardlink(p, first string) error {
 }
 
 // special creates a device node or fifo (as root only).
-func (l *layerDir) special(p string, fi fs.FileInfo, o owner) error {
+func (l *LayerDir) special(p string, fi fs.FileInfo, o Owner) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok || !l.root {
 		return fmt.Errorf("cannot copy special file %s: needs root", p)
@@ -279,11 +279,11 @@ func (l *layerDir) special(p string, fi fs.FileInfo, o owner) error {
 	if err := l.setMeta(h, fi.Mode(), o, false); err != nil {
 		return err
 	}
-	return setMtime(h, fi.ModTime())
+	return SetMtime(h, fi.ModTime())
 }
 
 // setMeta sets owner then mode (chown clears setuid bits, so mode last).
-func (l *layerDir) setMeta(h string, mode fs.FileMode, o owner, isLink bool) error {
+func (l *LayerDir) setMeta(h string, mode fs.FileMode, o Owner, isLink bool) error {
 	if l.root {
 		if err := os.Lchown(h, o.UID, o.GID); err != nil {
 			return err
@@ -307,13 +307,13 @@ func toSyscallMode(m fs.FileMode) fs.FileMode {
 	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 }
 
-func setMtime(h string, t time.Time) error {
+func SetMtime(h string, t time.Time) error {
 	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, h, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// finish applies directory mtimes, deepest first.
-func (l *layerDir) finish() error {
+// Finish applies directory mtimes, deepest first.
+func (l *LayerDir) Finish() error {
 	pending := make([]string, 0, len(l.pendingModes))
 	for d := range l.pendingModes {
 		pending = append(pending, d)
@@ -330,17 +330,17 @@ func (l *layerDir) finish() error {
 	}
 	sort.Slice(dirs, func(i, j int) bool { return strings.Count(dirs[i], "/") > strings.Count(dirs[j], "/") })
 	for _, d := range dirs {
-		if err := setMtime(d, l.dirTimes[d]); err != nil {
+		if err := SetMtime(d, l.dirTimes[d]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// statOwner returns the in-image owner of a file of a snapshot or context:
+// StatOwner returns the in-image owner of a file of a snapshot or context:
 // the recorded owner when an unprivileged extraction could not chown it,
 // else its real owner.
-func statOwner(fi fs.FileInfo, host string) (int, int) {
+func StatOwner(fi fs.FileInfo, host string) (int, int) {
 	buf := make([]byte, 64)
 	if n, err := unix.Lgetxattr(host, ownerXattr, buf); err == nil {
 		if u, g, ok := strings.Cut(string(buf[:n]), ":"); ok {

@@ -1,4 +1,4 @@
-package builder
+package copier
 
 import (
 	"bytes"
@@ -20,11 +20,11 @@ import (
 	"github.com/ibuild/ibuild/layers"
 )
 
-// sourceFS is a tree COPY and ADD read from: the build context, or the
+// Source is a tree COPY and ADD read from: the build context, or the
 // root filesystem of a stage or an image. Paths are absolute, slash
 // separated and relative to the tree's own root; nothing outside that root
 // is ever reached.
-type sourceFS interface {
+type Source interface {
 	// Lstat describes p without following a final symlink, and returns the
 	// host path to read it from. Absent or excluded paths give
 	// fs.ErrNotExist.
@@ -38,14 +38,14 @@ type sourceFS interface {
 	FromContext() bool
 }
 
-// contextFS is the build context directory, filtered by its ignore file
-// (.dockerignore, .containerignore; see openContext).
-type contextFS struct {
-	root string
-	// id names the context for the build cache's per-context state (the
+// ContextFS is the build context directory, filtered by its ignore file
+// (.dockerignore, .containerignore; see OpenContext).
+type ContextFS struct {
+	Root string
+	// ID names the context for the build cache's per-context state (the
 	// digest index, step histories): root, or a stable name for a fetched
 	// context (a git remote and subdir) whose root changes every build.
-	id string
+	ID string
 	// ignoreFile is the ignore file in use ("" for none), for messages.
 	ignoreFile string
 	ignore     *patternmatcher.PatternMatcher
@@ -63,7 +63,7 @@ type contextFS struct {
 	holds map[string]bool
 }
 
-// openContext opens the build context at dir, filtered by the first ignore
+// OpenContext opens the build context at dir, filtered by the first ignore
 // file that exists of:
 //
 //   - ignoreFile, when given (--ignorefile: it must exist);
@@ -74,7 +74,7 @@ type contextFS struct {
 //     buildah reads them (docker knows only .dockerignore). A symlink
 //     there is followed only inside the context: one pointing out of it
 //     counts as no file.
-func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
+func OpenContext(dir, dockerfilePath, ignoreFile string) (*ContextFS, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -86,7 +86,7 @@ func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("build context %s is not a directory", dir)
 	}
-	c := &contextFS{root: abs, id: abs, holds: map[string]bool{}}
+	c := &ContextFS{Root: abs, ID: abs, holds: map[string]bool{}}
 	if ignoreFile != "" {
 		data, err := dockerfile.ReadFile(ignoreFile)
 		if err != nil {
@@ -116,7 +116,7 @@ func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
 		if err != nil {
 			continue // a symlink loop: no file
 		}
-		h := c.host(rp)
+		h := c.Host(rp)
 		data, err := dockerfile.ReadFile(h)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			continue
@@ -133,7 +133,7 @@ func openContext(dir, dockerfilePath, ignoreFile string) (*contextFS, error) {
 }
 
 // setIgnore parses the ignore file f's content.
-func (c *contextFS) setIgnore(f string, data []byte) error {
+func (c *ContextFS) setIgnore(f string, data []byte) error {
 	patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
 	if err != nil {
 		return fmt.Errorf("%s: %w", f, err)
@@ -158,19 +158,19 @@ func (c *contextFS) setIgnore(f string, data []byte) error {
 	return nil
 }
 
-func (c *contextFS) FromContext() bool { return true }
+func (c *ContextFS) FromContext() bool { return true }
 
-// label is "" for the main context, and names a fetched or named one in
+// Label is "" for the main context, and names a fetched or named one in
 // messages.
-func (c *contextFS) label() string {
-	if c.id == c.root {
+func (c *ContextFS) Label() string {
+	if c.ID == c.Root {
 		return ""
 	}
-	return " (" + c.id + ")"
+	return " (" + c.ID + ")"
 }
 
 // excluded reports whether the in-context path p is excluded.
-func (c *contextFS) excluded(p string) bool {
+func (c *ContextFS) excluded(p string) bool {
 	if c.ignore == nil {
 		return false
 	}
@@ -184,8 +184,8 @@ func (c *contextFS) excluded(p string) bool {
 	return err == nil && m
 }
 
-func (c *contextFS) host(p string) string {
-	return filepath.Join(c.root, filepath.FromSlash(path.Clean("/"+p)))
+func (c *ContextFS) Host(p string) string {
+	return filepath.Join(c.Root, filepath.FromSlash(path.Clean("/"+p)))
 }
 
 // visible reports whether the in-context path p, a directory when dir is
@@ -193,7 +193,7 @@ func (c *contextFS) host(p string) string {
 // directory that holds a path a "!" pattern re-includes. An excluded
 // directory holding none is absent, as in the context docker's client
 // sends (an excluded "secret/" leaves no empty directory behind).
-func (c *contextFS) visible(p string, dir bool) bool {
+func (c *ContextFS) visible(p string, dir bool) bool {
 	if !c.excluded(p) {
 		return true
 	}
@@ -202,7 +202,7 @@ func (c *contextFS) visible(p string, dir bool) bool {
 
 // holdsIncluded reports whether the excluded directory p holds, at any
 // depth, a path that is not excluded. Symlinks are not followed.
-func (c *contextFS) holdsIncluded(p string) bool {
+func (c *ContextFS) holdsIncluded(p string) bool {
 	if !c.mayHoldExceptions(p) {
 		return false
 	}
@@ -212,7 +212,7 @@ func (c *contextFS) holdsIncluded(p string) bool {
 	if ok {
 		return v
 	}
-	ents, err := os.ReadDir(c.host(p))
+	ents, err := os.ReadDir(c.Host(p))
 	found := false
 	for _, e := range ents {
 		child := path.Join(p, e.Name())
@@ -234,7 +234,7 @@ func (c *contextFS) holdsIncluded(p string) bool {
 // paths a "!" pattern re-includes, so it must be looked into (BuildKit's
 // rule: when the "!" patterns are plain paths, only directories on the
 // way to one of them).
-func (c *contextFS) mayHoldExceptions(p string) bool {
+func (c *ContextFS) mayHoldExceptions(p string) bool {
 	if c.ignore == nil || !c.ignore.Exclusions() {
 		return false
 	}
@@ -250,10 +250,14 @@ func (c *contextFS) mayHoldExceptions(p string) bool {
 	return false
 }
 
+// Filtered reports whether an ignore file applies: a directory of the
+// context may then hold files a copy must leave out.
+func (c *ContextFS) Filtered() bool { return c.ignore != nil }
+
 // Lstat expects p's parent directories to be resolved (no symlink among
 // them), as the copy code guarantees: it does not check them.
-func (c *contextFS) Lstat(p string) (fs.FileInfo, string, error) {
-	h := c.host(p)
+func (c *ContextFS) Lstat(p string) (fs.FileInfo, string, error) {
+	h := c.Host(p)
 	fi, err := os.Lstat(h)
 	if err != nil {
 		return nil, "", err
@@ -264,8 +268,8 @@ func (c *contextFS) Lstat(p string) (fs.FileInfo, string, error) {
 	return fi, h, nil
 }
 
-func (c *contextFS) ReadDir(p string) ([]fs.DirEntry, error) {
-	ents, err := os.ReadDir(c.host(p))
+func (c *ContextFS) ReadDir(p string) ([]fs.DirEntry, error) {
+	ents, err := os.ReadDir(c.Host(p))
 	if err != nil {
 		return nil, err
 	}
@@ -278,25 +282,25 @@ func (c *contextFS) ReadDir(p string) ([]fs.DirEntry, error) {
 	return out, nil
 }
 
-func (c *contextFS) Resolve(p string) (string, error) {
-	return resolveIn(p, func(q string) (fs.FileInfo, string, error) {
-		h := c.host(q)
+func (c *ContextFS) Resolve(p string) (string, error) {
+	return ResolveIn(p, func(q string) (fs.FileInfo, string, error) {
+		h := c.Host(q)
 		fi, err := os.Lstat(h)
 		return fi, h, err
 	})
 }
 
-// resolveIn follows symlinks in p, treating the tree's root as "/".
-func resolveIn(p string, lstat layers.LstatFunc) (string, error) {
+// ResolveIn follows symlinks in p, treating the tree's root as "/".
+func ResolveIn(p string, lstat layers.LstatFunc) (string, error) {
 	return layers.ResolveIn(p, true, lstat)
 }
 
-// hasGlob reports whether p holds wildcard characters.
-func hasGlob(p string) bool { return strings.ContainsAny(p, "*?[") }
+// HasGlob reports whether p holds wildcard characters.
+func HasGlob(p string) bool { return strings.ContainsAny(p, "*?[") }
 
-// globSources returns the paths in src matching pattern (an absolute,
+// Glob returns the paths in src matching pattern (an absolute,
 // cleaned in-tree path that may hold wildcards in any component), sorted.
-func globSources(src sourceFS, pattern string) ([]string, error) {
+func Glob(src Source, pattern string) ([]string, error) {
 	comps := strings.Split(strings.Trim(pattern, "/"), "/")
 	matches := []string{"/"}
 	for _, comp := range comps {
@@ -312,7 +316,7 @@ func globSources(src sourceFS, pattern string) ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			if !hasGlob(comp) {
+			if !HasGlob(comp) {
 				if _, _, err := src.Lstat(path.Join(rdir, comp)); err == nil {
 					next = append(next, path.Join(dir, comp))
 				}

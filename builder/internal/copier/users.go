@@ -1,4 +1,4 @@
-package builder
+package copier
 
 import (
 	"bufio"
@@ -8,45 +8,45 @@ import (
 	"strings"
 )
 
-// owner is a numeric uid/gid pair as stored in a layer.
-type owner struct {
+// Owner is a numeric uid/gid pair as stored in a layer.
+type Owner struct {
 	UID, GID int
 }
 
-// fileReader reads a file of the image; nil means the image has no files
+// FileReader reads a file of the image; nil means the image has no files
 // (FROM scratch).
-type fileReader interface {
+type FileReader interface {
 	ReadFile(p string) ([]byte, error)
 }
 
-// resolveOwner resolves a --chown value, or the USER a WORKDIR is made
+// ResolveOwner resolves a --chown value, or the USER a WORKDIR is made
 // for, "user[:group]" (names or ids) against the image's /etc/passwd and
 // /etc/group, as BuildKit does for file operations: a user without a group
 // gets the user's primary group (a numeric user the same number); a user
 // name the image does not have (or an image without /etc/passwd) gives
 // 0:0, and an unknown group name leaves the user's group. (RUN resolves
-// USER strictly: resolveRunUser.)
-func resolveOwner(spec string, files fileReader) (owner, error) {
+// USER strictly: see the builder's resolveRunUser.)
+func ResolveOwner(spec string, files FileReader) (Owner, error) {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	if userPart == "" && !hasGroup {
-		return owner{}, fmt.Errorf("empty user")
+		return Owner{}, fmt.Errorf("empty user")
 	}
-	var o owner
+	var o Owner
 	uid, uidErr := strconv.Atoi(userPart)
 	switch {
 	case userPart == "":
 		o.UID = 0
 	case uidErr == nil:
 		if uid < 0 {
-			return owner{}, fmt.Errorf("invalid uid %q", userPart)
+			return Owner{}, fmt.Errorf("invalid uid %q", userPart)
 		}
 		// A numeric user without a group gets the same number as its
 		// group, without consulting /etc/passwd (BuildKit's rule).
 		o.UID = uid
 		o.GID = uid
 	default:
-		if e, ok := lookupPasswd(files, userPart, -1); ok {
-			o.UID, o.GID = e.uid, e.gid
+		if e, ok := LookupPasswd(files, userPart, -1); ok {
+			o.UID, o.GID = e.UID, e.GID
 		}
 	}
 	if !hasGroup {
@@ -54,7 +54,7 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 	}
 	if gid, err := strconv.Atoi(groupPart); err == nil {
 		if gid < 0 {
-			return owner{}, fmt.Errorf("invalid gid %q", groupPart)
+			return Owner{}, fmt.Errorf("invalid gid %q", groupPart)
 		}
 		o.GID = gid
 		return o, nil
@@ -68,8 +68,8 @@ func resolveOwner(spec string, files fileReader) (owner, error) {
 	return o, nil
 }
 
-// resolveGroup resolves a group name or id strictly, for RUN.
-func resolveGroup(group string, files fileReader) (int, error) {
+// ResolveGroup resolves a group name or id strictly, for RUN.
+func ResolveGroup(group string, files FileReader) (int, error) {
 	if gid, err := strconv.Atoi(group); err == nil {
 		if gid < 0 {
 			return 0, fmt.Errorf("invalid gid %q", group)
@@ -83,23 +83,23 @@ func resolveGroup(group string, files fileReader) (int, error) {
 	return g, nil
 }
 
-type passwdEntry struct {
-	name     string
-	uid, gid int
-	home     string
+type PasswdEntry struct {
+	Name     string
+	UID, GID int
+	Home     string
 }
 
-func lookupPasswd(files fileReader, name string, uid int) (passwdEntry, bool) {
+func LookupPasswd(files FileReader, name string, uid int) (PasswdEntry, bool) {
 	if files == nil {
-		return passwdEntry{}, false
+		return PasswdEntry{}, false
 	}
 	data, err := files.ReadFile("/etc/passwd")
 	if err != nil {
-		return passwdEntry{}, false
+		return PasswdEntry{}, false
 	}
-	var found passwdEntry
+	var found PasswdEntry
 	ok := false
-	scanColonFile(data, func(f []string) bool {
+	ScanColonFile(data, func(f []string) bool {
 		if len(f) < 4 {
 			return true
 		}
@@ -109,9 +109,9 @@ func lookupPasswd(files fileReader, name string, uid int) (passwdEntry, bool) {
 			return true
 		}
 		if (name != "" && f[0] == name) || (name == "" && u == uid) {
-			found = passwdEntry{name: f[0], uid: u, gid: g}
+			found = PasswdEntry{Name: f[0], UID: u, GID: g}
 			if len(f) > 5 {
-				found.home = f[5]
+				found.Home = f[5]
 			}
 			ok = true
 			return false
@@ -121,7 +121,7 @@ func lookupPasswd(files fileReader, name string, uid int) (passwdEntry, bool) {
 	return found, ok
 }
 
-func lookupGroup(files fileReader, name string) (int, bool) {
+func lookupGroup(files FileReader, name string) (int, bool) {
 	if files == nil {
 		return 0, false
 	}
@@ -130,7 +130,7 @@ func lookupGroup(files fileReader, name string) (int, bool) {
 		return 0, false
 	}
 	gid, ok := 0, false
-	scanColonFile(data, func(f []string) bool {
+	ScanColonFile(data, func(f []string) bool {
 		if len(f) >= 3 && f[0] == name {
 			if g, err := strconv.Atoi(f[2]); err == nil {
 				gid, ok = g, true
@@ -142,7 +142,7 @@ func lookupGroup(files fileReader, name string) (int, bool) {
 	return gid, ok
 }
 
-func scanColonFile(data []byte, fn func([]string) bool) {
+func ScanColonFile(data []byte, fn func([]string) bool) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())

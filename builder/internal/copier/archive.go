@@ -282,10 +282,12 @@ func RedactURL(u *url.URL) string {
 	return c.String()
 }
 
+// IsURL reports whether an ADD source is an http(s) URL.
 func IsURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
 
+// IsGitURL reports whether an ADD source names a git repository.
 func IsGitURL(s string) bool {
 	return strings.HasPrefix(s, "git@") || strings.HasPrefix(s, "git://") ||
 		(IsURL(s) && strings.Contains(s, ".git") && (strings.HasSuffix(s, ".git") || strings.Contains(s, ".git#")))

@@ -46,6 +46,7 @@ type Spec struct {
 	Nameless map[string]error
 }
 
+// InlineFile is a heredoc source of COPY or ADD: its name and content.
 type InlineFile struct {
 	Name string
 	Data string

@@ -58,6 +58,9 @@ type LayerDir struct {
 	pendingModes map[string]Owner
 }
 
+// NewLayerDir returns the layer directory dir (empty), over the image
+// base (nil for scratch or COPY --link); directories the step creates get
+// the mtime now.
 func NewLayerDir(dir string, base *layers.RootFS, now time.Time) *LayerDir {
 	return &LayerDir{
 		dir:      dir,
@@ -307,6 +310,8 @@ func toSyscallMode(m fs.FileMode) fs.FileMode {
 	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 }
 
+// SetMtime sets the access and modification times of the host path h to
+// t, without following a final symlink.
 func SetMtime(h string, t time.Time) error {
 	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, h, ts, unix.AT_SYMLINK_NOFOLLOW)

@@ -158,6 +158,7 @@ func (c *ContextFS) setIgnore(f string, data []byte) error {
 	return nil
 }
 
+// FromContext is true: files of a context land in images owned by root.
 func (c *ContextFS) FromContext() bool { return true }
 
 // Label is "" for the main context, and names a fetched or named one in
@@ -184,6 +185,8 @@ func (c *ContextFS) excluded(p string) bool {
 	return err == nil && m
 }
 
+// Host is the host path of the in-context path p, which it does not
+// resolve (see Resolve).
 func (c *ContextFS) Host(p string) string {
 	return filepath.Join(c.Root, filepath.FromSlash(path.Clean("/"+p)))
 }
@@ -268,6 +271,8 @@ func (c *ContextFS) Lstat(p string) (fs.FileInfo, string, error) {
 	return fi, h, nil
 }
 
+// ReadDir lists the context directory p, without the entries the ignore
+// file leaves out.
 func (c *ContextFS) ReadDir(p string) ([]fs.DirEntry, error) {
 	ents, err := os.ReadDir(c.Host(p))
 	if err != nil {
@@ -282,6 +287,8 @@ func (c *ContextFS) ReadDir(p string) ([]fs.DirEntry, error) {
 	return out, nil
 }
 
+// Resolve follows the symlinks of p inside the context, as if its root
+// were "/".
 func (c *ContextFS) Resolve(p string) (string, error) {
 	return ResolveIn(p, func(q string) (fs.FileInfo, string, error) {
 		h := c.Host(q)

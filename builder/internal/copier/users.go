@@ -83,12 +83,15 @@ func ResolveGroup(group string, files FileReader) (int, error) {
 	return g, nil
 }
 
+// PasswdEntry is a user of an image's /etc/passwd.
 type PasswdEntry struct {
 	Name     string
 	UID, GID int
 	Home     string
 }
 
+// LookupPasswd finds a user of the image's /etc/passwd by name, or by
+// uid when name is "".
 func LookupPasswd(files FileReader, name string, uid int) (PasswdEntry, bool) {
 	if files == nil {
 		return PasswdEntry{}, false
@@ -142,6 +145,9 @@ func lookupGroup(files FileReader, name string) (int, bool) {
 	return gid, ok
 }
 
+// ScanColonFile calls fn with the fields of each line of an
+// /etc/passwd-style file, skipping blank lines and comments, until fn
+// returns false.
 func ScanColonFile(data []byte, fn func([]string) bool) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {

@@ -74,10 +74,7 @@ func (s *stageRun) fromKey(base v1.Image) (*keyBuilder, error) {
 func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyBuilder, error) {
 	k := newKey()
 	k.add("parent", s.key.String())
-	if err := k.addJSON("instruction", struct {
-		Name string
-		Cmd  instructions.Command
-	}{cmd.Name(), cmd}); err != nil {
+	if err := k.addJSON("instruction", instructionInput(cmd)); err != nil {
 		return nil, err
 	}
 	switch c := cmd.(type) {
@@ -196,6 +193,22 @@ func (s *stageRun) stepKey(ctx context.Context, cmd instructions.Command) (*keyB
 		}
 	}
 	return k, nil
+}
+
+// instructionInput is what a step's key records of the instruction: its
+// name and parsed form. A RUN's FlagsUsed comes from a map in BuildKit's
+// parser, in random order; it is sorted, so that a RUN with two flags
+// (--mount and --network) keeps one key.
+func instructionInput(cmd instructions.Command) any {
+	if r, ok := cmd.(*instructions.RunCommand); ok && !slices.IsSorted(r.FlagsUsed) {
+		c := *r
+		c.FlagsUsed = slices.Sorted(slices.Values(r.FlagsUsed))
+		cmd = &c
+	}
+	return struct {
+		Name string
+		Cmd  instructions.Command
+	}{cmd.Name(), cmd}
 }
 
 // argInputs adds the stage's ARGs in scope, one input each. Predefined

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
 
 // TestCacheKeyGolden pins the build cache's keys: the same Dockerfile and
@@ -270,4 +271,26 @@ func exitZeroELF() []byte {
 	le.PutUint64(ph[40:], size)
 	le.PutUint64(ph[48:], 0x1000)
 	return append(b, code...)
+}
+
+// TestInstructionInputFlagOrder: BuildKit lists a RUN's flags in map
+// order; the key input must not depend on it.
+func TestInstructionInputFlagOrder(t *testing.T) {
+	a := &instructions.RunCommand{ShellDependantCmdLine: instructions.ShellDependantCmdLine{CmdLine: []string{"true"}}, FlagsUsed: []string{"mount", "network"}}
+	b := *a
+	b.FlagsUsed = []string{"network", "mount"}
+	ja, err := json.Marshal(instructionInput(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := json.Marshal(instructionInput(&b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(ja) != string(jb) {
+		t.Errorf("flag order changes the key input:\n%s\n%s", ja, jb)
+	}
+	if got := b.FlagsUsed; got[0] != "network" {
+		t.Errorf("the command was changed: %v", got)
+	}
 }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,51 +241,4 @@ func (cs *cacheSession) exportEntries(finals map[*stageRun]bool) []layers.CacheE
 		}
 	}
 	return out
-}
-
-// keyBuilder accumulates the inputs of a cache key. Each input is named,
-// so a miss can say which one changed (see stepInputs).
-type keyBuilder struct {
-	inputs map[string]string
-}
-
-func newKey() *keyBuilder { return &keyBuilder{inputs: map[string]string{}} }
-
-func (k *keyBuilder) add(name, value string) { k.inputs[name] = value }
-
-func (k *keyBuilder) addJSON(name string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("cache key: %w", err)
-	}
-	k.inputs[name] = string(b)
-	return nil
-}
-
-// sum is the key: SHA-256 over the sorted, length-prefixed inputs.
-func (k *keyBuilder) sum() v1.Hash {
-	names := make([]string, 0, len(k.inputs))
-	for n := range k.inputs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	h := sha256.New()
-	buf := []byte("ibuild-cache-v1\n")
-	for _, n := range names {
-		v := k.inputs[n]
-		buf = strconv.AppendInt(buf, int64(len(n)), 10)
-		buf = append(buf, ':')
-		buf = append(buf, n...)
-		buf = append(buf, '=')
-		buf = strconv.AppendInt(buf, int64(len(v)), 10)
-		buf = append(buf, ':')
-		buf = append(buf, v...)
-		buf = append(buf, '\n')
-		if len(buf) > 32<<10 {
-			h.Write(buf)
-			buf = buf[:0]
-		}
-	}
-	h.Write(buf)
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 }

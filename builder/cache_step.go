@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
+	"github.com/ibuild/ibuild/builder/internal/cachekey"
 	"github.com/ibuild/ibuild/layers"
 )
 
@@ -24,11 +25,11 @@ func (s *stageRun) startKey(base v1.Image) {
 	if err != nil {
 		return
 	}
-	s.key = k.sum()
+	s.key = k.Sum()
 	s.step = 1
 	if old, ok := s.history().Steps[1]; ok {
-		desc := k.inputs["base"]
-		if s.fromReason = fromMissReason(old, digestInputs(k), strings.TrimPrefix(desc, "image ")); s.fromReason == "" {
+		desc := k.Get("base")
+		if s.fromReason = cachekey.FromMissReason(old, k.Digests(), strings.TrimPrefix(desc, "image ")); s.fromReason == "" {
 			return // unchanged: nothing to write
 		}
 	}
@@ -76,7 +77,7 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 		s.key = v1.Hash{}
 		return false, "", s.dispatch(ctx, cmd)
 	}
-	key := k.sum()
+	key := k.Sum()
 	lookup := s.useCache()
 	if lookup {
 		release, err := cs.acquire(ctx, key)
@@ -128,25 +129,25 @@ func (s *stageRun) cachedStep(ctx context.Context, cmd instructions.Command) (ca
 // which also covers the image config: builds for other platforms, or of
 // other Dockerfiles, that made the same layer share it, and one of two
 // concurrent builds making it waits for the other.
-func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *keyBuilder) error {
+func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *cachekey.Key) error {
 	switch cmd.(type) {
 	case *instructions.CopyCommand, *instructions.AddCommand:
 	default:
 		return s.dispatch(ctx, cmd)
 	}
-	lk := newKey()
-	for n, v := range k.inputs {
+	lk := cachekey.New()
+	for n, v := range k.Inputs() {
 		switch {
 		case n == "parent":
 		case n == "instruction", n == "from", strings.HasPrefix(n, "src:"), strings.HasPrefix(n, "url:"):
-			lk.add(n, v)
+			lk.Add(n, v)
 		}
 	}
-	lk.add("kind", "layer")
-	lk.add("below", s.c.chainID())
-	lk.add("workdir", s.c.imageConfig().WorkingDir)
-	lk.add("options", s.b.cache.layerOptions)
-	key := lk.sum()
+	lk.Add("kind", "layer")
+	lk.Add("below", s.c.chainID())
+	lk.Add("workdir", s.c.imageConfig().WorkingDir)
+	lk.Add("options", s.b.cache.layerOptions)
+	key := lk.Sum()
 	cs := s.b.cache
 	release, err := cs.acquire(ctx, key)
 	if err != nil {
@@ -177,7 +178,7 @@ func (s *stageRun) runOrShare(ctx context.Context, cmd instructions.Command, k *
 }
 
 // finishMiss records the result of a step that ran, since mark.
-func (s *stageRun) finishMiss(ctx context.Context, k *keyBuilder, key v1.Hash, mark stepMark, reason string) (bool, string, error) {
+func (s *stageRun) finishMiss(ctx context.Context, k *cachekey.Key, key v1.Hash, mark stepMark, reason string) (bool, string, error) {
 	cs := s.b.cache
 	rec, layer, err := s.c.cacheRecord(mark)
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ibuild/ibuild/builder/internal/cachekey"
 )
 
 // TestKeySumGolden pins how a key's inputs become its digest.
@@ -29,11 +31,11 @@ func TestKeySumGolden(t *testing.T) {
 			return m
 		}()},
 	} {
-		k := newKey()
+		k := cachekey.New()
 		for n, v := range tc.inputs {
-			k.add(n, v)
+			k.Add(n, v)
 		}
-		fmt.Fprintf(&sb, "%s %s\n", tc.name, k.sum())
+		fmt.Fprintf(&sb, "%s %s\n", tc.name, k.Sum())
 	}
 	checkGolden(t, filepath.Join("testdata", "cachekey", "sum.golden"), sb.String())
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/ibuild/ibuild/builder/dockerfile"
+	"github.com/ibuild/ibuild/builder/internal/cachekey"
 	"github.com/ibuild/ibuild/builder/internal/copier"
 	"github.com/ibuild/ibuild/builder/progress"
 	"github.com/ibuild/ibuild/layers"
@@ -55,7 +56,7 @@ type stageRun struct {
 	fromReason string
 	// hist is the stage's step history (see history); histChanged says
 	// that steps of this build changed it.
-	hist        *stageHistory
+	hist        *cachekey.History
 	histChanged bool
 	// stepTmp and prefetched hold ADD URL downloads made while computing
 	// the current step's key, for the step to use.

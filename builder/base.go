@@ -154,7 +154,7 @@ func (b *build) servesPlatform(ctx context.Context, desc v1.Descriptor, platform
 		return true
 	}
 	for _, d := range im.Manifests {
-		if d.Platform != nil && !isIndex(d.MediaType) && matchPlatform(platform, *d.Platform) {
+		if d.Platform != nil && !isIndex(d.MediaType) && registry.MatchPlatform(platform, *d.Platform) {
 			_, err := idx.Image(d.Digest)
 			return err == nil
 		}
@@ -187,7 +187,7 @@ func checkPlatform(img v1.Image, want v1.Platform, ref string) error {
 	if have.OS == "" && have.Architecture == "" {
 		return nil
 	}
-	if !matchPlatform(want, have) {
+	if !registry.MatchPlatform(want, have) {
 		return fmt.Errorf("image %s is for %s, not the requested platform %s", ref, PlatformString(have), PlatformString(want))
 	}
 	return nil
@@ -205,7 +205,7 @@ func imageForPlatform(idx v1.ImageIndex, platform v1.Platform, ref string) (v1.I
 			continue
 		}
 		have = append(have, PlatformString(*d.Platform))
-		if matchPlatform(platform, *d.Platform) {
+		if registry.MatchPlatform(platform, *d.Platform) {
 			return idx.Image(d.Digest)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/containerd/platforms"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	specs "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // HostPlatform is the platform ibuild runs on, normalized as
@@ -80,17 +79,6 @@ func platformArgs(buildP, targetP v1.Platform) map[string]string {
 		"TARGETARCH":     targetP.Architecture,
 		"TARGETVARIANT":  variant(targetP),
 	}
-}
-
-// matchPlatform reports whether an image of platform have serves want.
-func matchPlatform(want, have v1.Platform) bool {
-	w := platforms.Normalize(toSpec(want))
-	h := platforms.Normalize(toSpec(have))
-	return platforms.NewMatcher(w).Match(h)
-}
-
-func toSpec(p v1.Platform) specs.Platform {
-	return specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
 }
 
 // indexEntry is an image added to a multi-platform index. Its descriptor

@@ -182,14 +182,10 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 func lockCache(ctx context.Context, base string, sharing instructions.ShareMode, exclusive bool) (string, func(), error) {
 	switch sharing {
 	case instructions.MountSharingShared, "":
-		kind := lockShared
-		if exclusive {
-			kind = lockExclusive
-		}
-		unlock, err := lockFile(ctx, base+".lock", kind, true)
+		unlock, err := layers.LockFile(ctx, base+".lock", exclusive)
 		return base, unlock, err
 	case instructions.MountSharingLocked:
-		unlock, err := lockFile(ctx, base+".lock", lockExclusive, true)
+		unlock, err := layers.LockFile(ctx, base+".lock", true)
 		return base, unlock, err
 	case instructions.MountSharingPrivate:
 		// The first instance no one else uses; a new one when all are.
@@ -198,8 +194,8 @@ func lockCache(ctx context.Context, base string, sharing instructions.ShareMode,
 			if n > 0 {
 				dir = base + "-" + strconv.Itoa(n)
 			}
-			unlock, err := lockFile(ctx, dir+".lock", lockExclusive, false)
-			if err != nil || unlock != nil {
+			unlock, ok, err := layers.TryLockFile(dir+".lock", true)
+			if err != nil || ok {
 				return dir, unlock, err
 			}
 		}

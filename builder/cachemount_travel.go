@@ -166,7 +166,7 @@ type mountMemo struct {
 // on the instance, unless its memo says the blob is up to date.
 func (cs *cacheSession) commitCacheMount(ctx context.Context, opts *Options, id, dir string, overlay bool) (layers.CacheMount, error) {
 	m := layers.CacheMount{ID: id, Instance: filepath.Base(dir), Overlay: overlay}
-	unlock, err := lockFile(ctx, dir+".lock", lockExclusive, true)
+	unlock, err := layers.LockFile(ctx, dir+".lock", true)
 	if err != nil {
 		return m, err
 	}

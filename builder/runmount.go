@@ -14,8 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
@@ -325,42 +323,6 @@ func cacheDirName(id string) string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	return strings.Trim(string(safe), "._") + "-" + hex.EncodeToString(sum[:6])
-}
-
-// Lock kinds for lockFile.
-const (
-	lockShared    = unix.LOCK_SH
-	lockExclusive = unix.LOCK_EX
-)
-
-// lockFile takes a flock of kind on file. With wait it polls until it
-// gets it or ctx ends; without, it returns a nil unlock when the lock is
-// held elsewhere.
-func lockFile(ctx context.Context, file string, kind int, wait bool) (func(), error) {
-	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), kind|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, err
-		}
-		if !wait {
-			f.Close()
-			return nil, nil
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // unixMode converts permission bits as chmod(2) takes them.

@@ -369,34 +369,6 @@ func wantNowhereInStore(t *testing.T, st *layers.Store, secret []byte) {
 	}
 }
 
-func TestLockFile(t *testing.T) {
-	ctx := context.Background()
-	f := filepath.Join(t.TempDir(), "x.lock")
-	unlock, err := lockFile(ctx, f, lockExclusive, false)
-	if err != nil || unlock == nil {
-		t.Fatalf("first exclusive lock: %v", err)
-	}
-	if u, err := lockFile(ctx, f, lockExclusive, false); err != nil || u != nil {
-		t.Errorf("a second exclusive lock was granted (%v)", err)
-	}
-	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	if _, err := lockFile(short, f, lockShared, true); err == nil {
-		t.Error("a shared lock was granted while an exclusive one is held")
-	}
-	unlock()
-	u1, err := lockFile(ctx, f, lockShared, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u2, err := lockFile(ctx, f, lockShared, false)
-	if err != nil || u2 == nil {
-		t.Fatalf("two shared locks: %v", err)
-	}
-	u1()
-	u2()
-}
-
 func TestCacheDirName(t *testing.T) {
 	for _, tc := range []struct{ a, b string }{
 		{"/root/.cache", "_root_.cache"},

@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -199,9 +198,12 @@ func OpenContainer(ctx context.Context, store *layers.Store, name string) (*Cont
 	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
 		return nil, fmt.Errorf("container %s: %w", name, ErrNoContainer)
 	}
-	unlock, err := tryLock(filepath.Join(dir, "lock"))
+	unlock, ok, err := layers.TryLockFile(filepath.Join(dir, "lock"), true)
 	if err != nil {
-		return nil, fmt.Errorf("container %s is in use by another ibuild process (a run, copy, commit ... of it); wait for it to finish: %w", name, err)
+		return nil, fmt.Errorf("container %s: %w", name, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("container %s is in use by another ibuild process (a run, copy, commit ... of it); wait for it to finish", name)
 	}
 	st, err := readContainerState(dir)
 	if err != nil {
@@ -382,18 +384,6 @@ func descriptorOf(l v1.Layer) (layers.Descriptor, error) {
 		return d, err
 	}
 	return d, nil
-}
-
-func tryLock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { f.Close() }, nil
 }
 
 // opsSink passes a working container operation's events on, with the

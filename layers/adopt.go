@@ -111,7 +111,7 @@ func (s *Store) adopt(ctx context.Context, dir string, diffIDs []v1.Hash, size i
 	if _, err := st.Layer(chain.Hex); err == nil {
 		return adoptExists, nil
 	}
-	unlockSnap, err := lockFile(ctx, lockPath, true)
+	unlockSnap, err := LockFile(ctx, lockPath, true)
 	if err != nil {
 		return adoptRefused, err
 	}
@@ -154,7 +154,7 @@ func (s *Store) adoptNative(ctx context.Context, dir string, chain v1.Hash, epoc
 		return adoptExists, nil
 	}
 	lockPath := target + ".lock"
-	unlock, err := lockFile(ctx, lockPath, true)
+	unlock, err := LockFile(ctx, lockPath, true)
 	if err != nil {
 		return adoptRefused, err
 	}

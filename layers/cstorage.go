@@ -287,7 +287,7 @@ func (s *Store) csLayer(ctx context.Context, st storage.Store, chain v1.Hash, pa
 		touchOrCreate(lockPath)
 		return check(lay)
 	}
-	unlock, err := lockFile(ctx, lockPath, true)
+	unlock, err := LockFile(ctx, lockPath, true)
 	if err != nil {
 		return err
 	}

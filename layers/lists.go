@@ -42,7 +42,7 @@ func (s *Store) UpdateList(ctx context.Context, name string, fn func(cur *v1.Ind
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	unlockList, err := lockFile(ctx, filepath.Join(s.root, "lists.lock"), true)
+	unlockList, err := LockFile(ctx, filepath.Join(s.root, "lists.lock"), true)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
@@ -118,7 +118,7 @@ func (s *Store) AddSources(ctx context.Context, h v1.Hash, repos ...string) erro
 			return fmt.Errorf("add sources %s: invalid repository %q", h, r)
 		}
 	}
-	unlock, err := lockFile(ctx, filepath.Join(s.root, "sources.lock"), true)
+	unlock, err := LockFile(ctx, filepath.Join(s.root, "sources.lock"), true)
 	if err != nil {
 		return err
 	}

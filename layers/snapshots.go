@@ -130,7 +130,7 @@ func (s *Store) snapshot(ctx context.Context, chain, diffID v1.Hash, l v1.Layer,
 		}
 		return dir, nil
 	}
-	unlock, err := lockFile(ctx, lockPath, true)
+	unlock, err := LockFile(ctx, lockPath, true)
 	if err != nil {
 		return "", err
 	}

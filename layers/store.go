@@ -12,8 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -198,46 +196,7 @@ func (s *Store) TempDir(prefix string) (string, error) {
 // it is granted or ctx is done. The returned function releases it and may be
 // called more than once. See Store for who takes which kind.
 func (s *Store) Lock(ctx context.Context, exclusive bool) (unlock func(), err error) {
-	return lockFile(ctx, filepath.Join(s.root, "store.lock"), exclusive)
-}
-
-// lockFile flocks path (created if needed). Every call opens its own file
-// description, so goroutines of one process exclude each other as
-// processes do. It polls rather than blocks so that ctx can cancel it.
-func lockFile(ctx context.Context, path string, exclusive bool) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock: %w", err)
-	}
-	how := syscall.LOCK_SH
-	if exclusive {
-		how = syscall.LOCK_EX
-	}
-	delay := time.Millisecond
-	for {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-t.C:
-		}
-		delay = min(2*delay, 50*time.Millisecond)
-	}
-	var once sync.Once
-	return func() { once.Do(func() { f.Close() }) }, nil
+	return LockFile(ctx, filepath.Join(s.root, "store.lock"), exclusive)
 }
 
 var rootNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$`)
@@ -323,7 +282,7 @@ func (s *Store) readIndex() (*v1.IndexManifest, error) {
 // updateIndex applies fn to index.json under the exclusive index lock and
 // replaces the file atomically. fn's error aborts the update.
 func (s *Store) updateIndex(ctx context.Context, fn func(*v1.IndexManifest) error) error {
-	unlock, err := lockFile(ctx, filepath.Join(s.root, "index.lock"), true)
+	unlock, err := LockFile(ctx, filepath.Join(s.root, "index.lock"), true)
 	if err != nil {
 		return err
 	}

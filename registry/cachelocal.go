@@ -8,19 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/ibuild/ibuild/layers"
 	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"golang.org/x/sys/unix"
-
-	"github.com/ibuild/ibuild/layers"
 )
 
 // A local cache (--cache-to type=local,dest=DIR, --cache-from
@@ -151,7 +147,7 @@ func writeLocalCache(ctx context.Context, dir, tag string, img *cacheImage) erro
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
 		return err
 	}
-	unlock, err := lockDir(ctx, dir)
+	unlock, err := layers.LockFile(ctx, dir, true)
 	if err != nil {
 		return err
 	}
@@ -298,31 +294,6 @@ func collectLayout(dir string, idx *v1.IndexManifest) error {
 		}
 	}
 	return nil
-}
-
-// lockDir takes an exclusive flock on dir, polling until it is granted
-// or ctx ends.
-func lockDir(ctx context.Context, dir string) (func(), error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", dir, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // verifyingReader reads a blob file and fails at its end when the

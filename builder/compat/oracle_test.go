@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/layers/layertest"
 )
 
@@ -74,19 +75,15 @@ func moduleDir(t testing.TB, mod, version string) string {
 	return info.Dir
 }
 
-// lockFile takes an exclusive flock on path, so that concurrent test
+// lockFile takes an exclusive lock on path, so that concurrent test
 // processes build the oracle once.
 func lockFile(t testing.TB, path string) func() {
 	t.Helper()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := layers.LockFile(context.Background(), path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }
+	return unlock
 }
 
 // buildkitBinaries returns buildkitd and buildctl at buildkitVersion,

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
+	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
 )
 
@@ -73,22 +73,5 @@ func writeFileAtomic(dest string, fn func(io.Writer) error) error {
 	if dest == "-" {
 		return fn(os.Stdout)
 	}
-	f, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if err := fn(f); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return os.Rename(f.Name(), dest)
+	return layers.WriteFileAtomic(dest, 0o644, fn)
 }

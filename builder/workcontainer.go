@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -329,11 +330,10 @@ func (c *Container) save(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(c.work.dir, "state.json.tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	return layers.WriteFileAtomic(filepath.Join(c.work.dir, "state.json"), 0o644, func(w io.Writer) error {
+		_, err := w.Write(b)
 		return err
-	}
-	return os.Rename(tmp, filepath.Join(c.work.dir, "state.json"))
+	})
 }
 
 // Close releases the container's lock.

@@ -116,15 +116,7 @@ func (s *Store) WriteCacheFile(path string, b []byte) error {
 }
 
 func (s *Store) writeCacheFile(path string, b []byte) error {
-	tmp, err := s.writeTempFile(filepath.Base(path), b, false)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return s.replaceFile(path, b, false)
 }
 
 // layerPresent reports whether the layer d can be read: its blob, or for a

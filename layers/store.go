@@ -318,16 +318,17 @@ func (s *Store) updateIndex(ctx context.Context, fn func(*v1.IndexManifest) erro
 // writeAtomic replaces path with b: temp file in Root/tmp, fsync, rename,
 // fsync of the directory.
 func (s *Store) writeAtomic(path string, b []byte) error {
-	tmp, err := s.writeTemp(filepath.Base(path), b)
+	return s.replaceFile(path, b, true)
+}
+
+// replaceFile replaces path with b through a temp file in Root/tmp (which
+// Open clears of leftovers), fsynced with its directory when durable.
+func (s *Store) replaceFile(path string, b []byte, durable bool) error {
+	tmp, err := s.writeTempFile(filepath.Base(path), b, durable)
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
+	return renameDurable(tmp, path, durable)
 }
 
 // createIfAbsent creates Root/name holding b unless it exists; concurrent
@@ -356,25 +357,7 @@ func (s *Store) writeTemp(name string, b []byte) (string, error) {
 // writeTempFile writes b to a new file in Root/tmp, fsynced when sync is
 // set, and returns its path.
 func (s *Store) writeTempFile(name string, b []byte, sync bool) (string, error) {
-	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), name+"-*")
-	if err != nil {
-		return "", err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", err
-	}
-	return f.Name(), nil
+	return writeTempIn(filepath.Join(s.root, "tmp"), name+"-*", 0o644, sync, bytesFill(b))
 }
 
 // touchNow sets path's mtime to now, so Prune treats it as fresh.

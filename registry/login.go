@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/ibuild/ibuild/layers"
 )
 
 // ErrBadCredentials is wrapped by Login's error when the registry rejects
@@ -165,25 +167,8 @@ func updateAuthFile(path string, edit func(map[string]json.RawMessage) bool) err
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".auth-*.json")
-	if err != nil {
+	return layers.WriteFileAtomic(path, 0o600, func(w io.Writer) error {
+		_, err := w.Write(append(out, '\n'))
 		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(append(out, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	})
 }

@@ -399,32 +399,7 @@ func WriteOCILayout(ctx context.Context, dir string, img v1.Image, idx v1.ImageI
 // writeFileAtomic creates dir/rel with what fill writes: temporary file in
 // dir, fsync, rename.
 func writeFileAtomic(dir, rel string, fill func(io.Writer) error) error {
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	err = fill(f)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(dir, rel))
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(filepath.Join(dir, rel))); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return layers.WriteFileAtomic(filepath.Join(dir, rel), 0o644, fill)
 }
 
 // WriteOCIArchive writes img or idx (exactly one non-nil) to w as a tar of

@@ -57,21 +57,21 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 			return fmt.Errorf("--device=%s: required device %q is not registered (ibuild provides no CDI devices)", d.Name, d.Name)
 		}
 	}
-	network := instructions.GetNetwork(c)
-	if network == instructions.NetworkDefault || network == "" {
-		network = s.b.opts.Network
+	mode := string(instructions.GetNetwork(c))
+	if mode == instructions.NetworkDefault || mode == "" {
+		mode = string(s.b.opts.Network)
 	}
-	network, err := ParseNetwork(network)
+	network, err := ParseNetwork(mode)
 	if err != nil {
 		return err
 	}
-	isolation, err := ParseIsolation(s.b.opts.Isolation)
+	isolation, err := ParseIsolation(string(s.b.opts.Isolation))
 	if err != nil {
 		return err
 	}
 	isolation, why := chooseIsolation(isolation)
 	if why != "" {
-		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: "ibuild: isolation " + isolation + " (" + why + ")"})
+		s.emit(progress.Event{Kind: progress.Log, Instruction: cmdText(c), Message: "ibuild: isolation " + string(isolation) + " (" + why + ")"})
 	}
 	if err := sandbox.Supported(); err != nil {
 		return err
@@ -119,10 +119,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	spec := sandbox.Spec{
 		Lowers: lowers, Upper: dirs["upper"], Work: dirs["work"], Merged: dirs["merged"],
 		Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
-		Network: network,
-	}
-	if isolation == IsolationChroot {
-		spec.Isolation = "chroot"
+		Network: network, Isolation: isolation,
 	}
 	if err := s.setCommand(c, &spec, rootfs); err != nil {
 		return err

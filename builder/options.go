@@ -137,12 +137,13 @@ type Options struct {
 	Secrets map[string]SecretSource
 	// SSH maps RUN --mount=type=ssh ids to SSH agent socket paths.
 	SSH map[string]string
-	// Network is the RUN steps' network, "host" (the default) or "none";
-	// RUN --network overrides it for one step.
-	Network string
-	// Isolation is how RUN steps are isolated: "auto" (the default),
-	// "chroot", "userns" or "none"; see ParseIsolation.
-	Isolation string
+	// Network is the RUN steps' network, NetworkHost ("" means this) or
+	// NetworkNone; RUN --network overrides it for one step.
+	Network Network
+	// Isolation is how RUN steps are isolated: IsolationAuto ("" means
+	// this), IsolationChroot, IsolationUserns or IsolationNone; see
+	// ParseIsolation.
+	Isolation Isolation
 	// CapAdd and CapDrop change the capabilities RUN steps hold, from
 	// docker's default set (sandbox.DefaultCapabilities): names such as
 	// NET_ADMIN or CAP_NET_ADMIN, or ALL; added first, then dropped, as
@@ -156,7 +157,7 @@ type Options struct {
 	// Pull is the base images' pull policy: registry.PullMissing (the
 	// default, ""), PullAlways or PullNever. Images not in the store are
 	// pulled from their registry (see registry.Pull).
-	Pull string
+	Pull registry.PullPolicy
 	// InsecureRegistries are registry hosts (host[:port]) reached over
 	// plain HTTP; localhost and 127.0.0.1 always are.
 	InsecureRegistries []string
@@ -219,49 +220,63 @@ type SecretSource struct {
 	Value []byte
 }
 
+// Isolation is how RUN steps are isolated (sandbox.Isolation, which the
+// sandbox's Spec takes).
+type Isolation = sandbox.Isolation
+
 // Isolation modes of RUN steps.
 const (
 	// IsolationAuto runs steps in new mount, pid, uts and ipc namespaces
 	// (as root).
-	IsolationAuto = "auto"
+	IsolationAuto = sandbox.IsolationAuto
 	// IsolationChroot runs steps in a new mount namespace only, chrooted
 	// into the image: they share the host's pids, host name and IPC.
-	IsolationChroot = "chroot"
+	IsolationChroot = sandbox.IsolationChroot
 	// IsolationUserns is IsolationAuto in a user namespace the caller
 	// entered (the ibuild command re-executes itself into one); the
 	// library does not enter it.
-	IsolationUserns = "userns"
+	IsolationUserns = sandbox.IsolationUserns
 	// IsolationNone makes no namespace and no mount: the stage's root file
 	// system is unpacked into a directory, each step runs chrooted into it
 	// (CAP_SYS_CHROOT suffices) and its changes are found by comparing
 	// metadata indexes taken before and after. For CI pods that allow
 	// neither user namespaces nor mounts; auto picks it as root without
 	// CAP_SYS_ADMIN. RUN --mount and --network none are not available.
-	IsolationNone = "none"
+	IsolationNone = sandbox.IsolationNone
 )
 
-// ParseIsolation validates an isolation mode; "" means IsolationAuto. A
-// recognized mode this version cannot run gives an error saying which
-// mode works.
-func ParseIsolation(s string) (string, error) {
-	switch s {
+// Network is the network RUN steps see (sandbox.Network).
+type Network = sandbox.Network
+
+// Network modes of RUN steps.
+const (
+	// NetworkHost shares the host's network (the default).
+	NetworkHost = sandbox.NetworkHost
+	// NetworkNone gives steps only a loopback interface.
+	NetworkNone = sandbox.NetworkNone
+)
+
+// ParseIsolation validates an isolation mode; "" means IsolationAuto.
+func ParseIsolation(s string) (Isolation, error) {
+	switch i := Isolation(s); i {
 	case "", IsolationAuto:
 		return IsolationAuto, nil
 	case IsolationChroot, IsolationUserns, IsolationNone:
-		return s, nil
+		return i, nil
 	}
-	return "", fmt.Errorf("--isolation %q: want auto, chroot, userns or none", s)
+	return "", fmt.Errorf("unknown isolation %q: want auto, chroot, userns or none", s)
 }
 
-// ParseNetwork validates a network mode; "" and "default" mean "host".
-func ParseNetwork(s string) (string, error) {
-	switch s {
-	case "", "default", "host":
-		return "host", nil
-	case "none":
-		return s, nil
+// ParseNetwork validates a network mode; "" and "default" mean
+// NetworkHost.
+func ParseNetwork(s string) (Network, error) {
+	switch n := Network(s); n {
+	case "", "default", NetworkHost:
+		return NetworkHost, nil
+	case NetworkNone:
+		return n, nil
 	}
-	return "", fmt.Errorf("network %q: want host or none", s)
+	return "", fmt.Errorf("unknown network %q: want host or none", s)
 }
 
 // Pushed is one push of a build's result.

@@ -25,7 +25,7 @@ import (
 // points are removed afterwards unless the step made them its own. The
 // /proc, /dev and /sys mount points are made after the index, so those
 // the image lacked stay in the layer (see mountDirs).
-func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, network, isolation string) error {
+func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, network Network, isolation Isolation) error {
 	rootfs, err := s.c.RootFS(ctx)
 	if err != nil {
 		return err
@@ -41,10 +41,7 @@ func (s *stageRun) runInPlace(ctx context.Context, c *instructions.RunCommand, n
 	defer os.RemoveAll(tmp)
 	spec := sandbox.Spec{
 		Merged: root, Env: s.runEnv(), Dir: s.c.imageConfig().WorkingDir, Hostname: sandboxHostname,
-		Network: network,
-	}
-	if isolation == IsolationChroot {
-		spec.Isolation = "chroot"
+		Network: network, Isolation: isolation,
 	}
 	if err := s.setCommand(c, &spec, layers.NewRootFS([]string{root})); err != nil {
 		return err

@@ -17,7 +17,7 @@ import (
 // chooseIsolation resolves IsolationAuto: root without CAP_SYS_ADMIN can
 // make neither mounts nor namespaces, so its steps run with
 // IsolationNone. The reason is "" when nothing was substituted.
-func chooseIsolation(isolation string) (string, string) {
+func chooseIsolation(isolation Isolation) (Isolation, string) {
 	if isolation == IsolationAuto && os.Geteuid() == 0 && !sandbox.CanMount() {
 		return IsolationNone, "no CAP_SYS_ADMIN: no mount nor namespace can be made"
 	}
@@ -27,11 +27,11 @@ func chooseIsolation(isolation string) (string, string) {
 // runNone runs a RUN step with IsolationNone: chrooted into the stage's
 // unpacked root file system, its changes found by comparing metadata
 // indexes taken before and after it.
-func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, network string) error {
+func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, network Network) error {
 	if len(instructions.GetMounts(c)) > 0 {
 		return errors.New("RUN --mount needs mounts, which --isolation none does not make")
 	}
-	if network == "none" {
+	if network == NetworkNone {
 		return errors.New("--network none needs a network namespace, which --isolation none does not make")
 	}
 	root, err := s.c.unpackedRoot(ctx)

@@ -46,11 +46,11 @@ func TestRunIsolationNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := writeContext(t, map[string]string{"Dockerfile": noneDockerfile, "copied.txt": "copied\n"})
-	build := func(isolation string) ([]string, [][]string, v1.Image) {
+	build := func(isolation Isolation) ([]string, [][]string, v1.Image) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		res, err := Build(ctx, Options{Store: st, ContextDir: dir, Isolation: isolation, NoCache: true, Tags: []string{"none-" + isolation + ":1"}})
+		res, err := Build(ctx, Options{Store: st, ContextDir: dir, Isolation: isolation, NoCache: true, Tags: []string{"none-" + string(isolation) + ":1"}})
 		if err != nil {
 			t.Fatalf("isolation %s: %v", isolation, err)
 		}

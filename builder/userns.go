@@ -25,7 +25,7 @@ func init() {
 type ReexecOptions struct {
 	// Isolation is the isolation the program's builds will use (see
 	// ParseIsolation; "" means IsolationAuto).
-	Isolation string
+	Isolation Isolation
 	// Warn receives a warning when the namespace can map only the
 	// caller's own ids; nil discards it.
 	Warn func(string)
@@ -56,7 +56,7 @@ type ReexecOptions struct {
 // can be made. Otherwise it does not return: the process exits with the
 // re-executed one's status.
 func MaybeReexecUsingUserNamespace(opts ReexecOptions) error {
-	isolation, err := ParseIsolation(opts.Isolation)
+	isolation, err := ParseIsolation(string(opts.Isolation))
 	if err != nil {
 		return err
 	}

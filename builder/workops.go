@@ -129,8 +129,8 @@ type RunOptions struct {
 	Env        []string
 	// Mounts are RUN --mount specs ("type=cache,target=/root/.cache").
 	Mounts []string
-	// Network is "host" or "none"; "" means Options.Network.
-	Network string
+	// Network is NetworkHost or NetworkNone; "" means Options.Network.
+	Network Network
 	// Output receives the command's output, line by line.
 	Output func(line string)
 	// Options supply isolation, secrets, SSH, progress and the like.
@@ -156,10 +156,11 @@ func (c *Container) Run(ctx context.Context, o RunOptions) error {
 		flags = append(flags, "--mount="+m)
 	}
 	if o.Network != "" {
-		if _, err := ParseNetwork(o.Network); err != nil {
+		n, err := ParseNetwork(string(o.Network))
+		if err != nil {
 			return err
 		}
-		flags = append(flags, "--network="+o.Network)
+		flags = append(flags, "--network="+string(n))
 	}
 	text := "RUN " + strings.Join(append(flags, string(args)), " ") + "\n"
 	opts := o.Options

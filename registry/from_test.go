@@ -27,7 +27,7 @@ func TestBuildFromRegistry(t *testing.T) {
 	if err := os.WriteFile(dir+"/x", []byte("x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	build := func(st *layers.Store, df, pull string, p v1.Platform) (*builder.Result, error) {
+	build := func(st *layers.Store, df string, pull registry.PullPolicy, p v1.Platform) (*builder.Result, error) {
 		return builder.Build(ctx, builder.Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), Pull: pull, Platforms: []v1.Platform{p}, NoCache: true})
 	}
 	df := "FROM " + ref + "\nCOPY x /x\n"

@@ -23,16 +23,19 @@ import (
 	"github.com/ibuild/ibuild/layers"
 )
 
+// PullPolicy says when a base image is pulled from its registry.
+type PullPolicy string
+
 // Pull policies, as buildah's and docker's --pull name them.
 const (
 	// PullAlways resolves the reference in the registry every time; blobs
 	// already stored are not downloaded again.
-	PullAlways = "always"
+	PullAlways PullPolicy = "always"
 	// PullMissing uses the stored image when the name (and the requested
 	// platform) is complete in the store, and pulls otherwise.
-	PullMissing = "missing"
+	PullMissing PullPolicy = "missing"
 	// PullNever never contacts a registry.
-	PullNever = "never"
+	PullNever PullPolicy = "never"
 )
 
 // pullJobs bounds how many blobs of one image download at once.
@@ -40,8 +43,8 @@ const pullJobs = 3
 
 // ParsePullPolicy validates a --pull value; "" means PullMissing, and the
 // boolean forms docker accepts map to always (true) and missing (false).
-func ParsePullPolicy(s string) (string, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
+func ParsePullPolicy(s string) (PullPolicy, error) {
+	switch PullPolicy(strings.ToLower(strings.TrimSpace(s))) {
 	case "", PullMissing, "false", "ifmissing", "if-missing":
 		return PullMissing, nil
 	case PullAlways, "true":
@@ -49,7 +52,7 @@ func ParsePullPolicy(s string) (string, error) {
 	case PullNever:
 		return PullNever, nil
 	}
-	return "", fmt.Errorf("--pull %q: want always, missing or never", s)
+	return "", fmt.Errorf("unknown pull policy %q: want always, missing or never", s)
 }
 
 // PullOptions configure Pull.
@@ -58,7 +61,7 @@ type PullOptions struct {
 	// host's platform.
 	Platform v1.Platform
 	// Policy is PullAlways, PullMissing ("" means this) or PullNever.
-	Policy string
+	Policy PullPolicy
 	// Conn is how the registry is reached: insecure hosts, TLS,
 	// credentials, transport.
 	Conn
@@ -141,7 +144,7 @@ func (o PullOptions) remoteOptions(ctx context.Context) []remote.Option {
 // stored as blobs; an index is stored with the manifests of the platforms
 // pulled so far. Errors name the reference.
 func Pull(ctx context.Context, store *layers.Store, ref string, opts PullOptions) (v1.Descriptor, error) {
-	policy, err := ParsePullPolicy(opts.Policy)
+	policy, err := ParsePullPolicy(string(opts.Policy))
 	if err != nil {
 		return v1.Descriptor{}, err
 	}

@@ -35,7 +35,7 @@ func TestCanonicalName(t *testing.T) {
 }
 
 func TestParsePullPolicy(t *testing.T) {
-	for in, want := range map[string]string{"": "missing", "always": "always", "true": "always", "false": "missing", "never": "never", "Missing": "missing"} {
+	for in, want := range map[string]registry.PullPolicy{"": "missing", "always": "always", "true": "always", "false": "missing", "never": "never", "Missing": "missing"} {
 		if got, err := registry.ParsePullPolicy(in); err != nil || got != want {
 			t.Errorf("ParsePullPolicy(%q) = %q, %v; want %q", in, got, err, want)
 		}

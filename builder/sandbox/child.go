@@ -42,7 +42,7 @@ func childMain() {
 	noSetGroups := setgroupsDenied()
 	// Loading a filter without no_new_privs needs CAP_SYS_ADMIN, which
 	// every mode but none holds here.
-	filter := spec.Isolation != "none" || CanMount()
+	filter := spec.Isolation != IsolationNone || CanMount()
 	if err := setup(&spec); err != nil {
 		fail(err)
 	}
@@ -70,7 +70,7 @@ func childMain() {
 
 // setup builds the step's root file system and enters it.
 func setup(spec *Spec) error {
-	if spec.Isolation == "none" {
+	if spec.Isolation == IsolationNone {
 		// No mount namespace: nothing can be mounted or pivoted, only a
 		// chroot. This mode is not a security boundary (see docs/security.md).
 		if err := unix.Chroot(spec.Merged); err != nil {
@@ -106,12 +106,12 @@ func setup(spec *Spec) error {
 			return fmt.Errorf("--mount target=%s: %w", spec.Mounts[i].Target, err)
 		}
 	}
-	if spec.Network == "none" {
+	if spec.Network == NetworkNone {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("bring lo up: %w", err)
 		}
 	}
-	if spec.Hostname != "" && spec.Isolation == "" {
+	if spec.Hostname != "" && spec.Isolation.namespaces() {
 		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
@@ -256,7 +256,7 @@ func mountSpecial(root string, spec *Spec) error {
 		return err
 	} else if ok {
 		err := unix.Mount("proc", p, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
-		if errors.Is(err, unix.EPERM) && spec.Isolation == "chroot" && inUserNamespace() {
+		if errors.Is(err, unix.EPERM) && spec.Isolation == IsolationChroot && inUserNamespace() {
 			// The host's pid namespace belongs to the initial user
 			// namespace: no new proc can be mounted for it from here, so
 			// the host's is bound, as buildah's chroot isolation does.
@@ -507,7 +507,7 @@ func runStep(spec *Spec) (int, error) {
 	cmd.Args = spec.Args
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if spec.Stdin != "" || spec.Isolation == "none" {
+	if spec.Stdin != "" || spec.Isolation == IsolationNone {
 		// Without a /dev, exec could not open /dev/null: an empty pipe.
 		cmd.Stdin = strings.NewReader(spec.Stdin)
 	}

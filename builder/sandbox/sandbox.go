@@ -97,15 +97,16 @@ type Spec struct {
 	// capability the process has, with no seccomp filter and no masked
 	// or read-only paths (namespaces and pivot_root stay).
 	Insecure bool `json:"insecure,omitempty"`
-	// Network is "host" or "none".
-	Network string `json:"network"`
-	// Isolation is "" (new mount, pid, uts and ipc namespaces),
-	// "chroot" (a new mount namespace only: the step shares the host's
-	// pids, host name and IPC, and what it leaves running is not killed)
-	// or "none" (no namespace, no mount: a chroot into Merged, which holds
-	// the root file system itself; Lowers, Upper, Work, Files and Mounts
-	// must be empty, Network "host").
-	Isolation string `json:"isolation"`
+	// Network is NetworkHost ("" means this) or NetworkNone.
+	Network Network `json:"network"`
+	// Isolation is IsolationAuto, IsolationUserns or "" (new mount, pid,
+	// uts and ipc namespaces), IsolationChroot (a new mount namespace
+	// only: the step shares the host's pids, host name and IPC, and what
+	// it leaves running is not killed) or IsolationNone (no namespace, no
+	// mount: a chroot into Merged, which holds the root file system
+	// itself; Lowers, Upper, Work, Files and Mounts must be empty, Network
+	// host).
+	Isolation Isolation `json:"isolation"`
 	// Mounts are RUN --mount mounts, made in order after the image's
 	// special mounts. Their targets are in-image paths whose symlinks the
 	// caller resolved.
@@ -205,8 +206,8 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	if len(spec.Args) == 0 {
 		return errors.New("empty command")
 	}
-	if spec.Isolation == "none" {
-		if len(spec.Lowers) > 0 || len(spec.Files) > 0 || len(spec.Mounts) > 0 || spec.Network == "none" {
+	if spec.Isolation == IsolationNone {
+		if len(spec.Lowers) > 0 || len(spec.Files) > 0 || len(spec.Mounts) > 0 || spec.Network == NetworkNone {
 			return errors.New("sandbox: isolation none makes no mount and no namespace")
 		}
 	} else if len(spec.Lowers) == 0 && (spec.Upper != "" || spec.Work != "") {
@@ -246,17 +247,21 @@ func Run(ctx context.Context, spec Spec, output func(line string)) error {
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = outW, outW
 	flags := syscall.CLONE_NEWNS
-	switch spec.Isolation {
-	case "":
+	switch {
+	case spec.Isolation.namespaces():
 		flags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
-	case "chroot":
-	case "none":
+	case spec.Isolation == IsolationChroot:
+	case spec.Isolation == IsolationNone:
 		flags = 0
 	default:
 		return fmt.Errorf("sandbox: unknown isolation %q", spec.Isolation)
 	}
-	if spec.Network == "none" {
+	switch spec.Network {
+	case "", NetworkHost:
+	case NetworkNone:
 		flags |= syscall.CLONE_NEWNET
+	default:
+		return fmt.Errorf("sandbox: unknown network %q", spec.Network)
 	}
 	// The step's processes are the sandbox's process group: without a
 	// pid namespace (chroot, none), killing the sandbox alone would leave

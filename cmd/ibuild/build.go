@@ -86,7 +86,7 @@ func runBuild(c *cli.Context) error {
 	}
 	isolation, err := builder.ParseIsolation(c.String("isolation"))
 	if err != nil {
-		return err
+		return fmt.Errorf("--isolation: %w", err)
 	}
 	if err := enterUserNamespace(c, isolation); err != nil {
 		return err
@@ -136,7 +136,7 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	if opts.Pull, err = registry.ParsePullPolicy(c.String("pull")); err != nil {
-		return err
+		return fmt.Errorf("--pull: %w", err)
 	}
 	opts.InsecureRegistries = c.StringSlice("insecure-registry")
 	opts.Registry = connOptions(c)

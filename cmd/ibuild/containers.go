@@ -46,7 +46,7 @@ func fromCommand() *cli.Command {
 			opts := builder.FromOptions{Name: c.String("name")}
 			var err error
 			if opts.Options.Pull, err = registry.ParsePullPolicy(c.String("pull")); err != nil {
-				return err
+				return fmt.Errorf("--pull: %w", err)
 			}
 			if p := c.String("platform"); p != "" {
 				if opts.Platform, err = builder.ParsePlatform(p); err != nil {
@@ -135,7 +135,7 @@ func runCommand() *cli.Command {
 			}
 			isolation, err := builder.ParseIsolation(c.String("isolation"))
 			if err != nil {
-				return err
+				return fmt.Errorf("--isolation: %w", err)
 			}
 			if err := enterUserNamespace(c, isolation); err != nil {
 				return err
@@ -146,7 +146,7 @@ func runCommand() *cli.Command {
 				WorkingDir: c.String("workingdir"),
 				Env:        c.StringSlice("env"),
 				Mounts:     c.StringSlice("mount"),
-				Network:    c.String("network"),
+				Network:    builder.Network(c.String("network")),
 				Output:     func(line string) { fmt.Println(line) },
 			}
 			for _, kv := range o.Env {

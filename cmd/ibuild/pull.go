@@ -19,7 +19,7 @@ func pullCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach this registry host[:port] over plain HTTP (repeatable; localhost and 127.0.0.1 always are)"},
 			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates"},
 			authfileFlag, certDirFlag, registryTimeoutFlag,
-			&cli.StringFlag{Name: "policy", Value: registry.PullAlways, Usage: "always (re-resolve in the registry), missing or never"},
+			&cli.StringFlag{Name: "policy", Value: string(registry.PullAlways), Usage: "always (re-resolve in the registry), missing or never"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the digest"},
 			progressFlag,
 		},
@@ -36,9 +36,13 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
+			policy, err := registry.ParsePullPolicy(c.String("policy"))
+			if err != nil {
+				return fmt.Errorf("--policy: %w", err)
+			}
 			opts := registry.PullOptions{
 				Platform: platform,
-				Policy:   c.String("policy"),
+				Policy:   policy,
 				Conn:     connOptions(c),
 			}
 			var done func()

@@ -16,7 +16,7 @@ import (
 // return. The storage root is fixed first and handed down in IBUILD_ROOT,
 // since inside the namespace the process is root and would default to
 // /var/lib/ibuild.
-func enterUserNamespace(c *cli.Context, isolation string) error {
+func enterUserNamespace(c *cli.Context, isolation builder.Isolation) error {
 	return builder.MaybeReexecUsingUserNamespace(builder.ReexecOptions{
 		Isolation: isolation,
 		Warn: func(msg string) {

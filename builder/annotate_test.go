@@ -205,7 +205,7 @@ func TestBuildManifest(t *testing.T) {
 		t.Fatalf("rebuild left %d entries", n)
 	}
 	sink := &recordSink{}
-	res2, err := annotateBuild(t, Options{Store: st, Manifest: "app-list", Annotations: parseAnns(t, "v=2"), Progress: sink}, "linux/arm64")
+	res2, err := annotateBuild(t, Options{Store: st, Manifest: "app-list", Annotations: parseAnns(t, "v=2"), StepOptions: StepOptions{Progress: sink}}, "linux/arm64")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"runtime"
+
 	"sort"
 	"strconv"
 	"strings"
@@ -41,29 +41,13 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.ContextDir == "" && opts.ContextTar == nil {
 		return nil, errors.New("builder: Options.ContextDir is required")
 	}
-	if opts.Progress == nil {
-		opts.Progress = progress.Discard{}
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.NumCPU()
-	}
-	if opts.Compression == "" {
-		opts.Compression = layers.Gzip
-	}
 	if opts.Squash && opts.SquashAll {
 		return nil, errors.New("builder: Squash and SquashAll exclude each other")
 	}
-	format, err := ParseFormat(string(opts.Format))
-	if err != nil {
+	if err := opts.fill(); err != nil {
 		return nil, err
 	}
-	opts.Format = format
-	if err := checkFormat(format, opts.Compression); err != nil {
-		return nil, err
-	}
+	format := opts.Format
 	if _, err := opts.capabilities(); err != nil {
 		return nil, err
 	}

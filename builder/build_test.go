@@ -258,8 +258,10 @@ func TestBuildFixtures(t *testing.T) {
 			opts := Options{
 				Store: st, ContextDir: dir, Tags: []string{tag},
 				BuildArgs: co.BuildArgs, Target: co.Target, Labels: co.Labels,
-				Pull: registry.PullNever, // fixtures never reach a registry
-				Now:  func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
+				StepOptions: StepOptions{
+					Pull: registry.PullNever, // fixtures never reach a registry
+					Now:  func() time.Time { return time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC) },
+				},
 			}
 			if co.IgnoreFile != "" {
 				opts.IgnoreFile = filepath.Join(dir, co.IgnoreFile)

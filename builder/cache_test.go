@@ -248,7 +248,7 @@ func TestCacheKeys(t *testing.T) {
 				buildCacheBase(t, st, "v1")
 			}
 			dir := writeContext(t, files)
-			opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(tc.dockerfile), SourceDateEpoch: &epoch}
+			opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(tc.dockerfile), StepOptions: StepOptions{SourceDateEpoch: &epoch}}
 			if tc.opts != nil {
 				tc.opts(&opts)
 			}
@@ -302,7 +302,7 @@ func TestCacheKeys(t *testing.T) {
 func buildCacheBase(t *testing.T, st *layers.Store, version string) {
 	t.Helper()
 	dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY v /v\n", "v": version})
-	if _, err := Build(context.Background(), Options{Store: st, ContextDir: dir, Tags: []string{"cachebase:1"}, SourceDateEpoch: &epoch}); err != nil {
+	if _, err := Build(context.Background(), Options{Store: st, ContextDir: dir, Tags: []string{"cachebase:1"}, StepOptions: StepOptions{SourceDateEpoch: &epoch}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -321,8 +321,7 @@ func TestCacheRun(t *testing.T) {
 		"RUN echo v=$V > /v\n" +
 		"RUN --mount=type=bind,source=data,target=/d cat /d/x > /x\n" +
 		"RUN --mount=type=secret,id=s cat /run/secrets/s > /dev/null && cat /proc/sys/kernel/random/uuid > /ran\n"
-	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), SourceDateEpoch: &epoch,
-		Secrets: map[string]SecretSource{"s": {File: filepath.Join(dir, "secret")}}}
+	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch, Secrets: map[string]SecretSource{"s": {File: filepath.Join(dir, "secret")}}}}
 	build := func(name string, change func()) (*stepLog, *Result) {
 		t.Helper()
 		if change != nil {
@@ -389,7 +388,7 @@ func testCacheSharedAcrossPlatforms(t *testing.T, jobs int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err := Build(ctx, Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df),
-		Platforms: []v1.Platform{amd, arm}, Progress: l, Jobs: jobs})
+		Platforms: []v1.Platform{amd, arm}, StepOptions: StepOptions{Progress: l}, Jobs: jobs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +422,7 @@ func TestCacheConcurrentBuilds(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := Build(context.Background(), Options{Store: st, ContextDir: dirs[i%3], DockerfileContent: []byte(df), SourceDateEpoch: &epoch})
+			res, err := Build(context.Background(), Options{Store: st, ContextDir: dirs[i%3], DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch}})
 			if err == nil {
 				ids[i] = res.ID
 			}
@@ -441,7 +440,7 @@ func TestCacheConcurrentBuilds(t *testing.T) {
 			t.Errorf("concurrent builds of context %d gave %s and %s", i, ids[i], ids[i+3])
 		}
 		l := &stepLog{}
-		res, err := Build(context.Background(), Options{Store: st, ContextDir: dirs[i], DockerfileContent: []byte(df), SourceDateEpoch: &epoch, Progress: l})
+		res, err := Build(context.Background(), Options{Store: st, ContextDir: dirs[i], DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch, Progress: l}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -486,7 +485,7 @@ func TestCacheADDURL(t *testing.T) {
 	st := newStore(t)
 	dir := writeContext(t, nil)
 	df := "FROM scratch\nADD " + srv.URL + "/file.txt /f\nLABEL a=b\n"
-	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), SourceDateEpoch: &epoch}
+	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch}}
 	build := func(name, want string) {
 		t.Helper()
 		l := &stepLog{}

@@ -160,7 +160,7 @@ func keyGoldenContext(t *testing.T) string {
 func keyGoldenBuild(t *testing.T, dir, df string, args map[string]string) string {
 	t.Helper()
 	st := newStore(t)
-	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), SourceDateEpoch: &epoch,
+	opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch},
 		BuildArgs: args, Platforms: []v1.Platform{{OS: "linux", Architecture: "amd64"}}}
 	if _, err := Build(context.Background(), opts); err != nil {
 		t.Fatal(err)

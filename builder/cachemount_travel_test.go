@@ -39,8 +39,7 @@ func travelBuild(t *testing.T, st *layers.Store, runner string, set func(o *Opti
 	busyboxBase(t, st)
 	dir := writeContext(t, map[string]string{"Dockerfile": travelDockerfile, "seed.txt": "seed\n", "gone.txt": "gone\n"})
 	e := epoch
-	o := Options{Store: st, ContextDir: dir, SourceDateEpoch: &e, BuildArgs: map[string]string{"RUNNER": runner},
-		Secrets: map[string]SecretSource{"tok": {Value: []byte(travelSecret)}}}
+	o := Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &e, Secrets: map[string]SecretSource{"tok": {Value: []byte(travelSecret)}}}, BuildArgs: map[string]string{"RUNNER": runner}}
 	if set != nil {
 		set(&o)
 	}

@@ -103,7 +103,7 @@ func TestCacheRecordsOfOtherFormatsMiss(t *testing.T) {
 			dir := writeContext(t, map[string]string{"f": "file\n"})
 			// SOURCE_DATE_EPOCH: the directories WORKDIR makes then have
 			// the same time in every build.
-			opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(everyInstruction), SourceDateEpoch: &epoch}
+			opts := Options{Store: st, ContextDir: dir, DockerfileContent: []byte(everyInstruction), StepOptions: StepOptions{SourceDateEpoch: &epoch}}
 			first, _ := buildAt(t, opts, t0)
 			cf, err := first.Image.ConfigFile()
 			if err != nil {

@@ -104,7 +104,7 @@ func TestGitContext(t *testing.T) {
 	st := newStore(t)
 
 	log := &stepLog{}
-	res, err := Build(ctx, Options{Store: st, ContextDir: url, Progress: log})
+	res, err := Build(ctx, Options{Store: st, ContextDir: url, StepOptions: StepOptions{Progress: log}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestGitContext(t *testing.T) {
 	}
 
 	log = &stepLog{}
-	again, err := Build(ctx, Options{Store: st, ContextDir: url, Progress: log})
+	again, err := Build(ctx, Options{Store: st, ContextDir: url, StepOptions: StepOptions{Progress: log}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestGitContext(t *testing.T) {
 
 	ctxfetchtest.Commit(t, repo, map[string]string{"b.txt": "b2\n"}, "two")
 	log = &stepLog{}
-	if _, err := Build(ctx, Options{Store: st, ContextDir: url, Progress: log}); err != nil {
+	if _, err := Build(ctx, Options{Store: st, ContextDir: url, StepOptions: StepOptions{Progress: log}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := log.pattern("stage-0"); got != "HM" || !strings.Contains(log.reasons(), "source changed: b.txt") {
@@ -156,11 +156,11 @@ func TestGitContext(t *testing.T) {
 	// Reproducible: two fresh stores, SOURCE_DATE_EPOCH, same digest
 	// (file mtimes are the commit's, not the checkout's).
 	e := epoch
-	d1, err := Build(ctx, Options{Store: newStore(t), ContextDir: url, SourceDateEpoch: &e})
+	d1, err := Build(ctx, Options{Store: newStore(t), ContextDir: url, StepOptions: StepOptions{SourceDateEpoch: &e}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d2, err := Build(ctx, Options{Store: newStore(t), ContextDir: url, SourceDateEpoch: &e})
+	d2, err := Build(ctx, Options{Store: newStore(t), ContextDir: url, StepOptions: StepOptions{SourceDateEpoch: &e}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ COPY --from=tagged /x /tagged-x
 		"web":     tarURL + "/ctx.tar.gz",
 	}
 	log := &stepLog{}
-	res, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, Progress: log})
+	res, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, StepOptions: StepOptions{Progress: log}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ COPY --from=tagged /x /tagged-x
 	// The cache keys named directories by content: a rebuild hits, a
 	// changed file misses the steps that copy it.
 	log = &stepLog{}
-	if _, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, Progress: log}); err != nil {
+	if _, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, StepOptions: StepOptions{Progress: log}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := log.pattern("stage-3"); got != "HHHHHHHH" {
@@ -362,7 +362,7 @@ COPY --from=tagged /x /tagged-x
 	}
 	writeFile(t, filepath.Join(dir, "d.txt"), "dir d changed\n", 0o644)
 	log = &stepLog{}
-	if _, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, Progress: log}); err != nil {
+	if _, err := Build(ctx, Options{Store: st, ContextDir: main, BuildContexts: contexts, StepOptions: StepOptions{Progress: log}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := log.pattern("stage-3"); got != "MMMMMMMM" || !strings.Contains(log.reasons(), "source changed: d.txt") {

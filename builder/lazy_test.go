@@ -39,7 +39,7 @@ func TestBuildCompressesOnlyWhatLeaves(t *testing.T) {
 	reg := registrytest.Start(t)
 	ctx := context.Background()
 	before := st.Blobs().CompressedBytes()
-	res, err := Build(ctx, Options{Store: st, ContextDir: dir, Tags: []string{"lazy:1"}, SourceDateEpoch: &epoch})
+	res, err := Build(ctx, Options{Store: st, ContextDir: dir, Tags: []string{"lazy:1"}, StepOptions: StepOptions{SourceDateEpoch: &epoch}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestBuildCompressesOnlyWhatLeaves(t *testing.T) {
 	// The same build where every layer is committed at once.
 	vst := newVFSStore(t)
 	busyboxBase(t, vst)
-	vres, err := Build(ctx, Options{Store: vst, ContextDir: dir, Tags: []string{"lazy:1"}, SourceDateEpoch: &epoch})
+	vres, err := Build(ctx, Options{Store: vst, ContextDir: dir, Tags: []string{"lazy:1"}, StepOptions: StepOptions{SourceDateEpoch: &epoch}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"runtime"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -81,9 +82,6 @@ type Options struct {
 	// Compression and CompressionLevel of new layers.
 	Compression      layers.Compression
 	CompressionLevel int
-	// SourceDateEpoch, when set, clamps file mtimes in new layers and sets
-	// every timestamp of the config and history, for reproducible builds.
-	SourceDateEpoch *time.Time
 	// Squash merges the layers the final stage added on top of its base
 	// (image or stage) into one; the base's layers stay. SquashAll makes
 	// the whole result one layer. They exclude each other. Every step is
@@ -126,6 +124,29 @@ type Options struct {
 	// (created, with the build's Format, when missing), as buildah's build
 	// --manifest does; the result is then always stored.
 	Manifest string
+	// StepOptions are the options the steps of a build share with the
+	// working container operations (From, Run, Copy, Config): progress,
+	// clock, RUN's sandbox, secrets, downloads and pulls.
+	StepOptions
+
+	// contextID names a fetched main context stably (fetchContexts),
+	// dockerfileHost is where its Dockerfile is, and named are the opened
+	// BuildContexts.
+	contextID      string
+	dockerfileHost string
+	named          map[string]*namedContext
+
+	// binfmtDir is where RUN looks for emulators; "" means
+	// DefaultBinfmtDir. Tests point it at a fixture.
+	binfmtDir string
+}
+
+// StepOptions configure how steps run, for a Build (Options embeds them)
+// and for the operations on a working container.
+type StepOptions struct {
+	// SourceDateEpoch, when set, clamps file mtimes in new layers and sets
+	// every timestamp of the config and history, for reproducible builds.
+	SourceDateEpoch *time.Time
 	// Progress receives events; nil discards them.
 	Progress progress.Sink
 	// HTTPClient fetches ADD URLs; nil means http.DefaultClient.
@@ -164,17 +185,30 @@ type Options struct {
 	// Registry is how base images' registries are reached (credentials,
 	// TLS); InsecureRegistries is added to its Insecure list.
 	Registry registry.Conn
+}
 
-	// contextID names a fetched main context stably (fetchContexts),
-	// dockerfileHost is where its Dockerfile is, and named are the opened
-	// BuildContexts.
-	contextID      string
-	dockerfileHost string
-	named          map[string]*namedContext
-
-	// binfmtDir is where RUN looks for emulators; "" means
-	// DefaultBinfmtDir. Tests point it at a fixture.
-	binfmtDir string
+// fill sets the defaults of unset options (Progress, Now, Jobs,
+// Compression, Format) and checks the format and compression go together.
+// Build and the working container operations both start with it.
+func (o *Options) fill() error {
+	if o.Progress == nil {
+		o.Progress = progress.Discard{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = runtime.NumCPU()
+	}
+	if o.Compression == "" {
+		o.Compression = layers.Gzip
+	}
+	format, err := ParseFormat(string(o.Format))
+	if err != nil {
+		return err
+	}
+	o.Format = format
+	return checkFormat(format, o.Compression)
 }
 
 // capabilities is the capability set of RUN steps.

@@ -170,7 +170,7 @@ func TestProgressEvents(t *testing.T) {
 		events = append(events, e)
 		mu.Unlock()
 	})
-	if _, err := Build(ctx, Options{Store: st, ContextDir: dir, Progress: sink, Jobs: 2}); err != nil {
+	if _, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{Progress: sink}, Jobs: 2}); err != nil {
 		t.Fatal(err)
 	}
 	done := map[string]int{}

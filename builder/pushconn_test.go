@@ -40,7 +40,7 @@ func TestPushUsesRegistryConn(t *testing.T) {
 	}
 	dest := reg.Host + "/conn/app:1"
 	res, err := Build(ctx, Options{Store: st, ContextDir: dir, Push: []string{dest},
-		Registry: registry.Conn{Keychain: basicKeychain{user, pass}}})
+		StepOptions: StepOptions{Registry: registry.Conn{Keychain: basicKeychain{user, pass}}}})
 	if err != nil {
 		t.Fatalf("build --push with Registry's keychain: %v", err)
 	}
@@ -49,7 +49,7 @@ func TestPushUsesRegistryConn(t *testing.T) {
 	}
 	// An explicit PushOptions.Conn still wins.
 	_, err = Build(ctx, Options{Store: st, ContextDir: dir, Push: []string{dest},
-		Registry:    registry.Conn{Keychain: basicKeychain{user, pass}},
+		StepOptions: StepOptions{Registry: registry.Conn{Keychain: basicKeychain{user, pass}}},
 		PushOptions: registry.PushOptions{Conn: registry.Conn{Keychain: basicKeychain{user, pass + "-bad"}}}})
 	if err == nil {
 		t.Fatal("push with PushOptions' bad password succeeded")

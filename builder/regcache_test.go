@@ -66,7 +66,7 @@ func regBuild(t *testing.T, st *layers.Store, dir string, set func(o *Options)) 
 	t.Helper()
 	log := &stepLog{}
 	e := epoch
-	o := Options{Store: st, ContextDir: dir, SourceDateEpoch: &e, Progress: log, Tags: []string{"app:1"}}
+	o := Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &e, Progress: log}, Tags: []string{"app:1"}}
 	if set != nil {
 		set(&o)
 	}
@@ -407,7 +407,7 @@ func TestPushMountsBaseLayers(t *testing.T) {
 	baseRef := px.Host + "/base/img:1"
 	stA := newStore(t)
 	baseDir := writeContext(t, map[string]string{"a": "base layer one", "b": "base layer two"})
-	if _, err := Build(ctx, Options{Store: stA, ContextDir: baseDir, Tags: []string{baseRef}, SourceDateEpoch: &epoch,
+	if _, err := Build(ctx, Options{Store: stA, ContextDir: baseDir, Tags: []string{baseRef}, StepOptions: StepOptions{SourceDateEpoch: &epoch},
 		DockerfileContent: []byte("FROM scratch\nCOPY a /a\nCOPY b /b\n")}); err != nil {
 		t.Fatal(err)
 	}
@@ -418,7 +418,7 @@ func TestPushMountsBaseLayers(t *testing.T) {
 	dir := writeContext(t, map[string]string{"c": "the new layer"})
 	px.Requests()
 	px.Uploaded()
-	res, err := Build(ctx, Options{Store: stB, ContextDir: dir, SourceDateEpoch: &epoch,
+	res, err := Build(ctx, Options{Store: stB, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch},
 		DockerfileContent: []byte("FROM " + baseRef + "\nCOPY c /c\n"), Push: []string{px.Host + "/app/new:1"}})
 	if err != nil {
 		t.Fatal(err)

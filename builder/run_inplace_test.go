@@ -50,7 +50,7 @@ func TestRunVFS(t *testing.T) {
 		defer cancel()
 		res, err := Build(ctx, Options{
 			Store: st, ContextDir: dir, NoCache: true, Tags: []string{"vfs-" + name + ":1"},
-			Secrets: map[string]SecretSource{"tok": {Value: []byte("s3cret\n")}},
+			StepOptions: StepOptions{Secrets: map[string]SecretSource{"tok": {Value: []byte("s3cret\n")}}},
 		})
 		if err != nil {
 			t.Fatalf("%s store: %v", name, err)

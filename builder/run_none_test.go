@@ -50,7 +50,7 @@ func TestRunIsolationNone(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		res, err := Build(ctx, Options{Store: st, ContextDir: dir, Isolation: isolation, NoCache: true, Tags: []string{"none-" + string(isolation) + ":1"}})
+		res, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{Isolation: isolation}, NoCache: true, Tags: []string{"none-" + string(isolation) + ":1"}})
 		if err != nil {
 			t.Fatalf("isolation %s: %v", isolation, err)
 		}

@@ -423,7 +423,7 @@ func buildRunCase(t *testing.T, st *layers.Store, tc runCase, baseLayers int) (*
 	start := time.Now()
 	res, err := Build(ctx, Options{
 		Store: st, ContextDir: dir, Tags: []string{"run-" + tc.name + ":1"},
-		BuildArgs: tc.args, Progress: sink,
+		BuildArgs: tc.args, StepOptions: StepOptions{Progress: sink},
 	})
 	b := &runBuild{res: res, elapsed: time.Since(start)}
 	mu.Lock()

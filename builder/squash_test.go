@@ -197,13 +197,13 @@ func TestSquashBuild(t *testing.T) {
 				ctxFiles[k] = v
 			}
 			dir := writeContext(t, ctxFiles)
-			plain, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch})
+			plain, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			var steps stepLog
-			sq, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch,
-				Squash: !tc.squashAll, SquashAll: tc.squashAll, Tags: []string{"squashed:1"}, Progress: &steps})
+			sq, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch, Progress: &steps},
+				Squash: !tc.squashAll, SquashAll: tc.squashAll, Tags: []string{"squashed:1"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -250,7 +250,7 @@ func TestSquashReproducible(t *testing.T) {
 	})
 	for _, all := range []bool{false, true} {
 		opts := func(st *layers.Store, sink *stepLog) Options {
-			o := Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch, Squash: !all, SquashAll: all}
+			o := Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch}, Squash: !all, SquashAll: all}
 			if sink != nil {
 				o.Progress = sink
 			}
@@ -393,11 +393,11 @@ func TestSquashRun(t *testing.T) {
 			"RUN rm -r /work && mkdir /work && echo c > /work/c && ln /work/c /work/c2\n",
 		"f": "f\n",
 	})
-	plain, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch})
+	plain, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sq, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch, Squash: true})
+	sq, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch}, Squash: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +436,7 @@ func TestSquashRun(t *testing.T) {
 	if len(made) != len(ls) || !strings.HasPrefix(made[len(made)-1], "RUN rm -r /work") {
 		t.Errorf("history's layer entries %q do not match the %d layers", made, len(ls))
 	}
-	all, err := Build(ctx, Options{Store: st, ContextDir: dir, SourceDateEpoch: &epoch, SquashAll: true})
+	all, err := Build(ctx, Options{Store: st, ContextDir: dir, StepOptions: StepOptions{SourceDateEpoch: &epoch}, SquashAll: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,8 +59,8 @@ type FromOptions struct {
 	// Platform of the image to use; zero means the host's.
 	Platform v1.Platform
 	// Options supply the pull policy, registries and progress for pulling
-	// the image; Store and ContextDir are ignored.
-	Options Options
+	// the image.
+	Options StepOptions
 }
 
 var containerNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
@@ -76,8 +76,7 @@ func From(ctx context.Context, store *layers.Store, image string, opts FromOptio
 	if platform.OS == "" {
 		platform = HostPlatform()
 	}
-	bo := opts.Options
-	bo.Store = store
+	bo := Options{Store: store, StepOptions: opts.Options}
 	b, err := newOpsBuild(ctx, &bo, "ibuild from", "FROM scratch\n", "", platform)
 	if err != nil {
 		return nil, err

@@ -48,13 +48,13 @@ func TestWorkingContainerMatchesDockerfile(t *testing.T) {
 		"EXPOSE 8080/tcp\n" +
 		"LABEL owner=team\n" +
 		`CMD ["/bin/sh", "-c", "cat /app/greeting"]` + "\n"
-	res, err := Build(ctx, Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), SourceDateEpoch: &epoch, NoCache: true})
+	res, err := Build(ctx, Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), StepOptions: StepOptions{SourceDateEpoch: &epoch}, NoCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := withoutHistory(dumpImage(t, res.Image))
 
-	opts := Options{SourceDateEpoch: &epoch}
+	opts := StepOptions{SourceDateEpoch: &epoch}
 	c, err := From(ctx, st, "busybox:1", FromOptions{Name: "script"})
 	if err != nil {
 		t.Fatal(err)

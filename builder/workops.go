@@ -31,24 +31,7 @@ import (
 // stage runs on a working container; contextDir is where COPY and ADD
 // read ("" for an empty one).
 func newOpsBuild(ctx context.Context, opts *Options, name, text, contextDir string, platform v1.Platform) (*build, error) {
-	if opts.Progress == nil {
-		opts.Progress = progress.Discard{}
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.NumCPU()
-	}
-	if opts.Compression == "" {
-		opts.Compression = layers.Gzip
-	}
-	format, err := ParseFormat(string(opts.Format))
-	if err != nil {
-		return nil, err
-	}
-	opts.Format = format
-	if err := checkFormat(format, opts.Compression); err != nil {
+	if err := opts.fill(); err != nil {
 		return nil, err
 	}
 	if contextDir == "" {
@@ -74,14 +57,14 @@ func newOpsBuild(ctx context.Context, opts *Options, name, text, contextDir stri
 // container through the Dockerfile executor, then saves it. around, if
 // not nil, is called with the stage before the steps and returns what to
 // undo after them (before the state is saved).
-func (c *Container) apply(ctx context.Context, opts Options, verb, text, contextDir string, around func(s *stageRun) func()) error {
+func (c *Container) apply(ctx context.Context, step StepOptions, verb, text, contextDir string, around func(s *stageRun) func()) error {
 	if c.work == nil {
 		return errors.New("not a working container")
 	}
 	if mp := c.work.state.MountPoint; mp != "" {
 		return fmt.Errorf("container %s is mounted at %s: ibuild umount %s first", c.work.state.Name, mp, c.work.state.Name)
 	}
-	opts.Store = c.store
+	opts := Options{Store: c.store, StepOptions: step}
 	b, err := newOpsBuild(ctx, &opts, verb, "FROM scratch\n"+text, contextDir, c.platform)
 	if err != nil {
 		return err
@@ -134,7 +117,7 @@ type RunOptions struct {
 	// Output receives the command's output, line by line.
 	Output func(line string)
 	// Options supply isolation, secrets, SSH, progress and the like.
-	Options Options
+	Options StepOptions
 }
 
 // Run runs a command in the container, in the sandbox RUN uses, and keeps
@@ -218,7 +201,7 @@ type CopyOptions struct {
 	// Checksum verifies an ADD URL (ADD --checksum).
 	Checksum string
 	// Options supply the HTTP client, progress and the like.
-	Options Options
+	Options StepOptions
 }
 
 // Copy copies files into the container as COPY (or ADD) does, as a new
@@ -298,7 +281,7 @@ type ConfigOptions struct {
 	Author      *string
 	// Arch, OS and Variant set the image's platform fields.
 	Arch, OS, Variant *string
-	Options           Options
+	Options           StepOptions
 }
 
 // Config changes the container's image config.

@@ -28,7 +28,7 @@ func TestBuildFromRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	build := func(st *layers.Store, df string, pull registry.PullPolicy, p v1.Platform) (*builder.Result, error) {
-		return builder.Build(ctx, builder.Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), Pull: pull, Platforms: []v1.Platform{p}, NoCache: true})
+		return builder.Build(ctx, builder.Options{Store: st, ContextDir: dir, DockerfileContent: []byte(df), StepOptions: builder.StepOptions{Pull: pull}, Platforms: []v1.Platform{p}, NoCache: true})
 	}
 	df := "FROM " + ref + "\nCOPY x /x\n"
 	st := newStore(t)

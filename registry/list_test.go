@@ -37,7 +37,7 @@ func reproducibleIndex(t *testing.T, st *layers.Store, tag string) (*builder.Res
 	epoch := time.Unix(1700000000, 0)
 	df := "FROM scratch\nARG TARGETARCH\nCOPY big /big\nLABEL arch=$TARGETARCH\n"
 	res, err := builder.Build(context.Background(), builder.Options{Store: st, ContextDir: dir, Tags: []string{tag},
-		DockerfileContent: []byte(df), Platforms: []v1.Platform{host, other}, SourceDateEpoch: &epoch})
+		DockerfileContent: []byte(df), Platforms: []v1.Platform{host, other}, StepOptions: builder.StepOptions{SourceDateEpoch: &epoch}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -405,13 +405,13 @@ func (e *env) ibuild(ctx context.Context, c *compatCase, ref string) error {
 	ctx, cancel := context.WithTimeout(ctx, caseTimeout)
 	defer cancel()
 	opts := builder.Options{
-		Store:      e.store,
-		ContextDir: c.ContextDir,
-		Dockerfile: c.Dockerfile,
-		BuildArgs:  c.BuildArgs,
-		Target:     c.Target,
-		Push:       []string{ref},
-		Pull:       registry.PullMissing,
+		Store:       e.store,
+		ContextDir:  c.ContextDir,
+		Dockerfile:  c.Dockerfile,
+		BuildArgs:   c.BuildArgs,
+		Target:      c.Target,
+		Push:        []string{ref},
+		StepOptions: builder.StepOptions{Pull: registry.PullMissing},
 	}
 	if len(c.Platforms) > 0 {
 		ps, err := builder.ParsePlatforms(strings.Join(c.Platforms, ","))

@@ -205,7 +205,7 @@ func copyCommand(add bool) *cli.Command {
 				Chown:   c.String("chown"),
 				Chmod:   c.String("chmod"),
 				Add:     add,
-				Options: builder.Options{Progress: warningSink{}},
+				Options: builder.StepOptions{Progress: warningSink{}},
 			}
 			if add {
 				o.Checksum = c.String("checksum")
@@ -257,7 +257,7 @@ func configCommand() *cli.Command {
 				Ports:   c.StringSlice("port"),
 				Volumes: c.StringSlice("volume"),
 				OnBuild: c.StringSlice("onbuild"),
-				Options: builder.Options{Progress: warningSink{}},
+				Options: builder.StepOptions{Progress: warningSink{}},
 			}
 			var err error
 			if o.Labels, err = parseKeyValues(c.StringSlice("label"), false); err != nil {

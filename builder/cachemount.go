@@ -78,8 +78,8 @@ func (s *stageRun) cacheMount(ctx context.Context, m *instructions.Mount, r *run
 		source = "/cache"
 	}
 
-	root := filepath.Join(s.b.opts.Store.Root(), "cache")
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	root, err := s.b.opts.Store.CacheMountsDir()
+	if err != nil {
 		return nil, err
 	}
 	base := filepath.Join(root, cacheDirName(cacheKey(id, m)))

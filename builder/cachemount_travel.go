@@ -104,7 +104,10 @@ func (cs *cacheSession) cacheMounts(ctx context.Context, opts *Options) ([]layer
 	}
 	cs.mu.Unlock()
 	sort.Strings(ids)
-	root := filepath.Join(opts.Store.Root(), "cache")
+	root, err := opts.Store.CacheMountsDir()
+	if err != nil {
+		return nil, err
+	}
 	var out []layers.CacheMount
 	have := map[string]bool{}
 	ents, err := os.ReadDir(root)

@@ -52,7 +52,7 @@ func fetchContexts(ctx context.Context, opts *Options) (release func(), err erro
 			release()
 		}
 	}()
-	tmp := filepath.Join(opts.Store.Root(), "tmp")
+	tmp := opts.Store.TempRoot()
 	fopts := ctxfetch.Options{TempDir: tmp, Progress: func(msg string) {
 		opts.Progress.Emit(progress.Event{Kind: progress.Log, Time: opts.Now(), Message: msg})
 	}}

@@ -157,7 +157,7 @@ func defaultContainerName(image string) string {
 // createContainerDir makes Root/containers/<name>; with numbered, a taken
 // name gets -1, -2, ... as buildah does.
 func createContainerDir(store *layers.Store, name string, numbered bool) (string, error) {
-	root := filepath.Join(store.Root(), "containers")
+	root := store.ContainersDir()
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", err
 	}
@@ -194,7 +194,7 @@ func OpenContainer(ctx context.Context, store *layers.Store, name string) (*Cont
 	if !containerNameRE.MatchString(name) {
 		return nil, fmt.Errorf("invalid container name %q", name)
 	}
-	dir := filepath.Join(store.Root(), "containers", name)
+	dir := filepath.Join(store.ContainersDir(), name)
 	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
 		return nil, fmt.Errorf("container %s: %w", name, ErrNoContainer)
 	}
@@ -224,7 +224,7 @@ var ErrNoContainer = errors.New("no such container")
 
 // Containers lists the working containers of the store, by name.
 func Containers(ctx context.Context, store *layers.Store) ([]ContainerState, error) {
-	root := filepath.Join(store.Root(), "containers")
+	root := store.ContainersDir()
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -252,7 +252,7 @@ func InspectContainer(store *layers.Store, name string) (*ContainerState, error)
 	if !containerNameRE.MatchString(name) {
 		return nil, fmt.Errorf("container %s: %w", name, ErrNoContainer)
 	}
-	st, err := readContainerState(filepath.Join(store.Root(), "containers", name))
+	st, err := readContainerState(filepath.Join(store.ContainersDir(), name))
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", name, ErrNoContainer)
 	}

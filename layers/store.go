@@ -40,7 +40,10 @@ const PruneGrace = 10 * time.Minute
 //	storage/, storage-run/      containers/storage roots (overlay or vfs Snapshots)
 //	roots/<name>.json           extra garbage-collection roots (SetRoot)
 //	cache/records/<key>.json    build cache records; their layers are roots (CacheGet)
-//	cache/<name>/               other cache data (context indexes, step histories)
+//	cache/layers/<key>.json     layer memos (LayerMemo)
+//	cache/<name>/               other cache data (context indexes, step histories; CacheDir)
+//	cache/<id>-<hash>[-N]/      RUN --mount=type=cache instances and their .lock files (CacheMountsDir)
+//	containers/<name>/          working containers: state.json and lock (ContainersDir)
 //	sources/<manifest hex>.json repositories a manifest's blobs can be fetched from (AddSources)
 //	tmp/                        temporary files and directories
 //	store.lock, index.lock      flock(2) files (also lists.lock, sources.lock: see UpdateList)
@@ -191,6 +194,25 @@ func (s *Store) TempDir(prefix string) (string, error) {
 	}
 	return d, nil
 }
+
+// ContainersDir is Root/containers, which holds one directory per working
+// container (see the builder's From). It may not exist yet.
+func (s *Store) ContainersDir() string { return filepath.Join(s.root, "containers") }
+
+// CacheMountsDir is Root/cache, where the instances of RUN
+// --mount=type=cache live beside the cache's other folders (see the
+// layout above). It is created, mode 0700, on first use.
+func (s *Store) CacheMountsDir() (string, error) {
+	d := filepath.Join(s.root, "cache")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", fmt.Errorf("cache mounts: %w", err)
+	}
+	return d, nil
+}
+
+// TempRoot is Root/tmp, where TempDir makes its directories; Open removes
+// what was left there.
+func (s *Store) TempRoot() string { return filepath.Join(s.root, "tmp") }
 
 // Lock takes flock(2) on Root/store.lock, shared or exclusive, waiting until
 // it is granted or ctx is done. The returned function releases it and may be

@@ -28,7 +28,7 @@ func checkAnnotations(anns []registry.Annotation, platforms []v1.Platform, forma
 			}
 		}
 		if format == FormatDocker && a.Type != registry.AnnotationManifest {
-			return fmt.Errorf("annotation %s:%s: docker media types have no %s annotations: build with --format oci", a.Type, a.Key, a.Type)
+			return fmt.Errorf("annotation %s:%s: docker media types have no %s annotations: build with FormatOCI", a.Type, a.Key, a.Type)
 		}
 		if a.Platform != nil && !slices.ContainsFunc(platforms, a.Applies) {
 			var have []string
@@ -93,7 +93,7 @@ func addToManifestList(ctx context.Context, opts *Options, res *Result, warn fun
 	}
 	desc, err := registry.AddImagesToList(ctx, opts.Store, opts.Manifest, images, registry.ListCreateOptions{MediaType: opts.Format.indexType()})
 	if err != nil {
-		return fmt.Errorf("--manifest %s: %w", opts.Manifest, err)
+		return fmt.Errorf("manifest list %s: %w", opts.Manifest, err)
 	}
 	raw, err := opts.Store.Blobs().ReadAll(desc.Digest)
 	if err != nil {

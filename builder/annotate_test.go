@@ -154,7 +154,7 @@ func TestAnnotationsSinglePlatform(t *testing.T) {
 		{"index on one platform", []string{"index:a=b"}, "", []string{"linux/amd64"}, "single-platform build makes no index"},
 		{"index-descriptor on one platform", []string{"index-descriptor:a=b"}, "", []string{"linux/amd64"}, "single-platform"},
 		{"platform not built", []string{"manifest[linux/s390x]:a=b"}, "", []string{"linux/amd64", "linux/arm64"}, "no image for linux/s390x (it makes linux/amd64, linux/arm64)"},
-		{"docker descriptor", []string{"manifest-descriptor:a=b"}, FormatDocker, []string{"linux/amd64"}, "--format oci"},
+		{"docker descriptor", []string{"manifest-descriptor:a=b"}, FormatDocker, []string{"linux/amd64"}, "build with FormatOCI"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := annotateBuild(t, Options{Annotations: parseAnns(t, tc.anns...), Format: tc.format}, tc.ps...)

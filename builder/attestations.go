@@ -199,7 +199,7 @@ func provenanceInfo(opts *Options, in attestInput, warn func(string)) *attest.Bu
 	}
 	if len(hidden) > 0 {
 		sort.Strings(hidden)
-		warn(fmt.Sprintf("provenance: build args %s look like secrets (SecretsUsedInArgOrEnv) and are left out of it; pass secrets with --secret", strings.Join(hidden, ", ")))
+		warn(fmt.Sprintf("provenance: build args %s look like secrets (SecretsUsedInArgOrEnv) and are left out of it; pass secrets as build secrets (Options.Secrets)", strings.Join(hidden, ", ")))
 	}
 	for id := range opts.Secrets {
 		info.Secrets = append(info.Secrets, id)
@@ -308,7 +308,7 @@ func appendAttestations(idx v1.ImageIndex, images []v1.Image, atts [][]attest.St
 // container's image before squashing: its snapshots are on disk).
 func commitSBOM(ctx context.Context, st *layers.Store, scanned, img v1.Image, name string, o CommitOptions, warn func(string)) (v1.ImageIndex, error) {
 	if o.Format == FormatDocker {
-		return nil, errors.New("commit --sbom: a docker manifest list cannot hold attestation manifests; use --format oci")
+		return nil, errors.New("SBOM: a docker manifest list cannot hold attestation manifests; commit with FormatOCI")
 	}
 	dirs, err := st.Snapshots(ctx, scanned, warn)
 	if err != nil {

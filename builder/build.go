@@ -192,7 +192,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			}
 		}
 		if err := opts.Store.Materialize(ctx, ls, opts.Jobs); err != nil {
-			return nil, fmt.Errorf("--cache-to: %w", err)
+			return nil, fmt.Errorf("cache export (CacheTo): %w", err)
 		}
 		if err := cache.exportCache(ctx, &opts, entries); err != nil {
 			return nil, err

@@ -71,19 +71,19 @@ func (cs *cacheSession) exportCache(ctx context.Context, opts *Options, entries 
 		me, ok := exp.(CacheMountExporter)
 		if !ok || !me.ExportsCacheMounts() {
 			if err := exp.ExportCache(ctx, entries); err != nil {
-				return fmt.Errorf("--cache-to: %w", err)
+				return fmt.Errorf("cache export (CacheTo): %w", err)
 			}
 			continue
 		}
 		if !made {
 			var err error
 			if mounts, err = cs.cacheMounts(ctx, opts); err != nil {
-				return fmt.Errorf("--cache-to: cache mounts: %w", err)
+				return fmt.Errorf("cache export (CacheTo): cache mounts: %w", err)
 			}
 			made = true
 		}
 		if err := me.ExportCacheWith(ctx, entries, mounts); err != nil {
-			return fmt.Errorf("--cache-to: %w", err)
+			return fmt.Errorf("cache export (CacheTo): %w", err)
 		}
 	}
 	return nil

@@ -60,7 +60,7 @@ func fetchContexts(ctx context.Context, opts *Options) (release func(), err erro
 	if v, ok := opts.BuildArgs[keepGitDirArg]; ok {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			return release, fmt.Errorf("--build-arg %s=%s: want true or false", keepGitDirArg, v)
+			return release, fmt.Errorf("build arg %s=%s: want true or false", keepGitDirArg, v)
 		}
 		keepGit = b
 	}
@@ -116,10 +116,10 @@ func fetchContexts(ctx context.Context, opts *Options) (release func(), err erro
 			fetched = append(fetched, f)
 		}
 		if err != nil {
-			return release, fmt.Errorf("--build-context %s=%s: %w", n, ctxfetch.Redact(v), err)
+			return release, fmt.Errorf("build context %s=%s: %w", n, ctxfetch.Redact(v), err)
 		}
 		if _, dup := opts.named[nc.name]; dup {
-			return release, fmt.Errorf("--build-context %s is given twice (names are compared as image references are: %s)", n, nc.name)
+			return release, fmt.Errorf("build context %s is given twice (names are compared as image references are: %s)", n, nc.name)
 		}
 		opts.named[nc.name] = nc
 	}

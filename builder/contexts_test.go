@@ -373,7 +373,7 @@ COPY --from=tagged /x /tagged-x
 		contexts map[string]string
 		want     string
 	}{
-		{map[string]string{"web": tarURL + "/gone.tar.gz"}, "--build-context web=" + tarURL + "/gone.tar.gz"},
+		{map[string]string{"web": tarURL + "/gone.tar.gz"}, "build context web=" + tarURL + "/gone.tar.gz"},
 		{map[string]string{"lib": srv.URL + "/nolib.git"}, "nolib.git"},
 		{map[string]string{"img": "docker-image://" + reg.Host + "/named/none:1"}, "named/none"},
 		{map[string]string{"lay": "oci-layout://" + filepath.Join(t.TempDir(), "none")}, "no such OCI layout"},

@@ -87,7 +87,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 		return err
 	}
 	if snapshotter == layers.SnapshotterNative {
-		return errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: use --storage-driver auto as root")
+		return ErrNativeSnapshots
 	}
 	if snapshotter == layers.SnapshotterVFS {
 		// No overlay can be mounted: the step runs over the unpacked root.

@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -311,6 +312,26 @@ func ParseNetwork(s string) (Network, error) {
 		return n, nil
 	}
 	return "", fmt.Errorf("unknown network %q: want host or none", s)
+}
+
+// ErrNativeSnapshots is the error of a RUN step in a store opened with
+// native snapshots, which RUN cannot mount.
+var ErrNativeSnapshots = errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: open it as root with layers.WithSnapshotter(layers.SnapshotterAuto)")
+
+// MissingSecretError is the error of a RUN step whose required secret
+// (or SSH agent) mount names an id the build was not given.
+type MissingSecretError struct {
+	ID string
+	// SSH is set for an SSH agent (Options.SSH), else it is a secret
+	// (Options.Secrets).
+	SSH bool
+}
+
+func (e *MissingSecretError) Error() string {
+	if e.SSH {
+		return fmt.Sprintf("ssh agent %q is required but was not provided (Options.SSH[%q])", e.ID, e.ID)
+	}
+	return fmt.Sprintf("secret %q is required but was not provided (Options.Secrets[%q])", e.ID, e.ID)
 }
 
 // Pushed is one push of a build's result.

@@ -37,7 +37,7 @@ func writeOutputs(ctx context.Context, opts *Options, res *Result, warn func(str
 			})
 		case "docker":
 			if res.Image == nil {
-				return fmt.Errorf("--output type=docker holds one image; a multi-platform build needs type=oci")
+				return fmt.Errorf("output type=docker holds one image; a multi-platform build needs type=oci")
 			}
 			if res.Index != nil {
 				warn("--output type=docker,dest=" + out.Dest + ": a docker archive holds no attestations: the SBOM and provenance are not in it (type=oci keeps them)")
@@ -47,12 +47,12 @@ func writeOutputs(ctx context.Context, opts *Options, res *Result, warn func(str
 			})
 		case "local":
 			if res.Image == nil {
-				return fmt.Errorf("--output type=local needs a single-platform build")
+				return fmt.Errorf("output type=local needs a single-platform build")
 			}
 			err = registry.WriteRootFS(ctx, out.Dest, res.Image, warn)
 		case "tar":
 			if res.Image == nil {
-				return fmt.Errorf("--output type=tar needs a single-platform build")
+				return fmt.Errorf("output type=tar needs a single-platform build")
 			}
 			err = writeFileAtomic(out.Dest, func(w io.Writer) error {
 				return registry.WriteRootFSTar(ctx, w, res.Image)
@@ -61,7 +61,7 @@ func writeOutputs(ctx context.Context, opts *Options, res *Result, warn func(str
 			err = fmt.Errorf("unknown output type %q", out.Type)
 		}
 		if err != nil {
-			return fmt.Errorf("--output type=%s,dest=%s: %w", out.Type, out.Dest, err)
+			return fmt.Errorf("output type=%s,dest=%s: %w", out.Type, out.Dest, err)
 		}
 	}
 	return nil

@@ -29,10 +29,10 @@ func chooseIsolation(isolation Isolation) (Isolation, string) {
 // indexes taken before and after it.
 func (s *stageRun) runNone(ctx context.Context, c *instructions.RunCommand, network Network) error {
 	if len(instructions.GetMounts(c)) > 0 {
-		return errors.New("RUN --mount needs mounts, which --isolation none does not make")
+		return errors.New("RUN --mount needs mounts, which isolation none (IsolationNone) does not make")
 	}
 	if network == NetworkNone {
-		return errors.New("--network none needs a network namespace, which --isolation none does not make")
+		return errors.New("network none (NetworkNone) needs a network namespace, which isolation none (IsolationNone) does not make")
 	}
 	root, err := s.c.unpackedRoot(ctx)
 	if err != nil {

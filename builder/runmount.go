@@ -360,7 +360,7 @@ func (s *stageRun) secretMount(m *instructions.Mount, scratch string, r *runMoun
 	src, ok := s.b.opts.Secrets[id]
 	if !ok {
 		if m.Required {
-			return nil, "", fmt.Errorf("secret %q is required but was not provided (ibuild build --secret id=%s,src=FILE or env=VAR)", id, id)
+			return nil, "", &MissingSecretError{ID: id}
 		}
 		return nil, "", nil
 	}
@@ -404,7 +404,7 @@ func (s *stageRun) sshMount(m *instructions.Mount, target string, r *runMounts) 
 	sock, ok := s.b.opts.SSH[id]
 	if !ok || sock == "" {
 		if m.Required {
-			return nil, fmt.Errorf("ssh agent %q is required but was not provided (ibuild build --ssh %s=SOCKET)", id, id)
+			return nil, &MissingSecretError{ID: id, SSH: true}
 		}
 		return nil, nil
 	}

@@ -291,7 +291,7 @@ func (c *Container) Config(ctx context.Context, o ConfigOptions) error {
 	for _, kv := range o.Env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return fmt.Errorf("--env %q: want KEY=VALUE", kv)
+			return fmt.Errorf("env %q: want KEY=VALUE", kv)
 		}
 		add("ENV %s=%s", k, quoteWord(v))
 	}

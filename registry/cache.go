@@ -141,10 +141,10 @@ func ParseCacheSpec(s string) (CacheSpec, error) {
 	case CacheTypeLocal:
 		spec.Type = CacheTypeLocal
 		if spec.Ref != "" {
-			return spec, errors.New("ref is type=registry's: a local cache takes src=DIR (--cache-from) or dest=DIR (--cache-to)")
+			return spec, errors.New("ref is type=registry's: a local cache takes src=DIR (to import) or dest=DIR (to export)")
 		}
 		if spec.Src == "" && spec.Dest == "" {
-			return spec, errors.New("type=local needs src=DIR (--cache-from) or dest=DIR (--cache-to)")
+			return spec, errors.New("type=local needs src=DIR (to import) or dest=DIR (to export)")
 		}
 		if spec.Tag == "" {
 			spec.Tag = "latest"

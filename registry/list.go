@@ -30,6 +30,24 @@ import (
 // the store first.
 const DockerTransport = "docker://"
 
+// OptionError is an error about how an option is set (or left unset).
+// Option names it as the Go API spells it ("ListAddOptions.All", or a
+// whole options type when several of its fields would do), so that a
+// command can name its own flag.
+type OptionError struct {
+	Option string
+	Err    error
+}
+
+func (e *OptionError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the error.
+func (e *OptionError) Unwrap() error { return e.Err }
+
+func optionError(option string, err error) error {
+	return &OptionError{Option: option, Err: err}
+}
+
 // ListCreateOptions configure CreateList.
 type ListCreateOptions struct {
 	// MediaType is the list's: types.OCIImageIndex ("" means this) or
@@ -172,7 +190,7 @@ func CreateList(ctx context.Context, store *layers.Store, name string, opts List
 			if cur == nil {
 				what = "an image"
 			}
-			return nil, fmt.Errorf("manifest create %s: the name is taken by %s (%s): use --amend to add to it, or another name", name, what, named.Digest)
+			return nil, optionError("ListCreateOptions.Amend", fmt.Errorf("manifest create %s: the name is taken by %s (%s): set Amend to add to it, or use another name", name, what, named.Digest))
 		case cur != nil:
 			if len(opts.Annotations) > 0 && cur.MediaType == types.DockerManifestList {
 				return nil, fmt.Errorf("manifest create %s: a docker manifest list has no annotations", name)
@@ -267,7 +285,7 @@ func addEntries(ctx context.Context, store *layers.Store, list string, entries [
 		}
 		for _, e := range entries {
 			if cur.MediaType == types.DockerManifestList && len(e.desc.Annotations) > 0 {
-				return nil, fmt.Errorf("manifest list %s is a docker manifest list, whose entries have no annotations: use an OCI index (manifest create without --format docker)", list)
+				return nil, fmt.Errorf("manifest list %s is a docker manifest list, whose entries have no annotations: use an OCI index (ListCreateOptions.MediaType types.OCIImageIndex)", list)
 			}
 			if i := slices.IndexFunc(cur.Manifests, func(d v1.Descriptor) bool { return d.Digest == e.desc.Digest }); i >= 0 {
 				cur.Manifests[i] = e.desc
@@ -420,7 +438,7 @@ func pickChildren(im *v1.IndexManifest, opts ListAddOptions) ([]v1.Descriptor, e
 	}
 	c, err := pickPlatform(im, want)
 	if err != nil {
-		return nil, fmt.Errorf("%w; --all adds every image", err)
+		return nil, optionError("ListAddOptions.All", fmt.Errorf("%w; All adds every image", err))
 	}
 	return []v1.Descriptor{c}, nil
 }
@@ -547,13 +565,13 @@ func AnnotateList(ctx context.Context, store *layers.Store, list, entry string, 
 	}
 	if opts.Index {
 		if entry != "" {
-			return fail(fmt.Errorf("--index annotates the index itself: name no entry (%s)", entry))
+			return fail(optionError("ListAnnotateOptions.Index", fmt.Errorf("Index annotates the index itself: name no entry (%s)", entry)))
 		}
 		if opts.setsPlatform() {
-			return fail(errors.New("--index sets annotations only: --os, --arch, --variant, --os-version and the features are an entry's"))
+			return fail(optionError("ListAnnotateOptions.Index", errors.New("Index sets annotations only: OS, Architecture, Variant, OSVersion and the features are an entry's")))
 		}
 		if len(opts.Annotations) == 0 {
-			return fail(errors.New("--index needs --annotation KEY=VALUE"))
+			return fail(optionError("ListEntryOptions.Annotations", errors.New("Index needs Annotations")))
 		}
 		desc, err := store.UpdateList(ctx, list, func(cur *v1.IndexManifest, named *v1.Descriptor) (*v1.IndexManifest, error) {
 			if cur == nil {
@@ -571,10 +589,10 @@ func AnnotateList(ctx context.Context, store *layers.Store, list, entry string, 
 		return v1.Hash{}, desc, nil
 	}
 	if entry == "" {
-		return fail(errors.New("name the entry to annotate (its digest or image), or give --index"))
+		return fail(optionError("ListAnnotateOptions.Index", errors.New("name the entry to annotate (its digest or image), or set Index")))
 	}
 	if !opts.setsPlatform() && len(opts.Annotations) == 0 {
-		return fail(errors.New("nothing to change: give --annotation, --os, --arch, --variant, --os-version, --os-features or --features"))
+		return fail(optionError("ListEntryOptions", errors.New("nothing to change: set Annotations, OS, Architecture, Variant, OSVersion, OSFeatures or Features")))
 	}
 	var annotated v1.Hash
 	desc, err := editEntry(ctx, store, list, entry, opts.Conn, func(im *v1.IndexManifest, i int) error {

@@ -177,7 +177,7 @@ func TestListMergeFromRegistry(t *testing.T) {
 
 	t.Run("without --all the images must be there", func(t *testing.T) {
 		_, err := registry.PushList(ctx, merger, "merged", px.Host+"/team/empty:1", registry.ListPushOptions{})
-		if err == nil || !strings.Contains(err.Error(), "--all") || !strings.Contains(err.Error(), im.Manifests[0].Digest.String()) {
+		if optionOf(err) != "ListPushOptions.All" || !strings.Contains(err.Error(), im.Manifests[0].Digest.String()) {
 			t.Fatalf("index-only push to an empty repository: %v", err)
 		}
 		d, err := registry.PushList(ctx, merger, "merged", px.Host+"/team/app:index-only", registry.ListPushOptions{})
@@ -250,7 +250,7 @@ func TestListEdit(t *testing.T) {
 	if _, _, err := registry.AddToList(ctx, st, "nolist", "multi:1", registry.ListAddOptions{}); err == nil || !strings.Contains(err.Error(), "manifest create nolist") {
 		t.Fatalf("add to a missing list: %v", err)
 	}
-	if _, err := registry.CreateList(ctx, st, "multi:1", registry.ListCreateOptions{}); err == nil || !strings.Contains(err.Error(), "--amend") {
+	if _, err := registry.CreateList(ctx, st, "multi:1", registry.ListCreateOptions{}); optionOf(err) != "ListCreateOptions.Amend" {
 		t.Fatalf("create over an index: %v", err)
 	}
 	if _, err := registry.CreateList(ctx, st, "list", registry.ListCreateOptions{Annotations: map[string]string{"team": "a"}}); err != nil {
@@ -317,8 +317,8 @@ func TestListEdit(t *testing.T) {
 	}{
 		{"unknown entry lists the entries", "sha256:" + strings.Repeat("0", 64), registry.ListAnnotateOptions{ListEntryOptions: registry.ListEntryOptions{OS: "linux"}}, im.Manifests[0].Digest.String() + " ("},
 		{"nothing to change", prefix, registry.ListAnnotateOptions{}, "nothing to change"},
-		{"index with an entry", prefix, registry.ListAnnotateOptions{Index: true, ListEntryOptions: registry.ListEntryOptions{Annotations: map[string]string{"a": "b"}}}, "--index"},
-		{"index with a platform", "", registry.ListAnnotateOptions{Index: true, ListEntryOptions: registry.ListEntryOptions{OS: "linux", Annotations: map[string]string{"a": "b"}}}, "--os"},
+		{"index with an entry", prefix, registry.ListAnnotateOptions{Index: true, ListEntryOptions: registry.ListEntryOptions{Annotations: map[string]string{"a": "b"}}}, "Index annotates the index itself"},
+		{"index with a platform", "", registry.ListAnnotateOptions{Index: true, ListEntryOptions: registry.ListEntryOptions{OS: "linux", Annotations: map[string]string{"a": "b"}}}, "OS, Architecture"},
 		{"bad arch", prefix, registry.ListAnnotateOptions{ListEntryOptions: registry.ListEntryOptions{Architecture: "arm/64"}}, `--arch "arm/64"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -416,7 +416,17 @@ func TestListAddRemoteIndex(t *testing.T) {
 		}
 	}
 	_, _, err = registry.AddToList(ctx, fresh, "l", "docker://"+px.Host+"/multi:1", registry.ListAddOptions{Platform: v1.Platform{OS: "linux", Architecture: "s390x"}})
-	if err == nil || !strings.Contains(err.Error(), "linux/s390x") || !strings.Contains(err.Error(), "--all") {
+	if optionOf(err) != "ListAddOptions.All" || !strings.Contains(err.Error(), "linux/s390x") {
 		t.Errorf("add of a missing platform: %v", err)
 	}
+}
+
+// optionOf is the option a registry.OptionError in err's chain names, or
+// "".
+func optionOf(err error) string {
+	var oe *registry.OptionError
+	if errors.As(err, &oe) {
+		return oe.Option
+	}
+	return ""
 }

@@ -85,7 +85,7 @@ func pushIndexOnly(ctx context.Context, idx *listIndex, dest string, opts PushOp
 			want = types.DockerManifestList
 		}
 		if idx.mediaType != want {
-			return fail(fmt.Errorf("--format %s changes the images' digests: push them too (--all)", opts.Format))
+			return fail(optionError("ListPushOptions.All", fmt.Errorf("format %s changes the images' digests: push them too (All)", opts.Format)))
 		}
 	}
 	ropts := append(opts.Conn.remoteOptions(ctx, pushJobs), retryOptions()...)
@@ -93,7 +93,7 @@ func pushIndexOnly(ctx context.Context, idx *listIndex, dest string, opts PushOp
 		if _, err := remote.Head(r.Context().Digest(d.Digest.String()), ropts...); err != nil {
 			var te *transport.Error
 			if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
-				return fail(fmt.Errorf("the entry %s (%s) is not in %s: push it too (--all, the default)", d.Digest, platformText(d.Platform), repositoryName(r)))
+				return fail(optionError("ListPushOptions.All", fmt.Errorf("the entry %s (%s) is not in %s: push it too (All)", d.Digest, platformText(d.Platform), repositoryName(r))))
 			}
 			return fail(err)
 		}

@@ -160,7 +160,7 @@ func push(ctx context.Context, img v1.Image, idx v1.ImageIndex, src, dest string
 			if dropped > 0 {
 				// Always said, even without a Progress callback: the
 				// pushed index lacks what the stored one has.
-				msg := fmt.Sprintf("warning: --format docker: %d attestation manifest(s) (SBOM, provenance) dropped: a docker manifest list cannot hold them; push in oci format to keep them", dropped)
+				msg := fmt.Sprintf("warning: docker format: %d attestation manifest(s) (SBOM, provenance) dropped: a docker manifest list cannot hold them; push in oci format to keep them", dropped)
 				if opts.Progress != nil {
 					opts.Progress(msg)
 				} else {

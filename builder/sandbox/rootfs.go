@@ -149,7 +149,7 @@ func mountOverlayLegacy(lowers []string, upper, work, target string, attrs uint6
 	}
 	opts += "," + strings.Join(overlayFlags(), ",")
 	if len(opts) >= os.Getpagesize()-1 {
-		return fmt.Errorf("mount overlay: %d layers are more than mount(2) takes on this kernel (before Linux 6.8); squash the base image (--squash) or use a newer kernel", len(lowers))
+		return fmt.Errorf("mount overlay: %d layers are more than mount(2) takes on this kernel (before Linux 6.8); squash the base image (build it with Squash or SquashAll) or use a newer kernel", len(lowers))
 	}
 	if err := unix.Mount("overlay", target, "overlay", mountFlags(attrs), opts); err != nil {
 		return fmt.Errorf("mount overlay: %w", err)

@@ -188,10 +188,15 @@ func (e *ExitError) Error() string {
 // tailLines is how many output lines an ExitError keeps.
 const tailLines = 10
 
+// ErrNeedsUserNamespace is Supported's error for a process that is not
+// root: it must enter a user namespace first (the builder's
+// MaybeReexecUsingUserNamespace does).
+var ErrNeedsUserNamespace = errors.New("RUN as an unprivileged user needs a user namespace: enter one before building (builder.MaybeReexecUsingUserNamespace enters one when user namespaces are enabled, newuidmap and newgidmap are installed and /etc/subuid and /etc/subgid give the user a range; with IsolationUserns even with a single id mapped), or run as root")
+
 // Supported reports why RUN cannot work here, or nil.
 func Supported() error {
 	if os.Geteuid() != 0 {
-		return errors.New("RUN as an unprivileged user needs a user namespace: the ibuild command enters one when user namespaces are enabled, newuidmap and newgidmap are installed and /etc/subuid and /etc/subgid give the user a range (--isolation userns enters one even with a single id mapped); otherwise run ibuild as root")
+		return ErrNeedsUserNamespace
 	}
 	return nil
 }

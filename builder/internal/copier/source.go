@@ -90,7 +90,7 @@ func OpenContext(dir, dockerfilePath, ignoreFile string) (*ContextFS, error) {
 	if ignoreFile != "" {
 		data, err := dockerfile.ReadFile(ignoreFile)
 		if err != nil {
-			return nil, fmt.Errorf("--ignorefile: %w", err)
+			return nil, fmt.Errorf("ignore file: %w", err)
 		}
 		return c, c.setIgnore(ignoreFile, data)
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/ibuild/ibuild/builder/internal/oracle"
 )
 
 // compatCase is one Dockerfile build both builders run.
@@ -264,7 +266,7 @@ func dockerfileName(name string) bool {
 // case, with the options and skip reasons of testdata/buildah-cases.txt.
 func buildahCases(t *testing.T) []*compatCase {
 	t.Helper()
-	dir := filepath.Join(moduleDir(t, buildahModule, buildahVersion), "tests", "bud")
+	dir := filepath.Join(oracle.ModuleDir(t, buildahModule, buildahVersion), "tests", "bud")
 	opts := readCaseTable(t, filepath.Join("testdata", "buildah-cases.txt"))
 	var out []*compatCase
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {

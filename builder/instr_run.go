@@ -57,6 +57,9 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 		}
 	}
 	network := instructions.GetNetwork(c)
+	if network == instructions.NetworkHost && !s.b.opts.AllowNetworkHost {
+		return errors.New("RUN --network=host needs the network.host entitlement, as with docker build: allow it with --allow network.host (Options.AllowNetworkHost), or leave the flag out: the default network of RUN steps is the host's already (--network)")
+	}
 	if network == instructions.NetworkDefault || network == "" {
 		network = s.b.opts.Network
 	}

@@ -178,7 +178,7 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 	}
 	sh := s.c.imageConfig().Shell
 	if len(sh) == 0 {
-		sh = defaultShell
+		sh = s.defaultShell()
 	}
 	if name, _, ok := shebangHeredoc(c); ok {
 		return append(append([]string(nil), sh...), path.Join(heredocScriptDir, name)), ""

@@ -335,8 +335,6 @@ func applyDirMeta(l *layerDir, spec *copySpec, fi fs.FileInfo, host, dst string)
 	return nil
 }
 
-// ownerFor is the in-image owner of a copied file: --chown if given, root
-// for the build context (as docker build), else the source's owner.
 // linkable reports whether the regular file fi may be hard-linked into
 // the layer instead of copied: it is a file of a snapshot (a stage or an
 // image, never the build context, which its owner may change), and the
@@ -350,6 +348,8 @@ func linkable(l *layerDir, spec *copySpec, fi fs.FileInfo) bool {
 	return l.epoch == nil || !fi.ModTime().After(*l.epoch)
 }
 
+// ownerFor is the in-image owner of a copied file: --chown if given, root
+// for the build context (as docker build), else the source's owner.
 func ownerFor(spec *copySpec, fi fs.FileInfo, host string) owner {
 	if spec.chown != nil {
 		return *spec.chown

@@ -239,7 +239,6 @@ func (l *layerDir) symlink(p, target string, o owner, mtime time.Time) error {
 	return setMtime(h, mtime)
 }
 
-// hardlink makes p a hardlink of the earlier written in-layer path first.
 // linkFrom makes the layer path p a hard link to host, a file of a
 // snapshot whose metadata (mode, owner, mtime) p keeps: no byte is
 // copied. It reports false when it cannot (another file system, too many
@@ -255,6 +254,7 @@ func (l *layerDir) linkFrom(p, host string) (bool, error) {
 	return true, nil
 }
 
+// hardlink makes p a hardlink of the earlier written in-layer path first.
 func (l *layerDir) hardlink(p, first string) error {
 	h := l.host(p)
 	if err := clearTarget(h, p); err != nil {

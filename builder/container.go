@@ -102,15 +102,19 @@ func newContainer(store *layers.Store, base v1.Image, platform v1.Platform, opts
 // dockerDefaults gives a Dockerfile stage's starting config what
 // BuildKit's gives it: FROM scratch starts with WorkingDir "/" and the
 // default PATH, and any other base whose Env lacks PATH gets the default
-// PATH appended. Windows images are left to the OS, as BuildKit does.
+// PATH appended. A Windows scratch stage starts in "\\" and gets no PATH,
+// as with BuildKit.
 // Working containers (buildah's) keep the image's config as it is.
 func (c *Container) dockerDefaults(scratch bool) {
 	cfg := c.imageConfig()
+	if c.platform.OS == "windows" {
+		if scratch {
+			cfg.WorkingDir = `\`
+		}
+		return
+	}
 	if scratch {
 		cfg.WorkingDir = "/"
-	}
-	if c.platform.OS == "windows" {
-		return
 	}
 	for _, kv := range cfg.Env {
 		if k, _, _ := strings.Cut(kv, "="); k == "PATH" {

@@ -7,8 +7,13 @@ import (
 )
 
 // defaultShell is the shell of shell-form instructions when the image has
-// no SHELL.
-var defaultShell = []string{"/bin/sh", "-c"}
+// no SHELL: BuildKit's, cmd /S /C for a Windows target.
+func (s *stageRun) defaultShell() []string {
+	if s.platform.OS == "windows" {
+		return []string{"cmd", "/S", "/C"}
+	}
+	return []string{"/bin/sh", "-c"}
+}
 
 // shellWords turns a shell- or exec-form command line into the argv the
 // image records: exec form as is, shell form under the image's shell.
@@ -18,7 +23,7 @@ func (s *stageRun) shellWords(cl instructions.ShellDependantCmdLine) []string {
 	}
 	sh := s.c.imageConfig().Shell
 	if len(sh) == 0 {
-		sh = defaultShell
+		sh = s.defaultShell()
 	}
 	return append(append([]string(nil), sh...), strings.Join(cl.CmdLine, " "))
 }

@@ -57,7 +57,10 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 			return fmt.Errorf("--device=%s: required device %q is not registered (ibuild provides no CDI devices)", d.Name, d.Name)
 		}
 	}
-	mode := string(instructions.GetNetwork(c))
+	mode := instructions.GetNetwork(c)
+	if mode == instructions.NetworkHost && !s.b.opts.AllowNetworkHost {
+		return errors.New("RUN --network=host needs the network.host entitlement, as with docker build: allow it (Options.AllowNetworkHost), or leave the flag out: the default network of RUN steps is the host's already (Options.Network)")
+	}
 	if mode == instructions.NetworkDefault || mode == "" {
 		mode = string(s.b.opts.Network)
 	}
@@ -173,7 +176,7 @@ func (s *stageRun) runArgs(c *instructions.RunCommand) ([]string, string) {
 	}
 	sh := s.c.imageConfig().Shell
 	if len(sh) == 0 {
-		sh = defaultShell
+		sh = s.defaultShell()
 	}
 	if name, _, ok := shebangHeredoc(c); ok {
 		return append(append([]string(nil), sh...), path.Join(heredocScriptDir, name)), ""

@@ -176,6 +176,11 @@ type StepOptions struct {
 	// then hold every capability, with no seccomp filter and no masked
 	// paths. Without it such a step fails.
 	AllowInsecure bool
+	// AllowNetworkHost grants the network.host entitlement, as buildx's
+	// --allow network.host: RUN --network=host steps are refused without
+	// it, as docker build refuses them (the steps' default network,
+	// Network, needs no entitlement).
+	AllowNetworkHost bool
 	// Pull is the base images' pull policy: registry.PullMissing (the
 	// default, ""), PullAlways or PullNever. Images not in the store are
 	// pulled from their registry (see registry.Pull).

@@ -222,7 +222,7 @@ var mountCases = []mountCase{{
 }, {
 	name:       "network-none-option",
 	dockerfile: "FROM busybox:1\nRUN cat /proc/net/dev > /netdev\nRUN --network=host cat /proc/net/dev > /netdev-host\n",
-	opts:       func(t *testing.T, o *Options) { o.Network = "none" },
+	opts:       func(t *testing.T, o *Options) { o.Network, o.AllowNetworkHost = "none", true },
 	check: func(t *testing.T, b *runBuild, _ *layers.Store, _ string) {
 		lines := strings.Split(strings.TrimSpace(readFileIn(t, b.root, "/netdev")), "\n")
 		if len(lines) != 3 || !strings.HasPrefix(strings.TrimSpace(lines[2]), "lo:") {
@@ -235,6 +235,19 @@ var mountCases = []mountCase{{
 		if got := readFileIn(t, b.root, "/netdev-host"); strings.Count(got, "\n") != strings.Count(string(host), "\n") {
 			t.Errorf("RUN --network=host saw:\n%s\nthe host has:\n%s", got, host)
 		}
+	},
+}, {
+	// As docker build: RUN --network=host needs the network.host
+	// entitlement (the default network is the host's all the same).
+	name:       "network-host-needs-entitlement",
+	dockerfile: "FROM busybox:1\nRUN --network=host true\n",
+	wantErr:    []string{"Dockerfile:2", "needs the network.host entitlement", "--allow network.host"},
+}, {
+	name:       "tmpfs-on-dev-shm",
+	dockerfile: "FROM busybox:1\nRUN --mount=type=tmpfs,target=/dev/shm,size=1m grep -c ' /dev/shm ' /proc/self/mountinfo > /n && df -k /dev/shm | tail -1 | awk '{print $2}' > /size\n",
+	check: func(t *testing.T, b *runBuild, _ *layers.Store, _ string) {
+		wantFile(t, b.root, "/n", "1\n")
+		wantFile(t, b.root, "/size", "1024\n")
 	},
 }, {
 	name:       "isolation-chroot",

@@ -147,6 +147,7 @@ func (c *Container) Run(ctx context.Context, o RunOptions) error {
 	}
 	text := "RUN " + strings.Join(append(flags, string(args)), " ") + "\n"
 	opts := o.Options
+	opts.AllowNetworkHost = true // buildah run --network host needs no entitlement
 	opts.Progress = opsSink{next: opts.Progress, out: o.Output}
 	return c.apply(ctx, opts, "ibuild run", text, "", func(s *stageRun) func() {
 		cfg := s.c.imageConfig()

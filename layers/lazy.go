@@ -25,7 +25,7 @@ import (
 // remembered (cache/blobs/), so a second push or output compresses
 // nothing. Layers of stages that are never exported are never compressed.
 
-// LazyDescriptor is a Descriptor of a layer without its blob yet: only
+// Lazy reports whether d describes a layer without its blob yet: only
 // DiffID and UncompressedSize are set.
 func (d Descriptor) Lazy() bool { return d.Digest == (v1.Hash{}) }
 

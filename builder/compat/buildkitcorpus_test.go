@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ibuild/ibuild/builder/internal/oracle"
 )
 
 // buildkitCases extracts cases from BuildKit's Dockerfile integration
-// tests (frontend/dockerfile/*_test.go of the module at buildkitVersion):
+// tests (frontend/dockerfile/*_test.go of the module at the oracle's Version):
 // each f.Solve call of a test function becomes a case with the Dockerfile
 // and context files the function wrote before the call
 // (integration.Tmpdir with fstest.CreateFile, CreateDir and Symlink) and
@@ -26,7 +28,7 @@ import (
 // function's Solve calls from 2).
 func buildkitCases(t *testing.T) []*compatCase {
 	t.Helper()
-	src := filepath.Join(moduleDir(t, buildkitModule, buildkitVersion), "frontend", "dockerfile")
+	src := filepath.Join(oracle.ModuleDir(t, oracle.Module, oracle.Version), "frontend", "dockerfile")
 	files, err := filepath.Glob(filepath.Join(src, "*_test.go"))
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +47,7 @@ func buildkitCases(t *testing.T) []*compatCase {
 			if !ok || fn.Body == nil || !strings.HasPrefix(fn.Name.Name, "test") || fn.Recv != nil {
 				continue
 			}
-			x := &extractor{fn: fn.Name.Name, origin: buildkitModule + "@" + buildkitVersion + " frontend/dockerfile/" + filepath.Base(file) + ": " + fn.Name.Name,
+			x := &extractor{fn: fn.Name.Name, origin: oracle.Module + "@" + oracle.Version + " frontend/dockerfile/" + filepath.Base(file) + ": " + fn.Name.Name,
 				root: root, vars: map[string]string{}, dirs: map[string]*tmpdir{}}
 			out = append(out, x.cases(fn.Body)...)
 		}

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/ibuild/ibuild/builder/internal/oracle"
 )
 
 // compatCase is one Dockerfile build both builders run.
@@ -79,6 +81,37 @@ var envDumpRE = regexp.MustCompile(`(?:^|[\s;&|(])(?:env|printenv|export -p)\s*(
 // networkRE finds RUN commands that need the internet.
 var networkRE = regexp.MustCompile(`(?:^|[\s;&|(])(apk|apt-get|apt|dnf|microdnf|yum|zypper|pip3?|npm|curl|wget|go get|git clone|gem|cargo)\s`)
 
+// buildahMountOption finds buildah's RUN --mount options (z, Z, U,
+// relabel=), which docker refuses.
+var buildahMountOption = regexp.MustCompile(`--mount=\S*,(z|Z|U|relabel=[a-z]+)(,|\s|$)`)
+
+// buildahOnly says why c exercises a feature only buildah has, for which
+// buildah's documented behaviour, not docker's, is ibuild's reference (a
+// .containerignore, an ignore file chosen with --ignorefile, buildah's
+// RUN --mount options), or returns "". Such cases are not compared with
+// docker build: the fixtures testdata/dockerfiles/containerignore*,
+// dockerfile-containerignore, ignorefile and run-mount-buildah-options
+// check buildah's behaviour instead.
+func buildahOnly(c *compatCase) string {
+	for _, name := range []string{".containerignore", filepath.Base(c.Dockerfile) + ".containerignore"} {
+		if _, err := os.Lstat(filepath.Join(filepath.Dir(c.Dockerfile), name)); err == nil {
+			return "buildah-only feature (" + name + "): buildah's behaviour is the reference, checked by the containerignore fixtures"
+		}
+		if _, err := os.Lstat(filepath.Join(c.ContextDir, name)); err == nil {
+			return "buildah-only feature (" + name + "): buildah's behaviour is the reference, checked by the containerignore fixtures"
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(c.Dockerfile), "options.json")); err == nil && bytes.Contains(b, []byte(`"ignoreFile"`)) {
+		return "buildah-only feature (--ignorefile): buildah's behaviour is the reference, checked by the ignorefile fixture"
+	}
+	if data, err := os.ReadFile(c.Dockerfile); err == nil {
+		if m := buildahMountOption.FindStringSubmatch(string(data)); m != nil {
+			return "buildah-only RUN --mount option " + m[1] + " (docker refuses it): buildah's behaviour is the reference, checked by the run-mount-buildah-options fixture"
+		}
+	}
+	return ""
+}
+
 // analyse reads c's Dockerfile and sets Skip when it needs what the suite
 // cannot offer (the internet, an image no test base serves), and
 // hubImages otherwise.
@@ -89,6 +122,10 @@ func analyse(c *compatCase) {
 	data, err := os.ReadFile(c.Dockerfile)
 	if err != nil {
 		c.Skip = "cannot read the Dockerfile: " + err.Error()
+		return
+	}
+	if why := buildahOnly(c); why != "" {
+		c.Skip = why
 		return
 	}
 	res, err := parser.Parse(bytes.NewReader(data))
@@ -264,7 +301,7 @@ func dockerfileName(name string) bool {
 // case, with the options and skip reasons of testdata/buildah-cases.txt.
 func buildahCases(t *testing.T) []*compatCase {
 	t.Helper()
-	dir := filepath.Join(moduleDir(t, buildahModule, buildahVersion), "tests", "bud")
+	dir := filepath.Join(oracle.ModuleDir(t, buildahModule, buildahVersion), "tests", "bud")
 	opts := readCaseTable(t, filepath.Join("testdata", "buildah-cases.txt"))
 	var out []*compatCase
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ibuild/ibuild/builder"
 	"github.com/ibuild/ibuild/builder/internal/imagecmp"
+	"github.com/ibuild/ibuild/builder/internal/oracle"
 	"github.com/ibuild/ibuild/layers"
 	"github.com/ibuild/ibuild/registry"
 	"github.com/ibuild/ibuild/registry/registrytest"
@@ -134,7 +135,7 @@ func TestCompat(t *testing.T) {
 				case documented[c.Name] != "":
 					t.Logf("documented deviation (%s):\n%s", documented[c.Name], o.details)
 				default:
-					t.Errorf("differs from docker build (BuildKit %s) (%s):\n%s", buildkitVersion, c.Origin, o.details)
+					t.Errorf("differs from docker build (BuildKit %s) (%s):\n%s", oracle.Version, c.Origin, o.details)
 				}
 			})
 		}
@@ -188,7 +189,7 @@ func report(t *testing.T, res *results, documented map[string]string, full bool,
 		pct = 100 * float64(match) / float64(run)
 	}
 	fmt.Printf("compat: %d cases, %d skipped, %d run in %s (%.1f%% match)\n", len(res.all), len(skips), run, took.Round(time.Second), pct)
-	fmt.Printf("compat: %d/%d cases match docker (BuildKit %s); %d documented deviations\n", match, run, buildkitVersion, dev)
+	fmt.Printf("compat: %d/%d cases match docker (BuildKit %s); %d documented deviations\n", match, run, oracle.Version, dev)
 }
 
 func sortStrings(s []string) {
@@ -237,7 +238,7 @@ func documentedCases(t *testing.T) map[string]string {
 // env is what every case shares: the registry, the oracle, ibuild's store.
 type env struct {
 	reg    string
-	oracle *oracle
+	oracle *oracle.Daemon
 	store  *layers.Store
 	url    string // base URL of a local HTTP server for ADD cases
 }
@@ -246,7 +247,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	reg := registrytest.Start(t)
 	e := &env{reg: reg.Host}
-	e.oracle = startBuildkitd(t, reg.Host)
+	e.oracle = oracle.Start(t, reg.Host)
 	root, err := os.MkdirTemp("", "ibuild-compat-store-")
 	if err != nil {
 		t.Fatal(err)
@@ -311,7 +312,7 @@ func (e *env) serveBases(t *testing.T, cases []*compatCase) {
 		}
 		c := &compatCase{Name: "base " + n, ContextDir: filepath.Dir(df), Dockerfile: df}
 		ref := e.reg + "/" + n
-		out, err := e.oracle.build(context.Background(), c, ref)
+		out, err := buildWithOracle(context.Background(), e.oracle, c, ref)
 		if err != nil {
 			t.Fatalf("BuildKit build of base %s (%s): %v\n%s", n, df, err, out)
 		}
@@ -358,7 +359,7 @@ func (e *env) run(t *testing.T, i int, c *compatCase) outcome {
 	slug := fmt.Sprintf("c%03d", i)
 	bkRef := e.reg + "/compat/" + slug + "-docker:latest"
 	ibRef := e.reg + "/compat/" + slug + "-ibuild:latest"
-	bkOut, bkErr := e.oracle.build(ctx, c, bkRef)
+	bkOut, bkErr := buildWithOracle(ctx, e.oracle, c, bkRef)
 	if bkErr != nil && infraRE.MatchString(bkOut) {
 		o.skip = "BuildKit needed the internet: " + lastLines(bkOut, 3)
 		return o

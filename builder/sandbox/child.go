@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -331,8 +332,11 @@ func mountSpecial(root string, spec *Spec) error {
 	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
 		return fmt.Errorf("mount /dev/pts: %w", err)
 	}
-	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
-		return fmt.Errorf("mount /dev/shm: %w", err)
+	// A RUN --mount on /dev/shm replaces the default one, as with runc.
+	if !mountsAt(spec.Mounts, "/dev/shm") {
+		if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+			return fmt.Errorf("mount /dev/shm: %w", err)
+		}
 	}
 	for link, target := range map[string]string{
 		"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
@@ -553,4 +557,14 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// mountsAt reports whether one of ms is mounted at the image path p.
+func mountsAt(ms []Mount, p string) bool {
+	for _, m := range ms {
+		if path.Clean("/"+m.Target) == p {
+			return true
+		}
+	}
+	return false
 }

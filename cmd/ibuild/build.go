@@ -65,7 +65,7 @@ func buildCommand() *cli.Command {
 			&cli.StringFlag{Name: "isolation", Value: "auto", Usage: "isolation of RUN steps: auto, chroot, userns or none (auto: as an unprivileged user, enter a user namespace when /etc/subuid and /etc/subgid give a range, as root without CAP_SYS_ADMIN use none; userns: enter one even with a single id mapped; none: NO ISOLATION, a chroot into an unpacked root file system: a RUN step can reach everything ibuild's own user can, so use it only where the pod or VM around ibuild is the security boundary, see docs/security.md)"},
 			&cli.StringSliceFlag{Name: "cap-add", Usage: "add a capability to RUN steps' set, docker's default (e.g. NET_ADMIN, or ALL; repeatable)"},
 			&cli.StringSliceFlag{Name: "cap-drop", Usage: "drop a capability from RUN steps' set (e.g. CHOWN, or ALL; repeatable; applied after --cap-add)"},
-			&cli.StringSliceFlag{Name: "allow", Usage: "grant an entitlement: security.insecure lets RUN --security=insecure steps hold every capability, with no seccomp filter"},
+			&cli.StringSliceFlag{Name: "allow", Usage: "grant an entitlement (repeatable): security.insecure lets RUN --security=insecure steps hold every capability, with no seccomp filter; network.host allows RUN --network=host"},
 		}, attestFlags()...),
 		Action: runBuild,
 	}
@@ -146,7 +146,7 @@ func runBuild(c *cli.Context) error {
 	}
 	opts.Isolation = isolation
 	opts.CapAdd, opts.CapDrop = c.StringSlice("cap-add"), c.StringSlice("cap-drop")
-	if opts.AllowInsecure, err = parseAllow(c.StringSlice("allow")); err != nil {
+	if opts.AllowInsecure, opts.AllowNetworkHost, err = parseAllow(c.StringSlice("allow")); err != nil {
 		return err
 	}
 	if p := c.String("platform"); p != "" {
@@ -477,17 +477,18 @@ func parseSSH(items []string) (map[string]string, error) {
 
 // parseAllow reads --allow entitlements; security.insecure is the one
 // ibuild grants (network.host is every step's default and accepted).
-func parseAllow(values []string) (insecure bool, err error) {
+func parseAllow(values []string) (insecure, networkHost bool, err error) {
 	for _, v := range values {
 		for _, e := range strings.Split(v, ",") {
 			switch strings.TrimSpace(e) {
 			case "security.insecure":
 				insecure = true
 			case "network.host":
+				networkHost = true
 			default:
-				return false, fmt.Errorf("--allow %s: unknown entitlement (security.insecure or network.host)", e)
+				return false, false, fmt.Errorf("--allow %s: unknown entitlement (security.insecure or network.host)", e)
 			}
 		}
 	}
-	return insecure, nil
+	return insecure, networkHost, nil
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// CycloneDX 1.5 JSON, the fields ibuild writes.
+// cdxBOM is CycloneDX 1.5 JSON, the fields ibuild writes.
 type cdxBOM struct {
 	BOMFormat    string         `json:"bomFormat"`
 	SpecVersion  string         `json:"specVersion"`

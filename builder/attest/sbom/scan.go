@@ -213,7 +213,7 @@ func readOSRelease(fsys FS) Distro {
 	return d
 }
 
-// distroQualifier is the purl "distro" qualifier: debian-12, alpine-3.19.1.
+// qualifier is the purl "distro" qualifier: debian-12, alpine-3.19.1.
 func (d Distro) qualifier() string {
 	if d.ID == "" {
 		return ""

@@ -28,7 +28,7 @@ type DocOptions struct {
 	Tool string
 }
 
-// SPDX 2.3 JSON, the fields ibuild writes.
+// spdxDoc is SPDX 2.3 JSON, the fields ibuild writes.
 type spdxDoc struct {
 	SPDXVersion       string             `json:"spdxVersion"`
 	DataLicense       string             `json:"dataLicense"`

@@ -49,9 +49,10 @@ type LayerDir struct {
 	Epoch *time.Time
 	root  bool
 	// newDirMode, when set, is the mode of directories the step creates
-	// (COPY --chmod gives them its mode, as BuildKit does, except that
-	// the owner keeps rwx: an unprivileged build must still fill and
-	// read them); else 0755. It is applied by Finish, deepest first.
+	// (COPY --chmod gives them its mode, as BuildKit does; without root,
+	// in or out of a user namespace, the owner keeps rwx, since a
+	// directory its owner cannot search could not be read back into the
+	// layer); else 0755. It is applied by Finish, deepest first.
 	newDirMode *fs.FileMode
 	// pendingModes are the directories made with newDirMode, and their
 	// owners, waiting for Finish.
@@ -325,7 +326,11 @@ func (l *LayerDir) Finish() error {
 	}
 	sort.Slice(pending, func(i, j int) bool { return strings.Count(pending[i], "/") > strings.Count(pending[j], "/") })
 	for _, d := range pending {
-		if err := l.setMeta(d, fs.ModeDir|*l.newDirMode|0o700, l.pendingModes[d], false); err != nil {
+		mode := fs.ModeDir | *l.newDirMode
+		if !l.root {
+			mode |= 0o700
+		}
+		if err := l.setMeta(d, mode, l.pendingModes[d], false); err != nil {
 			return err
 		}
 	}

@@ -59,7 +59,7 @@ func (s *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	mode := instructions.GetNetwork(c)
 	if mode == instructions.NetworkHost && !s.b.opts.AllowNetworkHost {
-		return errors.New("RUN --network=host needs the network.host entitlement, as with docker build: allow it (Options.AllowNetworkHost), or leave the flag out: the default network of RUN steps is the host's already (Options.Network)")
+		return &EntitlementError{Name: "network.host", Step: "RUN --network=host", Option: "AllowNetworkHost"}
 	}
 	if mode == instructions.NetworkDefault || mode == "" {
 		mode = string(s.b.opts.Network)

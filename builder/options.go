@@ -323,6 +323,22 @@ func ParseNetwork(s string) (Network, error) {
 // native snapshots, which RUN cannot mount.
 var ErrNativeSnapshots = errors.New("RUN needs overlay or vfs snapshots (containers/storage); this store uses native snapshots: open it as root with layers.WithSnapshotter(layers.SnapshotterAuto)")
 
+// EntitlementError is the error of a RUN step that needs an entitlement
+// the build does not allow, as docker build refuses it.
+type EntitlementError struct {
+	// Name is the entitlement, as docker spells it: "network.host" or
+	// "security.insecure".
+	Name string
+	// Step is what asked for it ("RUN --network=host").
+	Step string
+	// Option is the Options field that allows it.
+	Option string
+}
+
+func (e *EntitlementError) Error() string {
+	return fmt.Sprintf("%s needs the %s entitlement, as with docker build: allow it (Options.%s)", e.Step, e.Name, e.Option)
+}
+
 // MissingSecretError is the error of a RUN step whose required secret
 // (or SSH agent) mount names an id the build was not given.
 type MissingSecretError struct {

@@ -34,7 +34,7 @@ func (s *stageRun) setCommand(c *instructions.RunCommand, spec *sandbox.Spec, fi
 	spec.Capabilities = caps
 	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
 		if !s.b.opts.AllowInsecure {
-			return errors.New("RUN --security=insecure needs the security.insecure entitlement: allow it with --allow security.insecure (Options.AllowInsecure)")
+			return &EntitlementError{Name: "security.insecure", Step: "RUN --security=insecure", Option: "AllowInsecure"}
 		}
 		spec.Insecure = true
 	}

@@ -241,7 +241,7 @@ var mountCases = []mountCase{{
 	// entitlement (the default network is the host's all the same).
 	name:       "network-host-needs-entitlement",
 	dockerfile: "FROM busybox:1\nRUN --network=host true\n",
-	wantErr:    []string{"Dockerfile:2", "needs the network.host entitlement", "--allow network.host"},
+	wantErr:    []string{"Dockerfile:2", "needs the network.host entitlement", "Options.AllowNetworkHost"},
 }, {
 	name:       "tmpfs-on-dev-shm",
 	dockerfile: "FROM busybox:1\nRUN --mount=type=tmpfs,target=/dev/shm,size=1m grep -c ' /dev/shm ' /proc/self/mountinfo > /n && df -k /dev/shm | tail -1 | awk '{print $2}' > /size\n",
@@ -265,7 +265,7 @@ var mountCases = []mountCase{{
 	name:       "isolation-none",
 	dockerfile: "FROM busybox:1\nRUN --mount=type=tmpfs,target=/t true\n",
 	opts:       func(t *testing.T, o *Options) { o.Isolation = IsolationNone },
-	wantErr:    []string{"RUN --mount", "--isolation none"},
+	wantErr:    []string{"RUN --mount", "IsolationNone"},
 }, {
 	// As BuildKit: source= of a cache must exist in it.
 	name:       "cache-source-missing",

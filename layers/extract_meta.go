@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -216,7 +217,13 @@ func (x *extractor) finishDirs() error {
 		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return nil
 		}
-		if m.fixMode {
+		switch {
+		case m.fixMode && x.opts.Rootless && x.opts.RecordOwner && unix.Geteuid() != 0:
+			// Unprivileged: a directory its owner cannot search could
+			// not be read back; it keeps rwx for us and its mode is
+			// recorded for the tar writer.
+			err = recordDirMode(pfd, base, m.mode, &st)
+		case m.fixMode:
 			err = unix.Fchmodat(pfd, base, m.mode, 0)
 		}
 		if err == nil {
@@ -227,6 +234,26 @@ func (x *extractor) finishDirs() error {
 		}
 		return nil
 	})
+}
+
+// recordDirMode records mode as the in-image mode of the directory base
+// of pfd (stat st) in its OwnerXattr, with the owner recorded there, or
+// else its own.
+func recordDirMode(pfd int, base string, mode uint32, st *unix.Stat_t) error {
+	fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	om := OwnerMode{UID: int(st.Uid), GID: int(st.Gid)}
+	buf := make([]byte, 64)
+	if n, err := unix.Fgetxattr(fd, OwnerXattr, buf); err == nil {
+		if rec, err := ParseOwnerXattr(string(buf[:n])); err == nil {
+			om = rec
+		}
+	}
+	om.Mode, om.HasMode = fs.FileMode(mode&0o7777), true
+	return unix.Fsetxattr(fd, OwnerXattr, []byte(FormatOwnerXattr(om)), 0)
 }
 
 // openExact opens the resolved directory path p without following any

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -242,8 +241,13 @@ func (t *tarWriter) entry(dirfd int, rel string, c *tarChild) error {
 		return fmt.Errorf("tar %s: %w", full, err)
 	}
 	if xa.owner != "" {
-		if hdr.Uid, hdr.Gid, err = parseOwner(xa.owner); err != nil {
+		om, err := ParseOwnerXattr(xa.owner)
+		if err != nil {
 			return fmt.Errorf("tar %s: %s: %w", full, OwnerXattr, err)
+		}
+		hdr.Uid, hdr.Gid = om.UID, om.GID
+		if om.HasMode {
+			hdr.Mode = int64(om.Mode & 0o7777)
 		}
 	}
 	for k, v := range xa.xattrs {
@@ -358,17 +362,6 @@ func (t *tarWriter) isOpaque(path string) (bool, error) {
 		return false, fmt.Errorf("tar %s: %w", path, err)
 	}
 	return xa.opaque, nil
-}
-
-// parseOwner parses an OwnerXattr value, "uid:gid".
-func parseOwner(v string) (int, int, error) {
-	u, g, ok := strings.Cut(v, ":")
-	uid, err1 := strconv.Atoi(u)
-	gid, err2 := strconv.Atoi(g)
-	if !ok || err1 != nil || err2 != nil || uid < 0 || gid < 0 {
-		return 0, 0, fmt.Errorf("invalid owner %q", v)
-	}
-	return uid, gid, nil
 }
 
 // isOverlayXattr reports whether key is overlayfs's own bookkeeping.

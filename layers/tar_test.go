@@ -297,13 +297,15 @@ func TestWriteTarDevicesAndOverlay(t *testing.T) {
 	mustDo(t, unix.Lsetxattr(filepath.Join(dir, "cap"), "security.capability", capV2, 0))
 	mustWrite(t, filepath.Join(dir, "owned"), "o", 0o644)
 	mustDo(t, unix.Lsetxattr(filepath.Join(dir, "owned"), OwnerXattr, []byte("1234:5678"), 0))
+	mustDo(t, os.Mkdir(filepath.Join(dir, "moded"), 0o740))
+	mustDo(t, unix.Lsetxattr(filepath.Join(dir, "moded"), OwnerXattr, []byte("7:8:2040"), 0))
 	epoch := time.Unix(1000, 0)
 	if err := CheckNames(context.Background(), dir); err != nil {
 		t.Errorf("CheckNames on an overlay upper directory: %v", err)
 	}
 
 	es := readTarEntries(t, writeTarBytes(t, dir, TarOptions{SourceDateEpoch: &epoch}))
-	want := []string{".wh.gone", "cap", "null", "opq/", "opq/.wh..wh..opq", "opq/.wh.deleted", "opq/keep/", "owned", "uopq/", "uopq/.wh..wh..opq"}
+	want := []string{".wh.gone", "cap", "moded/", "null", "opq/", "opq/.wh..wh..opq", "opq/.wh.deleted", "opq/keep/", "owned", "uopq/", "uopq/.wh..wh..opq"}
 	if got := entryNames(es); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("entries\n got %q\nwant %q", got, want)
 	}
@@ -328,6 +330,44 @@ func TestWriteTarDevicesAndOverlay(t *testing.T) {
 	}
 	if h := findEntry(t, es, "owned").hdr; h.Uid != 1234 || h.Gid != 5678 {
 		t.Errorf("owned: %d:%d, want the owner xattr's 1234:5678", h.Uid, h.Gid)
+	}
+	if h := findEntry(t, es, "moded/").hdr; h.Uid != 7 || h.Gid != 8 || h.Mode != 0o2040 {
+		t.Errorf("moded/: %d:%d mode %#o, want the owner xattr's 7:8 and 2040", h.Uid, h.Gid, h.Mode)
+	}
+}
+
+// TestOwnerXattr: the record of an unprivileged file's in-image owner,
+// and mode, round-trips; malformed ones are refused.
+func TestOwnerXattr(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		want OwnerMode
+		bad  bool
+	}{
+		{v: "0:0", want: OwnerMode{}},
+		{v: "1000:50", want: OwnerMode{UID: 1000, GID: 50}},
+		{v: "1:2:640", want: OwnerMode{UID: 1, GID: 2, Mode: 0o640, HasMode: true}},
+		{v: "1:2:0", want: OwnerMode{UID: 1, GID: 2, HasMode: true}},
+		{v: "1:2:4755", want: OwnerMode{UID: 1, GID: 2, Mode: 0o4755, HasMode: true}},
+		{v: "nobody", bad: true},
+		{v: "1:-2", bad: true},
+		{v: "1:2:9", bad: true},
+		{v: "1:2:17777", bad: true},
+		{v: "1:2:3:4", bad: true},
+	} {
+		got, err := ParseOwnerXattr(tc.v)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("ParseOwnerXattr(%q) = %+v, want an error", tc.v, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParseOwnerXattr(%q) = %+v, %v; want %+v", tc.v, got, err, tc.want)
+		}
+		if back, err := ParseOwnerXattr(FormatOwnerXattr(got)); err != nil || back != got {
+			t.Errorf("FormatOwnerXattr(%+v) = %q parses back as %+v, %v", got, FormatOwnerXattr(got), back, err)
+		}
 	}
 }
 

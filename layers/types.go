@@ -3,6 +3,8 @@ package layers
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
+	"strconv"
 	"strings"
 	"time"
 
@@ -118,7 +120,51 @@ type CommitOptions struct {
 }
 
 // OwnerXattr is the extended attribute in which an unprivileged process
-// records a file's in-image owner ("uid:gid") when it cannot chown the file.
-// WriteTar uses it instead of the file's owner and never writes it into a
-// layer.
+// records a file's in-image owner ("uid:gid") when it cannot chown the file,
+// and, as "uid:gid:MODE" (octal permission bits), its in-image mode when
+// the file's own mode had to differ (a directory its owner could not
+// search). WriteTar uses it instead of the file's owner and mode and never
+// writes it into a layer. ParseOwnerXattr reads it.
 const OwnerXattr = "user.ibuild.owner"
+
+// OwnerMode is what an OwnerXattr value records.
+type OwnerMode struct {
+	UID, GID int
+	// Mode, when HasMode, replaces the file's permission bits (with
+	// setuid, setgid and sticky) in the layer.
+	Mode    fs.FileMode
+	HasMode bool
+}
+
+// ParseOwnerXattr parses an OwnerXattr value, "uid:gid" or
+// "uid:gid:MODE".
+func ParseOwnerXattr(v string) (OwnerMode, error) {
+	parts := strings.Split(v, ":")
+	var om OwnerMode
+	if len(parts) != 2 && len(parts) != 3 {
+		return om, fmt.Errorf("invalid owner %q", v)
+	}
+	uid, err1 := strconv.Atoi(parts[0])
+	gid, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil || uid < 0 || gid < 0 {
+		return om, fmt.Errorf("invalid owner %q", v)
+	}
+	om.UID, om.GID = uid, gid
+	if len(parts) == 3 {
+		m, err := strconv.ParseUint(parts[2], 8, 32)
+		if err != nil || m > 0o7777 {
+			return om, fmt.Errorf("invalid owner %q: bad mode", v)
+		}
+		om.Mode, om.HasMode = fs.FileMode(m), true
+	}
+	return om, nil
+}
+
+// FormatOwnerXattr is the OwnerXattr value of om.
+func FormatOwnerXattr(om OwnerMode) string {
+	v := strconv.Itoa(om.UID) + ":" + strconv.Itoa(om.GID)
+	if om.HasMode {
+		v += ":" + strconv.FormatUint(uint64(om.Mode&0o7777), 8)
+	}
+	return v
+}

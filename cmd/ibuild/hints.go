@@ -51,7 +51,12 @@ func errorHint(err error) string {
 		}
 	}
 	var ms *builder.MissingSecretError
+	var ee *builder.EntitlementError
 	switch {
+	case errors.As(err, &ee) && ee.Name == "network.host":
+		return "allow it with --allow network.host, or leave --network=host out: RUN steps use the host's network already unless --network none is given"
+	case errors.As(err, &ee):
+		return "allow it with --allow " + ee.Name
 	case errors.As(err, &ms) && ms.SSH:
 		return fmt.Sprintf("give it with --ssh %s=SOCKET", ms.ID)
 	case errors.As(err, &ms):

@@ -10,7 +10,6 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -49,10 +48,10 @@ type LayerDir struct {
 	Epoch *time.Time
 	root  bool
 	// newDirMode, when set, is the mode of directories the step creates
-	// (COPY --chmod gives them its mode, as BuildKit does; without root,
-	// in or out of a user namespace, the owner keeps rwx, since a
-	// directory its owner cannot search could not be read back into the
-	// layer); else 0755. It is applied by Finish, deepest first.
+	// (COPY --chmod gives them its mode, as BuildKit does; without root
+	// the host directory keeps rwx for its owner, to be read back, and
+	// the in-image mode is recorded in OwnerXattr); else 0755. It is
+	// applied by Finish, deepest first.
 	newDirMode *fs.FileMode
 	// pendingModes are the directories made with newDirMode, and their
 	// owners, waiting for Finish.
@@ -288,21 +287,32 @@ func (l *LayerDir) special(p string, fi fs.FileInfo, o Owner) error {
 
 // setMeta sets owner then mode (chown clears setuid bits, so mode last).
 func (l *LayerDir) setMeta(h string, mode fs.FileMode, o Owner, isLink bool) error {
+	return l.setMetaAs(h, mode, mode, o, isLink)
+}
+
+// setMetaAs is setMeta for a file whose mode on the host (hostMode) must
+// differ from its in-image mode: without root the in-image mode is
+// recorded with the owner for the tar writer.
+func (l *LayerDir) setMetaAs(h string, mode, hostMode fs.FileMode, o Owner, isLink bool) error {
 	if l.root {
 		if err := os.Lchown(h, o.UID, o.GID); err != nil {
 			return err
 		}
 	} else {
-		// Unprivileged: record the in-image owner for the tar writer.
-		v := strconv.Itoa(o.UID) + ":" + strconv.Itoa(o.GID)
-		if err := unix.Lsetxattr(h, ownerXattr, []byte(v), 0); err != nil && !isLink {
+		// Unprivileged: record the in-image owner (and a mode the host
+		// file cannot have) for the tar writer.
+		om := layers.OwnerMode{UID: o.UID, GID: o.GID}
+		if hostMode != mode {
+			om.Mode, om.HasMode = toSyscallMode(mode), true
+		}
+		if err := unix.Lsetxattr(h, ownerXattr, []byte(layers.FormatOwnerXattr(om)), 0); err != nil && !isLink {
 			return fmt.Errorf("record owner of %s: %w", h, err)
 		}
 	}
 	if isLink {
 		return nil
 	}
-	return os.Chmod(h, toSyscallMode(mode))
+	return os.Chmod(h, toSyscallMode(hostMode))
 }
 
 // toSyscallMode keeps permission and setuid/setgid/sticky bits in the form
@@ -326,11 +336,13 @@ func (l *LayerDir) Finish() error {
 	}
 	sort.Slice(pending, func(i, j int) bool { return strings.Count(pending[i], "/") > strings.Count(pending[j], "/") })
 	for _, d := range pending {
-		mode := fs.ModeDir | *l.newDirMode
+		mode, hostMode := fs.ModeDir|*l.newDirMode, fs.ModeDir|*l.newDirMode
 		if !l.root {
-			mode |= 0o700
+			// The owner must still search the directory to read it back
+			// into the layer: the tar writer takes mode from the record.
+			hostMode |= 0o700
 		}
-		if err := l.setMeta(d, mode, l.pendingModes[d], false); err != nil {
+		if err := l.setMetaAs(d, mode, hostMode, l.pendingModes[d], false); err != nil {
 			return err
 		}
 	}
@@ -353,12 +365,8 @@ func (l *LayerDir) Finish() error {
 func StatOwner(fi fs.FileInfo, host string) (int, int) {
 	buf := make([]byte, 64)
 	if n, err := unix.Lgetxattr(host, ownerXattr, buf); err == nil {
-		if u, g, ok := strings.Cut(string(buf[:n]), ":"); ok {
-			uid, e1 := strconv.Atoi(u)
-			gid, e2 := strconv.Atoi(g)
-			if e1 == nil && e2 == nil {
-				return uid, gid
-			}
+		if om, err := layers.ParseOwnerXattr(string(buf[:n])); err == nil {
+			return om.UID, om.GID
 		}
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 && os.Geteuid() != 0 {

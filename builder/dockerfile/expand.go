@@ -174,10 +174,14 @@ func newGuard(escape rune, word string, env shell.EnvGetter, limit, workLimit in
 // finishes quickly and small; expand then reports the limit.
 //
 // The size charge of a value bounds what it can add to the result: its
-// length, except for the subject of a pattern substitution. ${v//p/r}
+// length, except for the subject of a pattern match, which the lexer
+// handles as runes (each byte that is not UTF-8 becomes U+FFFD, three
+// bytes): three times its length, and for a substitution more. ${v//p/r}
 // puts r in place of each match, and there are at most len(v)+1 matches;
-// r was expanded before v is looked up, so it is at most its text as
-// written plus everything charged so far. ${v/p/r} adds r once.
+// r was expanded before v is looked up, so it is at most three times its
+// text as written (the lexer turns each byte that is not UTF-8 into
+// U+FFFD, three bytes) plus everything charged so far. ${v/p/r} adds r
+// once.
 //
 // The work charge bounds the time pattern matching takes: matching a
 // pattern p against v (${v/p/r}, ${v//p/r}, ${v#p}, ${v%p}) costs up to
@@ -217,16 +221,19 @@ func (g *guardEnv) Get(k string) (string, bool) {
 			return "", true
 		}
 		g.work += (n + 1) * pattern
-		repl := sub.repl + g.charged
+		// A subject goes through the pattern code as runes: charged
+		// three times, as bytes that are not UTF-8 become U+FFFD.
+		repl := 3*sub.repl + g.charged
 		switch {
 		case sub.kind == substTrim:
+			cost = 3 * n
 		case sub.kind == substOne:
-			cost = n + repl
+			cost = 3*n + repl
 		case repl > 0 && n+1 > (g.limit-g.charged)/repl:
 			g.over = overSize
 			return "", true
 		default:
-			cost = n + (n+1)*repl
+			cost = 3*n + (n+1)*repl
 		}
 	}
 	if cost > g.limit-g.charged {

@@ -58,6 +58,10 @@ type containerOptions struct {
 	// eager makes layers' blobs at commit, in the pass that hashes them:
 	// for layers that will leave the build anyway.
 	eager bool
+	// upload, when set with eager, starts the streamed upload of a layer
+	// to the build's push destination, fed while the layer is
+	// compressed (nil when it cannot start: the push uploads it then).
+	upload func(ctx context.Context) layers.BlobSink
 }
 
 // newContainer starts a container from base (nil for scratch).
@@ -151,6 +155,13 @@ func (c *Container) addLayerDir(ctx context.Context, dir, createdBy string) (lay
 	commit := c.store.CommitSnapshot
 	if c.opts.eager {
 		commit = c.store.CommitBlob
+		if c.opts.upload != nil {
+			if sink := c.opts.upload(ctx); sink != nil {
+				commit = func(ctx context.Context, dir string, below []v1.Hash, opts layers.CommitOptions) (v1.Layer, layers.Descriptor, error) {
+					return c.store.CommitBlobTo(ctx, dir, below, opts, sink)
+				}
+			}
+		}
 	}
 	l, desc, err := commit(ctx, dir, c.config.RootFS.DiffIDs, c.opts.commit)
 	if err != nil {

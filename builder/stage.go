@@ -107,6 +107,7 @@ func (s *stageRun) build(ctx context.Context) error {
 		created: b.created,
 		warn:    b.warn,
 		eager:   s.exported,
+		upload:  b.layerUpload(s.exported),
 	})
 	if err != nil {
 		return b.df.ErrorAt(s.st.Location, err)

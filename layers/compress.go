@@ -49,13 +49,34 @@ const defaultZstdLevel = zstd.SpeedFastest
 // memory whole. Committing the same content twice yields the same digest
 // and stores the blob once.
 func (s *BlobStore) CommitDir(ctx context.Context, dir string, opts CommitOptions) (Descriptor, error) {
+	return s.CommitDirTo(ctx, dir, opts, nil)
+}
+
+// BlobSink is given a blob's compressed bytes while CommitDirTo makes
+// them: a registry upload that streams the layer as it is compressed.
+// Write never fails the commit: a sink that cannot take more bytes drops
+// them and says so at Close. Close is called once, with the committed
+// blob's descriptor, or with the error that ended the commit.
+type BlobSink interface {
+	io.Writer
+	Close(d Descriptor, err error) error
+}
+
+// CommitDirTo is CommitDir that also writes the compressed bytes to sink
+// (when not nil) as they are made, and closes it. The blob is committed
+// to the store whatever becomes of sink; sink's Close error is not the
+// commit's.
+func (s *BlobStore) CommitDirTo(ctx context.Context, dir string, opts CommitOptions, sink BlobSink) (d Descriptor, err error) {
+	if sink != nil {
+		defer func() { _ = sink.Close(d, err) }()
+	}
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		pw.CloseWithError(WriteTar(ctx, pw, dir, opts.TarOptions))
 	}()
-	d, err := s.CommitTar(ctx, pr, opts)
+	d, err = s.commitTar(ctx, pr, opts, sink)
 	// Unblock the tar writer if CommitTar stopped early, then wait for it.
 	if err != nil {
 		pr.CloseWithError(err)
@@ -72,6 +93,12 @@ func (s *BlobStore) CommitDir(ctx context.Context, dir string, opts CommitOption
 // CommitTar stores the uncompressed layer tar read from tarStream,
 // compressed as opts says, in one streaming pass (see CommitDir).
 func (s *BlobStore) CommitTar(ctx context.Context, tarStream io.Reader, opts CommitOptions) (Descriptor, error) {
+	return s.commitTar(ctx, tarStream, opts, nil)
+}
+
+// commitTar is CommitTar whose compressed bytes also go to sink, when
+// not nil.
+func (s *BlobStore) commitTar(ctx context.Context, tarStream io.Reader, opts CommitOptions, sink io.Writer) (Descriptor, error) {
 	c := opts.Compression
 	if c == "" {
 		c = Gzip
@@ -81,7 +108,11 @@ func (s *BlobStore) CommitTar(ctx context.Context, tarStream io.Reader, opts Com
 		return Descriptor{}, err
 	}
 	defer bw.Close()
-	out := bufio.NewWriterSize(bw, copyBufSize)
+	var to io.Writer = bw
+	if sink != nil {
+		to = io.MultiWriter(bw, sink)
+	}
+	out := bufio.NewWriterSize(to, copyBufSize)
 	zw, err := newCompressor(out, c, opts.Level)
 	if err != nil {
 		return Descriptor{}, err

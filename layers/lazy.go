@@ -74,7 +74,13 @@ func (s *Store) CommitSnapshot(ctx context.Context, dir string, below []v1.Hash,
 // will leave the machine anyway, and then makes dir the layer's snapshot
 // where the store can take it (else the caller removes it).
 func (s *Store) CommitBlob(ctx context.Context, dir string, below []v1.Hash, opts CommitOptions) (v1.Layer, Descriptor, error) {
-	d, err := s.blobs.CommitDir(ctx, dir, opts)
+	return s.CommitBlobTo(ctx, dir, below, opts, nil)
+}
+
+// CommitBlobTo is CommitBlob whose compressed bytes also stream to sink
+// (see BlobStore.CommitDirTo), when not nil.
+func (s *Store) CommitBlobTo(ctx context.Context, dir string, below []v1.Hash, opts CommitOptions, sink BlobSink) (v1.Layer, Descriptor, error) {
+	d, err := s.blobs.CommitDirTo(ctx, dir, opts, sink)
 	if err != nil {
 		return nil, Descriptor{}, err
 	}

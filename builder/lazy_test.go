@@ -1,8 +1,12 @@
 package builder
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,4 +118,97 @@ func newVFSStore(t *testing.T) *layers.Store {
 		}
 	})
 	return st
+}
+
+// TestBuildPushStreamsLayers: a build that pushes sends the result's
+// layer to the registry while it compresses it (the first blob request
+// sent is the stream's, before the push asks whether any blob is there),
+// every blob's bytes cross once, and the image in the registry is
+// the one stored; a registry that fails the stream changes nothing but
+// who uploads.
+func TestBuildPushStreamsLayers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end builds")
+	}
+	big := make([]byte, 3<<20)
+	if _, err := rand.Read(big); err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM scratch AS build\nCOPY big /big\nFROM scratch\nCOPY --from=build /big /app/big\n",
+		"big":        string(big),
+	})
+	reg := registrytest.Start(t)
+	px := registrytest.NewProxy(t, reg.Host)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		fail   bool
+		stream bool
+	}{{"streamed", false, true}, {"stream fails", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStore(t)
+			px.Requests()
+			px.Uploaded()
+			if tc.fail {
+				px.FailEvery(1, 1) // the first blob request: the stream's POST
+				defer px.FailEvery(0, 0)
+			}
+			ref := px.Host + "/stream/" + strings.ReplaceAll(tc.name, " ", "-") + ":1"
+			res, err := Build(ctx, Options{Store: st, ContextDir: dir, Push: []string{ref}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var blobReqs []string
+			for _, r := range px.Requests() {
+				if strings.Contains(r, "/blobs/") {
+					blobReqs = append(blobReqs, r)
+				}
+			}
+			if len(blobReqs) == 0 {
+				t.Fatal("no blob requests")
+			}
+			first := func(method string) int {
+				for i, r := range blobReqs {
+					if strings.HasPrefix(r, method+" ") {
+						return i
+					}
+				}
+				return len(blobReqs)
+			}
+			// Streamed: bytes went up before the push asked for any blob.
+			if streamed := first("PATCH") < first("HEAD"); streamed != tc.stream {
+				t.Errorf("blob requests %q: streamed = %v, want %v", blobReqs, streamed, tc.stream)
+			}
+			ls, err := res.Image.Layers()
+			if err != nil || len(ls) != 1 {
+				t.Fatalf("%d layers, %v", len(ls), err)
+			}
+			size, _ := ls[0].Size()
+			cfg, _ := res.Image.RawConfigFile()
+			if n := px.Uploaded(); n != size+int64(len(cfg)) {
+				t.Errorf("%d bytes uploaded, want the layer's %d and the config's %d once", n, size, len(cfg))
+			}
+			want, _ := res.Image.Digest()
+			if len(res.Pushed) != 1 || res.Pushed[0].Digest != want {
+				t.Fatalf("pushed %+v, want %s", res.Pushed, want)
+			}
+			ld, _ := ls[0].Digest()
+			resp, err := http.Get("http://" + reg.Host + "/v2/stream/" + strings.ReplaceAll(tc.name, " ", "-") + "/blobs/" + ld.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			rc, err := ls[0].Compressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			local, _ := io.ReadAll(rc)
+			rc.Close()
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(got, local) {
+				t.Fatalf("the registry's %s: %s, %d bytes; want the stored blob's %d", ld, resp.Status, len(got), len(local))
+			}
+		})
+	}
 }

@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/ibuild/ibuild/layers"
@@ -22,17 +24,21 @@ import (
 // a layers.BlobSink: a layer streams into the destination repository
 // while it is compressed, so the push that follows finds it there.
 //
-// An Upload is an optimization and never fails what feeds it: a write
-// the registry does not take marks the upload failed and drops the rest,
-// and a failed upload is cancelled at Close, whose error says why. The
-// push then uploads the blob the store committed and verified, never a
-// partial one.
+// An Upload is an optimization and never fails or holds up what feeds
+// it: Write queues at most UploadQueue bytes, and when the registry does
+// not take them within UploadPatience (a registry slower than the
+// compressor, or stalled) the upload is abandoned and the rest dropped;
+// Close waits as long for the queue to drain. An abandoned or failed
+// upload is cancelled at Close, whose error says why. The push then
+// uploads the blob the store committed and verified, never a partial one.
 type Upload struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	client *http.Client
-	pw     *io.PipeWriter
+	q      chan []byte   // chunks for the PATCH body; closed at Close
+	abort  chan struct{} // closed when the upload is abandoned
 	done   chan struct{} // closed when the PATCH has returned
+	pool   sync.Pool
 
 	mu       sync.Mutex
 	err      error  // the first failure
@@ -40,54 +46,80 @@ type Upload struct {
 	written  int64
 }
 
+// UploadQueue and UploadPatience bound what an Upload may hold and wait
+// for (see Upload).
+const (
+	UploadQueue    = 8 << 20
+	UploadPatience = 2 * time.Second
+)
+
+// uploadChunk is the size of the queue's chunks.
+const uploadChunk = 512 << 10
+
 // StartUpload starts a streamed blob upload to the repository of dest (an
-// image reference; only its repository matters).
+// image reference; only its repository matters). It does not wait for
+// the registry: the handshake and the upload run while Write queues.
 func StartUpload(ctx context.Context, dest string, conn Conn) (*Upload, error) {
 	ref, err := ParseReference(dest, conn.Insecure)
 	if err != nil {
 		return nil, err
 	}
 	repo := ref.Context()
-	auth, err := authn.Resolve(ctx, conn.keychain(), repo)
-	if err != nil {
-		return nil, fmt.Errorf("upload to %s: credentials: %w", repo, err)
-	}
-	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, conn.roundTripper(), []string{repo.Scope(transport.PushScope)})
-	if err != nil {
-		return nil, fmt.Errorf("upload to %s: %w", repo, err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
-	u := &Upload{ctx: ctx, cancel: cancel, client: &http.Client{Transport: tr}, done: make(chan struct{})}
-	start := fmt.Sprintf("%s://%s/v2/%s/blobs/uploads/", repo.Scheme(), repo.RegistryStr(), repo.RepositoryStr())
-	loc, err := u.request(http.MethodPost, start, nil, http.StatusAccepted)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("upload to %s: %w", repo, err)
+	u := &Upload{
+		ctx: ctx, cancel: cancel,
+		q:     make(chan []byte, UploadQueue/uploadChunk),
+		abort: make(chan struct{}),
+		done:  make(chan struct{}),
 	}
-	u.location = loc
-	pr, pw := io.Pipe()
-	u.pw = pw
 	go func() {
 		defer close(u.done)
-		next, err := u.request(http.MethodPatch, loc, pr, http.StatusAccepted, http.StatusNoContent, http.StatusCreated)
-		pr.CloseWithError(err) // unblock a writer when the registry stopped reading
-		u.mu.Lock()
-		defer u.mu.Unlock()
+		err := u.run(ctx, repo, conn)
 		if err != nil {
-			u.fail(err)
-			return
-		}
-		if next != "" {
-			u.location = next
+			u.mu.Lock()
+			u.fail(fmt.Errorf("upload to %s: %w", repo, err))
+			u.mu.Unlock()
 		}
 	}()
 	return u, nil
 }
 
+// run authenticates, opens the upload session and sends the queue as its
+// body.
+func (u *Upload) run(ctx context.Context, repo name.Repository, conn Conn) error {
+	auth, err := authn.Resolve(ctx, conn.keychain(), repo)
+	if err != nil {
+		return fmt.Errorf("credentials: %w", err)
+	}
+	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, conn.roundTripper(), []string{repo.Scope(transport.PushScope)})
+	if err != nil {
+		return err
+	}
+	u.client = &http.Client{Transport: tr}
+	start := fmt.Sprintf("%s://%s/v2/%s/blobs/uploads/", repo.Scheme(), repo.RegistryStr(), repo.RepositoryStr())
+	loc, err := u.request(ctx, http.MethodPost, start, nil, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.location = loc
+	u.mu.Unlock()
+	next, err := u.request(ctx, http.MethodPatch, loc, &queueReader{u: u}, http.StatusAccepted, http.StatusNoContent, http.StatusCreated)
+	if err != nil {
+		return err
+	}
+	if next != "" {
+		u.mu.Lock()
+		u.location = next
+		u.mu.Unlock()
+	}
+	return nil
+}
+
 // request sends one request of the upload protocol and returns the
 // response's Location, resolved against the request's URL.
-func (u *Upload) request(method, target string, body io.Reader, want ...int) (string, error) {
-	req, err := http.NewRequestWithContext(u.ctx, method, target, body)
+func (u *Upload) request(ctx context.Context, method, target string, body io.Reader, want ...int) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
 	if err != nil {
 		return "", err
 	}
@@ -117,35 +149,83 @@ func (u *Upload) request(method, target string, body io.Reader, want ...int) (st
 	return next.String(), nil
 }
 
-// fail records the upload's first failure; u.mu is held.
+// fail records the upload's first failure and abandons it; u.mu is held.
 func (u *Upload) fail(err error) {
 	if u.err == nil {
 		u.err = err
+		close(u.abort)
 	}
 }
 
-// Write sends p to the registry. It always reports success: once the
-// registry stops taking bytes, the rest are dropped (see Upload).
+// failed reports whether the upload was abandoned.
+func (u *Upload) failed() bool {
+	select {
+	case <-u.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// Write queues p for the registry. It always reports success: once the
+// registry falls behind or fails, the rest is dropped (see Upload).
 func (u *Upload) Write(p []byte) (int, error) {
-	u.mu.Lock()
-	failed := u.err != nil
-	u.mu.Unlock()
-	if failed {
-		return len(p), nil
+	n := len(p)
+	for len(p) > 0 && !u.failed() {
+		k := min(len(p), uploadChunk)
+		buf, _ := u.pool.Get().([]byte)
+		buf = append(buf[:0], p[:k]...)
+		p = p[k:]
+		timer := time.NewTimer(UploadPatience)
+		select {
+		case u.q <- buf:
+		case <-u.abort:
+		case <-timer.C:
+			u.mu.Lock()
+			u.fail(fmt.Errorf("the registry took no data for %v", UploadPatience))
+			u.mu.Unlock()
+		}
+		timer.Stop()
 	}
-	n, err := u.pw.Write(p)
-	u.mu.Lock()
-	u.written += int64(n)
-	if err != nil {
-		u.fail(err)
+	return n, nil
+}
+
+// queueReader is the PATCH body: the queued chunks, until the queue is
+// closed (EOF) or the upload abandoned.
+type queueReader struct {
+	u   *Upload
+	cur []byte
+	buf []byte // cur's whole chunk, for the pool
+}
+
+func (r *queueReader) Read(p []byte) (int, error) {
+	if len(r.cur) == 0 {
+		if r.buf != nil {
+			r.u.pool.Put(r.buf[:0])
+			r.buf = nil
+		}
+		select {
+		case b, ok := <-r.u.q:
+			if !ok {
+				return 0, io.EOF
+			}
+			r.cur, r.buf = b, b
+		case <-r.u.abort:
+			return 0, errors.New("upload abandoned")
+		}
 	}
-	u.mu.Unlock()
-	return len(p), nil
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	r.u.mu.Lock()
+	r.u.written += int64(n)
+	r.u.mu.Unlock()
+	return n, nil
 }
 
 // Close ends the upload: with the blob's descriptor d (its digest and
-// size) and no error it commits the blob under d's digest; otherwise, or
-// when the upload failed before, it cancels the upload. The error says
+// size) and no error it waits (UploadPatience at most) for the registry
+// to take the rest and commits the blob under d's digest; otherwise, or
+// when the upload was abandoned, it cancels the upload. The error says
 // why the blob is not in the repository; the caller's push uploads it
 // then.
 func (u *Upload) Close(d layers.Descriptor, cerr error) error {
@@ -153,25 +233,36 @@ func (u *Upload) Close(d layers.Descriptor, cerr error) error {
 	if cerr == nil && d.Digest.Hex == "" {
 		cerr = errors.New("no digest")
 	}
+	u.mu.Lock()
 	if cerr != nil {
-		u.pw.CloseWithError(cerr)
-	} else {
-		u.pw.Close()
+		u.fail(cerr)
 	}
-	<-u.done
+	u.mu.Unlock()
+	close(u.q)
+	timer := time.NewTimer(UploadPatience)
+	defer timer.Stop()
+	select {
+	case <-u.done:
+	case <-timer.C:
+		u.mu.Lock()
+		u.fail(fmt.Errorf("the registry did not take the rest of the blob within %v", UploadPatience))
+		u.mu.Unlock()
+		u.cancel() // ends the PATCH even before it reads its body
+		<-u.done
+	}
 	u.mu.Lock()
 	err, loc, written := u.err, u.location, u.written
 	u.mu.Unlock()
-	if err == nil && cerr == nil && written != d.Size {
+	if err == nil && written != d.Size {
 		err = fmt.Errorf("the registry took %d of the blob's %d bytes", written, d.Size)
 	}
-	if err == nil {
-		err = cerr
-	}
 	if err != nil {
-		// Best effort: the registry drops the upload session.
-		if loc != "" {
-			_, _ = u.request(http.MethodDelete, loc, nil, http.StatusNoContent, http.StatusAccepted, http.StatusOK, http.StatusNotFound)
+		// Best effort, briefly: the registry drops the upload session
+		// (it expires them anyway).
+		if loc != "" && u.client != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(u.ctx), UploadPatience)
+			_, _ = u.request(dctx, http.MethodDelete, loc, nil, http.StatusNoContent, http.StatusAccepted, http.StatusOK, http.StatusNotFound)
+			cancel()
 		}
 		return fmt.Errorf("streamed upload of %s: %w", d.Digest, err)
 	}
@@ -182,7 +273,7 @@ func (u *Upload) Close(d layers.Descriptor, cerr error) error {
 	q := put.Query()
 	q.Set("digest", d.Digest.String())
 	put.RawQuery = q.Encode()
-	if _, err := u.request(http.MethodPut, put.String(), nil, http.StatusCreated); err != nil {
+	if _, err := u.request(u.ctx, http.MethodPut, put.String(), nil, http.StatusCreated); err != nil {
 		return fmt.Errorf("streamed upload of %s: commit: %w", d.Digest, err)
 	}
 	return nil

@@ -110,6 +110,9 @@ func Binaries(t testing.TB) (buildkitd, buildctl string) {
 	src := ModuleDir(t, Module, Version)
 	work := filepath.Join(cache, "buildkit-"+Version, "src")
 	os.RemoveAll(work)
+	if err := os.MkdirAll(filepath.Dir(work), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("cp", "-a", src, work).CombinedOutput(); err != nil {
 		t.Fatalf("copy %s: %v\n%s", src, err, out)
 	}

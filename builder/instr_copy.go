@@ -52,8 +52,11 @@ func (s *stageRun) fillSpec(ctx context.Context, spec *copier.Spec, sd *instruct
 		// to nothing) is the working directory.
 		dest = "./"
 	}
+	wd := s.c.imageConfig().WorkingDir
+	if s.platform.OS == "windows" {
+		dest, wd = windowsPath(dest), windowsPath(wd)
+	}
 	if !path.IsAbs(dest) {
-		wd := s.c.imageConfig().WorkingDir
 		if wd == "" {
 			wd = "/"
 		}
@@ -177,3 +180,14 @@ func (i *imageFS) FromContext() bool                           { return false }
 // Immutable reports whether the image's files never change, so a copy
 // may hard-link them.
 func (i *imageFS) Immutable() bool { return i.r.Immutable() }
+
+// windowsPath is a Windows image path as BuildKit resolves it in the
+// image's file system: backslashes are separators and the system drive
+// letter is dropped (`C:\app` is /app).
+func windowsPath(p string) string {
+	p = strings.ReplaceAll(p, `\`, "/")
+	if len(p) >= 2 && p[1] == ':' && (p[0] == 'c' || p[0] == 'C') {
+		p = p[2:]
+	}
+	return p
+}

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 )
 
 // BlobStore is a content-addressed store of blobs in the OCI image layout
@@ -163,8 +164,18 @@ type BlobWriter struct {
 	f     *os.File
 	h     hash.Hash
 	n     int64
-	done  bool
+	// flushed is how much of the file has been handed to writeback.
+	flushed int64
+	done    bool
 }
+
+// writebackChunk is how many bytes a BlobWriter lets pile up in the page
+// cache before it starts their writeback. Commit must fsync the blob; a
+// blob written whole before that waits for all of it at once (about 1.5 s
+// for 300 MB on the virtio disk the benchmarks ran on), while writing back
+// as the bytes come overlaps that with compressing and uploading, and
+// leaves Commit only the last chunk to wait for.
+const writebackChunk = 8 << 20
 
 // NewWriter starts a new blob.
 func (s *BlobStore) NewWriter(ctx context.Context) (*BlobWriter, error) {
@@ -183,6 +194,12 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.n += int64(n)
+	if w.n-w.flushed >= writebackChunk {
+		// Only starts the writeback (it does not wait for it); an error
+		// here is not the blob's: Commit's fsync reports what matters.
+		_ = unix.SyncFileRange(int(w.f.Fd()), w.flushed, w.n-w.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		w.flushed = w.n
+	}
 	return n, err
 }
 

@@ -55,8 +55,10 @@ func (s *BlobStore) CommitDir(ctx context.Context, dir string, opts CommitOption
 // BlobSink is given a blob's compressed bytes while CommitDirTo makes
 // them: a registry upload that streams the layer as it is compressed.
 // Write never fails the commit: a sink that cannot take more bytes drops
-// them and says so at Close. Close is called once, with the committed
-// blob's descriptor, or with the error that ended the commit.
+// them and says so at Close. Close is called once: with the blob's
+// descriptor as soon as its last byte is written (while the store syncs
+// its own copy, so a registry's commit and the store's fsync overlap), or
+// with the error that ended the stream.
 type BlobSink interface {
 	io.Writer
 	Close(d Descriptor, err error) error
@@ -67,9 +69,6 @@ type BlobSink interface {
 // to the store whatever becomes of sink; sink's Close error is not the
 // commit's.
 func (s *BlobStore) CommitDirTo(ctx context.Context, dir string, opts CommitOptions, sink BlobSink) (d Descriptor, err error) {
-	if sink != nil {
-		defer func() { _ = sink.Close(d, err) }()
-	}
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
@@ -97,8 +96,14 @@ func (s *BlobStore) CommitTar(ctx context.Context, tarStream io.Reader, opts Com
 }
 
 // commitTar is CommitTar whose compressed bytes also go to sink, when
-// not nil.
-func (s *BlobStore) commitTar(ctx context.Context, tarStream io.Reader, opts CommitOptions, sink io.Writer) (Descriptor, error) {
+// not nil; it closes sink (see BlobSink).
+func (s *BlobStore) commitTar(ctx context.Context, tarStream io.Reader, opts CommitOptions, sink BlobSink) (d Descriptor, err error) {
+	sinkOpen := sink != nil
+	defer func() {
+		if sinkOpen {
+			_ = sink.Close(Descriptor{}, err)
+		}
+	}()
 	c := opts.Compression
 	if c == "" {
 		c = Gzip
@@ -130,17 +135,32 @@ func (s *BlobStore) commitTar(ctx context.Context, tarStream io.Reader, opts Com
 	if err != nil {
 		return Descriptor{}, err
 	}
-	digest, size, err := bw.Commit(nil)
+	d = Descriptor{
+		MediaType:        c.MediaType(),
+		Digest:           bw.Digest(),
+		Size:             bw.Size(),
+		DiffID:           v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(diff.h.Sum(nil))},
+		UncompressedSize: diff.n,
+	}
+	// The sink has every byte: let it finish (a registry's commit) while
+	// the store syncs its copy.
+	var sinkDone chan struct{}
+	if sinkOpen {
+		sinkOpen = false
+		sinkDone = make(chan struct{})
+		go func() {
+			defer close(sinkDone)
+			_ = sink.Close(d, nil)
+		}()
+	}
+	_, _, err = bw.Commit(&d.Digest)
+	if sinkDone != nil {
+		<-sinkDone
+	}
 	if err != nil {
 		return Descriptor{}, err
 	}
-	return Descriptor{
-		MediaType:        c.MediaType(),
-		Digest:           digest,
-		Size:             size,
-		DiffID:           v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(diff.h.Sum(nil))},
-		UncompressedSize: diff.n,
-	}, nil
+	return d, nil
 }
 
 // hashCounter hashes and counts what is written to it.

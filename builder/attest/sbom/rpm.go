@@ -172,12 +172,8 @@ func (c *rpmCatalog) add(blob []byte) error {
 	if h.SourceRPM == "(none)" {
 		h.SourceRPM = ""
 	}
-	supplier := h.Vendor
-	if supplier == "" {
-		supplier = h.Packager
-	}
 	p := Package{Name: h.Name, Version: h.EVR(), Type: Rpm, Arch: h.Arch, Source: h.SourceRPM,
-		Supplier: supplier, License: h.License, Location: c.location}
+		Supplier: h.Vendor, License: h.License, Location: c.location}
 	q := map[string]string{"arch": h.Arch, "upstream": h.SourceRPM, "distro": c.inv.Distro.qualifier()}
 	if h.HasEpoch {
 		q["epoch"] = fmt.Sprint(h.Epoch)

@@ -70,7 +70,7 @@ func TestRPMPackages(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !bytes.Contains(spdx, []byte(`"licenseDeclared": "BSD-3-Clause"`)) || !bytes.Contains(spdx, []byte(`"versionInfo": "2:3.4.5-7.fc39"`)) ||
-				!bytes.Contains(spdx, []byte(`SPDXRef-Package-rpm-epochal-`)) {
+				!bytes.Contains(spdx, []byte(`SPDXRef-Package-rpm-epochal-`)) || !bytes.Contains(spdx, []byte(`"supplier": "Organization: ibuild tests"`)) {
 				t.Errorf("SPDX document lacks the rpm packages:\n%s", spdx)
 			}
 			cdx, err := inv.CycloneDX(o)

@@ -17,7 +17,6 @@ const (
 	rpmTagSize      = 1009
 	rpmTagVendor    = 1011
 	rpmTagLicense   = 1014
-	rpmTagPackager  = 1015
 	rpmTagArch      = 1022
 	rpmTagSourceRPM = 1044
 )
@@ -46,7 +45,6 @@ type rpmHeader struct {
 	Size      int64
 	Vendor    string
 	License   string
-	Packager  string
 	Arch      string
 	SourceRPM string
 }
@@ -105,8 +103,6 @@ func parseRPMHeader(blob []byte) (rpmHeader, error) {
 			dst = &h.Vendor
 		case rpmTagLicense:
 			dst = &h.License
-		case rpmTagPackager:
-			dst = &h.Packager
 		case rpmTagArch:
 			dst = &h.Arch
 		case rpmTagSourceRPM:

@@ -35,7 +35,8 @@ type Package struct {
 	// Source is the source package (Debian) or origin (Alpine), if
 	// different from Name, or the source RPM's file name (RPM).
 	Source string
-	// Supplier is the maintainer as the database gives it.
+	// Supplier is the maintainer as the database gives it (RPM: the
+	// vendor, an organization).
 	Supplier string
 	// License is the declared license expression, if the database has one.
 	License string

@@ -53,20 +53,3 @@ func catalogApk(fsys FS, inv *Inventory) error {
 	flush()
 	return nil
 }
-
-// rpmDatabases are where rpm keeps its database, by backend.
-var rpmDatabases = []string{
-	"/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-	"/var/lib/rpm/Packages", "/var/lib/rpm/Packages.db", "/usr/lib/sysimage/rpm/Packages.db",
-}
-
-// detectRPM warns about an RPM database: its packages are not listed.
-func detectRPM(fsys FS, inv *Inventory) error {
-	for _, p := range rpmDatabases {
-		if fi, _, err := fsys.Lstat(p); err == nil && fi.Mode().IsRegular() {
-			inv.Warnings = append(inv.Warnings, fmt.Sprintf("RPM database %s is not read by this version: its packages are missing from the SBOM", p))
-			return nil
-		}
-	}
-	return nil
-}

@@ -17,6 +17,7 @@ type Type string
 const (
 	Deb    Type = "deb"
 	Apk    Type = "apk"
+	Rpm    Type = "rpm"
 	Golang Type = "golang"
 	Npm    Type = "npm"
 	Cargo  Type = "cargo"
@@ -32,9 +33,10 @@ type Package struct {
 	// (amd64, all, x86_64), if it has one.
 	Arch string
 	// Source is the source package (Debian) or origin (Alpine), if
-	// different from Name.
+	// different from Name, or the source RPM's file name (RPM).
 	Source string
-	// Supplier is the maintainer as the database gives it.
+	// Supplier is the maintainer as the database gives it (RPM: the
+	// vendor, an organization).
 	Supplier string
 	// License is the declared license expression, if the database has one.
 	License string
@@ -47,7 +49,7 @@ type Package struct {
 
 // Distro is the operating system release, from /etc/os-release.
 type Distro struct {
-	ID        string // debian, ubuntu, alpine
+	ID        string // debian, ubuntu, alpine, fedora, rhel
 	VersionID string // 12, 22.04, 3.19.1
 	Pretty    string
 }
@@ -56,7 +58,7 @@ type Distro struct {
 type Inventory struct {
 	Distro   Distro
 	Packages []Package
-	// Warnings say what the scan could not read (an RPM database, a
+	// Warnings say what the scan could not read (an ndb RPM database, a
 	// malformed lockfile): the inventory is then incomplete.
 	Warnings []string
 }
@@ -80,7 +82,7 @@ func Scan(ctx context.Context, fsys FS, opts Options) (*Inventory, error) {
 		opts.MaxEntries = 2_000_000
 	}
 	inv := &Inventory{Distro: readOSRelease(fsys)}
-	for _, c := range []func(FS, *Inventory) error{catalogDpkg, catalogApk, detectRPM} {
+	for _, c := range []func(FS, *Inventory) error{catalogDpkg, catalogApk, catalogRPM} {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

@@ -61,9 +61,40 @@ func TestScan(t *testing.T) {
 			},
 		},
 		{
-			name:     "rpm database is reported, not guessed",
-			root:     "rpm",
-			warnings: []string{"RPM database /var/lib/rpm/rpmdb.sqlite is not read"},
+			name: "rpm sqlite database",
+			root: "rpm",
+			want: []string{ // the gpg-pubkey entry is left out
+				"pkg:rpm/fedora/bigdesc@0.9.1-3.fc39?arch=noarch&distro=fedora-39&upstream=bigdesc-0.9.1-3.fc39.src.rpm",
+				"pkg:rpm/fedora/epochal@3.4.5-7.fc39?arch=noarch&distro=fedora-39&epoch=2&upstream=epochal-3.4.5-7.fc39.src.rpm",
+				"pkg:rpm/fedora/hello-tiny@1.0-1.fc39?arch=noarch&distro=fedora-39&upstream=hello-tiny-1.0-1.fc39.src.rpm",
+			},
+		},
+		{
+			name: "rpm sqlite database, 512-byte pages, reserved bytes",
+			root: "rpm-small",
+			want: []string{
+				"pkg:rpm/amzn/bigdesc@0.9.1-3.fc39?arch=noarch&distro=amzn-2023&upstream=bigdesc-0.9.1-3.fc39.src.rpm",
+				"pkg:rpm/amzn/epochal@3.4.5-7.fc39?arch=noarch&distro=amzn-2023&epoch=2&upstream=epochal-3.4.5-7.fc39.src.rpm",
+				"pkg:rpm/amzn/hello-tiny@1.0-1.fc39?arch=noarch&distro=amzn-2023&upstream=hello-tiny-1.0-1.fc39.src.rpm",
+			},
+		},
+		{
+			name: "rpm berkeley db",
+			root: "rpm-bdb",
+			want: []string{
+				"pkg:rpm/centos/bigdesc@0.9.1-3.fc39?arch=noarch&distro=centos-7&upstream=bigdesc-0.9.1-3.fc39.src.rpm",
+				"pkg:rpm/centos/epochal@3.4.5-7.fc39?arch=noarch&distro=centos-7&epoch=2&upstream=epochal-3.4.5-7.fc39.src.rpm",
+				"pkg:rpm/centos/hello-tiny@1.0-1.fc39?arch=noarch&distro=centos-7&upstream=hello-tiny-1.0-1.fc39.src.rpm",
+			},
+		},
+		{
+			name: "rpm berkeley db, big-endian, 16 KiB pages",
+			root: "rpm-bdb-be",
+			want: []string{
+				"pkg:rpm/rhel/bigdesc@0.9.1-3.fc39?arch=noarch&distro=rhel-8.9&upstream=bigdesc-0.9.1-3.fc39.src.rpm",
+				"pkg:rpm/rhel/epochal@3.4.5-7.fc39?arch=noarch&distro=rhel-8.9&epoch=2&upstream=epochal-3.4.5-7.fc39.src.rpm",
+				"pkg:rpm/rhel/hello-tiny@1.0-1.fc39?arch=noarch&distro=rhel-8.9&upstream=hello-tiny-1.0-1.fc39.src.rpm",
+			},
 		},
 	}
 	for _, tc := range cases {

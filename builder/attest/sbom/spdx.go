@@ -123,7 +123,7 @@ func (inv *Inventory) SPDX(o DocOptions) ([]byte, error) {
 			ids[id] = 1
 		}
 		sp := spdxPackage{
-			Name: p.Name, SPDXID: id, VersionInfo: p.Version, Supplier: spdxSupplier(p.Supplier),
+			Name: p.Name, SPDXID: id, VersionInfo: p.Version, Supplier: spdxSupplier(p),
 			DownloadLocation: noAssertion, SourceInfo: "acquired package info from " + p.Location,
 			LicenseConcluded: noAssertion, LicenseDeclared: noAssertion, CopyrightText: noAssertion,
 			ExternalRefs: []spdxExtRef{{ReferenceCategory: "PACKAGE-MANAGER", ReferenceType: "purl", ReferenceLocator: p.PURL}},
@@ -164,10 +164,15 @@ func spdxNameSegment(s string) string {
 	return string(b)
 }
 
-// spdxSupplier formats a maintainer ("Name <mail>") as an SPDX supplier.
-func spdxSupplier(s string) string {
+// spdxSupplier formats p's maintainer ("Name <mail>") as an SPDX
+// supplier. An RPM vendor ("Red Hat, Inc.") is an organization.
+func spdxSupplier(p Package) string {
+	s := p.Supplier
 	if s == "" {
 		return noAssertion
+	}
+	if p.Type == Rpm {
+		return "Organization: " + s
 	}
 	if strings.Contains(s, "<") && (strings.Contains(strings.ToLower(s), "team") || strings.Contains(strings.ToLower(s), "list")) {
 		return "Organization: " + s

@@ -68,9 +68,9 @@ func (r *recordingSink) Close(d Descriptor, err error) error {
 	return nil
 }
 
-// CommitDirTo gives the sink the blob's bytes and closes it once: with
-// the committed blob's descriptor, or with the error that ended the
-// commit (and then nothing is stored).
+// TestCommitDirToSink checks that CommitDirTo gives the sink the blob's
+// bytes and closes it once: with the committed blob's descriptor, or with
+// the error that ended the commit (and then nothing is stored).
 func TestCommitDirToSink(t *testing.T) {
 	dir := t.TempDir()
 	genTree(t, dir, 12<<20, 3)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ibuild/ibuild/layers/layertest"
 	"go.podman.io/storage/pkg/reexec"
 	"golang.org/x/sys/unix"
 )
@@ -23,10 +24,7 @@ func TestMain(m *testing.M) {
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI runs these tests as root")
-		}
-		t.Skip("needs root")
+		layertest.SkipOrFail(t, "needs root (CI runs these tests as root)")
 	}
 }
 
@@ -35,10 +33,7 @@ func busyboxRoot(t *testing.T) string {
 	t.Helper()
 	bb := "/bin/busybox"
 	if _, err := os.Stat(bb); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("busybox-static is missing: %v", err)
-		}
-		t.Skip("needs /bin/busybox")
+		layertest.SkipOrFail(t, "needs /bin/busybox (busybox-static, make test-deps): %v", err)
 	}
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {

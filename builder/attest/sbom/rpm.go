@@ -47,15 +47,17 @@ func catalogRPM(fsys FS, inv *Inventory) error {
 			inv.Warnings = append(inv.Warnings, fmt.Sprintf("RPM database %s (ndb) is not read by this version: its packages are missing from the SBOM", p))
 			return nil
 		}
+		// Checked before opening: a view without a host file reads the
+		// whole database into memory.
+		if fi.Size() > rpmMaxFile {
+			inv.Warnings = append(inv.Warnings, fmt.Sprintf("RPM database %s is larger than %d bytes and is not read: its packages are missing from the SBOM", p, int64(rpmMaxFile)))
+			return nil
+		}
 		r, size, closeFn, err := openDB(fsys, p, host)
 		if err != nil {
 			return fmt.Errorf("sbom: %s: %w", p, err)
 		}
 		defer closeFn()
-		if size > rpmMaxFile {
-			inv.Warnings = append(inv.Warnings, fmt.Sprintf("RPM database %s is larger than %d bytes and is not read: its packages are missing from the SBOM", p, int64(rpmMaxFile)))
-			return nil
-		}
 		c := rpmCatalog{inv: inv, location: p}
 		if path.Base(p) == "rpmdb.sqlite" {
 			err = sqliteTableRows(r, size, p, "Packages", rpmMaxBlob, func(rowid int64, cols []sqliteValue) error {

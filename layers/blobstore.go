@@ -164,9 +164,14 @@ type BlobWriter struct {
 	f     *os.File
 	h     hash.Hash
 	n     int64
-	// flushed is how much of the file has been handed to writeback.
-	flushed int64
-	done    bool
+	// flushed is how much of the file has been handed to writeback, and
+	// chunkStart where the last chunk handed to it starts.
+	flushed, chunkStart int64
+	// dropBehind drops written-back pages from the page cache as the
+	// blob is written (see DropBehind); dropped is how far it went.
+	dropBehind bool
+	dropped    int64
+	done       bool
 }
 
 // writebackChunk is how many bytes a BlobWriter lets pile up in the page
@@ -176,6 +181,16 @@ type BlobWriter struct {
 // as the bytes come overlaps that with compressing and uploading, and
 // leaves Commit only the last chunk to wait for.
 const writebackChunk = 8 << 20
+
+// DropBehind makes w keep the blob out of the page cache: pages are
+// dropped once written back, a chunk behind the writing, and all of them
+// once Commit has synced the file. It is for a blob that is not read
+// again soon, such as one streamed to a registry as it was written: its
+// pages would push more useful ones (snapshots, the build context) out of
+// the cache, and the pages it frees are reused for the next chunks
+// instead of fresh memory being taken (where a virtual machine backs its
+// memory lazily, touching fresh pages costs several times more).
+func (w *BlobWriter) DropBehind() { w.dropBehind = true }
 
 // NewWriter starts a new blob.
 func (s *BlobStore) NewWriter(ctx context.Context) (*BlobWriter, error) {
@@ -197,8 +212,16 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	if w.n-w.flushed >= writebackChunk {
 		// Only starts the writeback (it does not wait for it); an error
 		// here is not the blob's: Commit's fsync reports what matters.
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.flushed, w.n-w.flushed, unix.SYNC_FILE_RANGE_WRITE)
-		w.flushed = w.n
+		fd := int(w.f.Fd())
+		_ = unix.SyncFileRange(fd, w.flushed, w.n-w.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		if w.dropBehind && w.chunkStart > w.dropped {
+			// The chunk before the last one has had a chunk's time to
+			// be written back; pages still dirty or under writeback
+			// are skipped (never waited for), and dropped by Commit.
+			_ = unix.Fadvise(fd, w.dropped, w.chunkStart-w.dropped, unix.FADV_DONTNEED)
+			w.dropped = w.chunkStart
+		}
+		w.chunkStart, w.flushed = w.flushed, w.n
 	}
 	return n, err
 }
@@ -224,6 +247,9 @@ func (w *BlobWriter) Commit(want *v1.Hash) (v1.Hash, int64, error) {
 	}
 	if err := w.f.Sync(); err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("sync blob: %w", err)
+	}
+	if w.dropBehind {
+		_ = unix.Fadvise(int(w.f.Fd()), 0, 0, unix.FADV_DONTNEED)
 	}
 	if err := w.f.Close(); err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("close blob: %w", err)

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // A blob larger than several writeback chunks, written in pieces that do
@@ -125,6 +128,88 @@ func TestCommitDirToSink(t *testing.T) {
 			}
 			if tmp, _ := os.ReadDir(filepath.Join(s.Dir(), "tmp")); len(tmp) != 0 {
 				t.Errorf("temporary files left: %v", tmp)
+			}
+		})
+	}
+}
+
+// residentPages counts the pages of the file at p that are in the page
+// cache.
+func residentPages(t *testing.T, p string) (resident, total int) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatalf("mincore: %v", e)
+	}
+	for _, v := range vec {
+		if v&1 != 0 {
+			resident++
+		}
+	}
+	return resident, len(vec)
+}
+
+// A blob written with DropBehind is stored whole but leaves none of its
+// pages in the page cache; one written without keeps them.
+func TestBlobWriterDropBehind(t *testing.T) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(t.TempDir(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type == unix.TMPFS_MAGIC {
+		t.Skip("the temporary directory is a tmpfs, whose pages are the files: nothing to drop")
+	}
+	data := make([]byte, 3*writebackChunk+4321)
+	rand.New(rand.NewSource(2)).Read(data)
+	for _, drop := range []bool{false, true} {
+		t.Run(map[bool]string{false: "keep", true: "drop"}[drop], func(t *testing.T) {
+			s := openTestStore(t)
+			w, err := s.NewWriter(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			if drop {
+				w.DropBehind()
+			}
+			for rest := data; len(rest) > 0; {
+				n := min(len(rest), 1<<20+3)
+				if _, err := w.Write(rest[:n]); err != nil {
+					t.Fatal(err)
+				}
+				rest = rest[n:]
+			}
+			d, _, err := w.Commit(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resident, total := residentPages(t, s.Path(d))
+			switch {
+			case drop && resident != 0:
+				t.Errorf("%d of %d pages still cached after DropBehind", resident, total)
+			case !drop && resident < total/2:
+				t.Errorf("only %d of %d pages cached without DropBehind", resident, total)
+			}
+			got, err := s.ReadAll(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Error("stored blob differs from what was written")
 			}
 		})
 	}

@@ -117,6 +117,9 @@ func (s *BlobStore) commitTar(ctx context.Context, tarStream io.Reader, opts Com
 	defer bw.Close()
 	var to io.Writer = bw
 	if sink != nil {
+		// The registry gets the bytes now; the store's copy is only
+		// read again by a later push or output.
+		bw.DropBehind()
 		to = io.MultiWriter(bw, sink)
 	}
 	out := bufio.NewWriterSize(to, copyBufSize)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -31,6 +32,11 @@ type RootFS struct {
 	dirs []string
 	// snapshots: dirs are the store's snapshots, which nothing changes.
 	snapshots bool
+
+	// shown remembers, for a view of snapshots, which layers' copies of a
+	// directory show through (see showing), by in-image path.
+	mu    sync.Mutex
+	shown map[string][]int
 }
 
 // NewRootFS returns the merged view of dirs, bottom layer first.
@@ -149,6 +155,9 @@ func (r *RootFS) Lstat(p string) (fs.FileInfo, string, error) {
 			return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
 		}
 	}
+	if r.snapshots && len(comps) > 0 {
+		return r.lstatShown(p, comps)
+	}
 	for i := len(r.dirs) - 1; i >= 0; i-- {
 		st, fi, host, err := r.look(i, comps)
 		if err != nil {
@@ -162,6 +171,92 @@ func (r *RootFS) Lstat(p string) (fs.FileInfo, string, error) {
 		}
 	}
 	return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+}
+
+// lstatShown is Lstat in a view of snapshots: the entry is looked for only
+// in the layers whose copy of its parent directory shows through, and
+// those are worked out once per directory (a COPY of a tree from a stage
+// of many layers looks up every file: one lstat each instead of a walk of
+// every layer's path and markers).
+func (r *RootFS) lstatShown(p string, comps []string) (fs.FileInfo, string, error) {
+	parent, name := comps[:len(comps)-1], comps[len(comps)-1]
+	layers, err := r.showing(parent)
+	if err != nil {
+		return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	for _, i := range layers {
+		dir := filepath.Join(append([]string{r.dirs[i]}, parent...)...)
+		host := filepath.Join(dir, name)
+		fi, err := os.Lstat(host)
+		switch {
+		case err == nil && isWhiteoutCharDev(fi):
+			return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+		case err == nil:
+			return fi, host, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: err}
+		case lexists(filepath.Join(dir, whiteoutPrefix+name)):
+			return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+		}
+	}
+	return nil, "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+}
+
+// showing lists, top layer first, the layers whose copy of the in-image
+// directory comps the merged view shows: each has it as a directory, and
+// none above hides the ones below (a whiteout, a non-directory, an opaque
+// directory or a .wh. marker beside it). It is empty when the view has no
+// such directory. Only for a view of snapshots, whose layers never change:
+// the answer is remembered.
+func (r *RootFS) showing(comps []string) ([]int, error) {
+	key := strings.Join(comps, "/")
+	r.mu.Lock()
+	l, ok := r.shown[key]
+	r.mu.Unlock()
+	if ok {
+		return l, nil
+	}
+	var out []int
+	if len(comps) == 0 {
+		for i := len(r.dirs) - 1; i >= 0; i-- {
+			out = append(out, i)
+			if isOpaqueLayerDir(r.dirs[i]) {
+				break
+			}
+		}
+	} else {
+		parent, name := comps[:len(comps)-1], comps[len(comps)-1]
+		above, err := r.showing(parent)
+		if err != nil {
+			return nil, err
+		}
+		for _, i := range above {
+			pdir := filepath.Join(append([]string{r.dirs[i]}, parent...)...)
+			host := filepath.Join(pdir, name)
+			fi, err := os.Lstat(host)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			if err == nil && !fi.IsDir() {
+				break // a whiteout or a non-directory hides the rest
+			}
+			masks := lexists(filepath.Join(pdir, whiteoutPrefix+name))
+			if err == nil {
+				out = append(out, i)
+				masks = masks || isOpaqueLayerDir(host)
+			}
+			if masks {
+				break
+			}
+		}
+	}
+	r.mu.Lock()
+	if r.shown == nil {
+		r.shown = map[string][]int{}
+	}
+	r.shown[key] = out
+	r.mu.Unlock()
+	return out, nil
 }
 
 // Resolve follows symlinks in p as if the merged view were "/": ".." never

@@ -81,8 +81,25 @@ func rootFSFixture(t testing.TB) (*layers.RootFS, []string) {
 	return layers.NewRootFS([]string{l0, l1}), []string{l0, l1}
 }
 
+// rootFSKinds are the two ways a merged view looks paths up: walking
+// every layer (NewRootFS), and through the per-directory answers a view of
+// snapshots remembers (NewSnapshotRootFS). Both must agree.
+var rootFSKinds = []struct {
+	name string
+	new  func([]string) *layers.RootFS
+}{
+	{"plain", layers.NewRootFS},
+	{"snapshots", layers.NewSnapshotRootFS},
+}
+
 func TestRootFSLstat(t *testing.T) {
-	r, dirs := rootFSFixture(t)
+	_, dirs := rootFSFixture(t)
+	for _, kind := range rootFSKinds {
+		t.Run(kind.name, func(t *testing.T) { testRootFSLstat(t, kind.new(dirs), dirs) })
+	}
+}
+
+func testRootFSLstat(t *testing.T, r *layers.RootFS, dirs []string) {
 	tests := []struct {
 		path      string
 		wantLayer int // -1: must not exist
@@ -266,4 +283,79 @@ func TestRootFSOverlayWhiteouts(t *testing.T) {
 	if ents, err := r.ReadDir("/xo"); err != nil || len(ents) != 0 {
 		t.Errorf("opaque xattr: ReadDir = %v, %v", ents, err)
 	}
+}
+
+// TestRootFSSnapshotLookups compares, path by path, the lookups of a view
+// of snapshots with those of the plain view over layers that hide things
+// in every way a layer can: whiteouts (markers and 0/0 devices) of files
+// and directories, opaque directories (marker and xattr) at every depth,
+// an opaque layer root, a non-directory over a directory and back, and a
+// marker beside a directory of the same layer.
+func TestRootFSSnapshotLookups(t *testing.T) {
+	l0 := layerDir(t, map[string]string{
+		"a/b/c/f": "0", "a/b/g": "0", "a/h": "0", "x/y/z": "0", "top": "0",
+		"n2d/f": "0", "d2n": "0", "deep/1/2/3/4": "0", "wd/k": "0", "same/k": "0",
+	})
+	l1 := layerDir(t, map[string]string{
+		"a/b/.wh..wh..opq": "", "a/b/new": "1", "x/.wh.y": "", "n2d": "file now",
+		"d2n/f": "dir now", "deep/1/2/.wh.3": "", "deep/1/2/3/5": "1", "same/": "",
+		"same/k2": "1", "wd/": "",
+	})
+	l2 := layerDir(t, map[string]string{
+		"a/b/c/f2": "2", "x/y/again": "2", "n2d/": "", "deep/1/2/3/6": "2",
+		".wh.top": "", "same/k3": "2",
+	})
+	l3 := layerDir(t, map[string]string{"only3/q": "3", "a/h": "3"})
+	// Same-layer marker beside a directory: lower copies are hidden.
+	if err := os.WriteFile(filepath.Join(l1, ".wh.same"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(filepath.Join(l2, "wd"), unix.S_IFCHR|0o600, 0); err != nil {
+		layertest.SkipOrFail(t, "cannot make a 0/0 device (needs root): %v", err)
+	}
+	for _, attr := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		if unix.Lsetxattr(filepath.Join(l2, "deep/1"), attr, []byte("y"), 0) == nil {
+			break
+		}
+	}
+	stacks := map[string][]string{
+		"four":        {l0, l1, l2, l3},
+		"two":         {l0, l1},
+		"opaque root": {l0, l1, layerDirOpaqueRoot(t), l3},
+	}
+	for name, dirs := range stacks {
+		t.Run(name, func(t *testing.T) {
+			plain, snap := layers.NewRootFS(dirs), layers.NewSnapshotRootFS(dirs)
+			paths := map[string]bool{"/": true, "/nope": true, "/a/nope/x": true}
+			for _, d := range dirs {
+				filepath.WalkDir(d, func(p string, _ fs.DirEntry, err error) error {
+					if err == nil && p != d {
+						rel := "/" + filepath.ToSlash(strings.TrimPrefix(p, d+"/"))
+						paths[rel], paths[rel+"/under"] = true, true
+					}
+					return nil
+				})
+			}
+			// Twice over: the second round answers from what the
+			// first remembered.
+			for round := range 2 {
+				for p := range paths {
+					fi1, h1, err1 := plain.Lstat(p)
+					fi2, h2, err2 := snap.Lstat(p)
+					if (err1 == nil) != (err2 == nil) || h1 != h2 || err1 == nil && fi1.IsDir() != fi2.IsDir() {
+						t.Errorf("round %d, Lstat(%q): plain %q, %v; snapshots %q, %v", round, p, h1, err1, h2, err2)
+					}
+				}
+			}
+		})
+	}
+}
+
+// layerDirOpaqueRoot is a layer whose root directory is opaque.
+func layerDirOpaqueRoot(t *testing.T) string {
+	d := layerDir(t, map[string]string{"a/b/c/f": "r", "fresh": "r"})
+	if err := os.WriteFile(filepath.Join(d, ".wh..wh..opq"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -10,12 +10,10 @@ import (
 	"hash"
 	"io"
 	"runtime"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/klauspost/pgzip"
 )
 
 // defaultGzipLevel is the gzip level used when CommitOptions.Level is 0.
@@ -195,16 +193,7 @@ func newCompressor(w io.Writer, c Compression, level int) (io.WriteCloser, error
 		if level < 1 || level > 9 {
 			return nil, fmt.Errorf("gzip level %d out of range 1-9", level)
 		}
-		zw, err := pgzip.NewWriterLevel(w, level)
-		if err != nil {
-			return nil, err
-		}
-		// No name and a zero mtime, so the header is the same everywhere.
-		// pgzip v1.3.0 (like klauspost gzip v1.20.3) writes
-		// uint32(ModTime.Unix()) even for the zero time, a 2042 date:
-		// say 0 explicitly.
-		zw.ModTime = time.Unix(0, 0)
-		return zw, nil
+		return newGzipWriter(w, level, runtime.GOMAXPROCS(0)), nil
 	case Zstd:
 		el := defaultZstdLevel
 		switch {

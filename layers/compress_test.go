@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/klauspost/pgzip"
 )
 
 func sha256Hash(b []byte) v1.Hash {
@@ -183,12 +182,7 @@ func TestCompressionDeterministic(t *testing.T) {
 		new  func(w io.Writer, concurrency int) (io.WriteCloser, error)
 	}{
 		{"gzip", func(w io.Writer, n int) (io.WriteCloser, error) {
-			zw, err := newCompressor(w, Gzip, 0)
-			if err != nil {
-				return nil, err
-			}
-			// The block size must stay pgzip's default, as in newCompressor.
-			return zw, zw.(*pgzip.Writer).SetConcurrency(1<<20, n)
+			return newGzipWriter(w, defaultGzipLevel, n), nil
 		}},
 		{"zstd", func(w io.Writer, n int) (io.WriteCloser, error) {
 			return newZstdWriter(w, zstd.SpeedDefault, n)

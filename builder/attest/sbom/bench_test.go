@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ibuild/ibuild/layers"
+	"github.com/ibuild/ibuild/layers/layertest"
 )
 
 // debianRoot extracts the cached Debian test root (see
@@ -23,7 +24,7 @@ func debianRoot(b *testing.B) string {
 	}
 	tgz := filepath.Join(dir, "debian-bookworm-minbase-"+runtime.GOARCH+".tar.gz")
 	if _, err := os.Stat(tgz); err != nil {
-		b.Skipf("no Debian test root (%v): run the attestation end-to-end tests once to make it", err)
+		layertest.SkipOrFail(b, "no Debian test root (%v): run the attestation end-to-end tests once to make it", err)
 	}
 	root := b.TempDir()
 	if out, err := exec.Command("tar", "-C", root, "--no-same-owner", "-xzf", tgz).CombinedOutput(); err != nil {
